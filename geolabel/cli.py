@@ -1,0 +1,258 @@
+"""The ``geolabel`` command line.
+
+Domain logic lives in :mod:`importers` and :mod:`georef`; this module parses
+options, shows progress and maps errors to messages and exit codes in one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from geolabel.config import CONFIG_NAME, DEFAULT_CONFIG, Config, load_config
+from geolabel.errors import ConfigError, GeolabelError, LabelStudioError, StackError
+from geolabel.lsclient import LabelStudioClient
+from geolabel.stack import read_credentials
+from georef.errors import GeorefError
+from georef.registry import TileRegistry
+from importers.errors import ImportFailedError
+from importers.pipeline import ImportOptions, ImportReport, import_raster
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: Exit codes, one per family of errors.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, 2),
+    (ImportFailedError, 3),
+    (GeorefError, 3),
+    (LabelStudioError, 4),
+    (StackError, 5),
+    (GeolabelError, 1),
+)
+
+
+def handle_errors(func: F) -> F:
+    """Turn geolabel errors into one clear message and an exit code (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except tuple(cls for cls, _ in EXIT_CODES) as exc:
+            code = next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            sys.exit(code)
+        except KeyboardInterrupt:
+            err_console.print("interrupted; run the same command again to resume")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RichProgress:
+    """Adapter from the importers' progress protocol to a rich progress bar."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: Any = None
+
+    def start(self, description: str, total: int) -> None:
+        """Begin a new bar."""
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, units: int) -> None:
+        """Advance the current bar."""
+        if self._task is not None:
+            self._progress.advance(self._task, units)
+
+
+@contextmanager
+def progress_bar() -> Iterator[RichProgress]:
+    """A rich progress bar on stderr, as an importers progress receiver."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        yield RichProgress(progress)
+
+
+def _config(ctx: click.Context) -> Config:
+    config: Config = ctx.obj["config_loader"]()
+    return config
+
+
+def client_for(config: Config) -> LabelStudioClient:
+    """A Label Studio client with the configured token, else the local server's own."""
+    token = config.token()
+    if not token:
+        creds = read_credentials(config.data_dir / "label-studio")
+        token = creds.token if creds else ""
+    return LabelStudioClient(config.label_studio.url, token)
+
+
+def import_options(config: Config, project: str | None, bands: Sequence[int] | None) -> ImportOptions:
+    """Import settings from the config file and command-line overrides."""
+    return ImportOptions(
+        project=project or config.project.name,
+        classes=config.label_classes,
+        data_dir=config.data_dir,
+        document_root=config.document_root,
+        tile_size=config.tiling.size,
+        overlap=config.tiling.overlap,
+        bands=list(bands) if bands else (config.display.bands or None),
+        stretch=config.display.stretch,
+        percentiles=config.display.percentiles,
+        workers=config.import_.workers,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=CONFIG_NAME,
+    envvar="GEOLABEL_CONFIG",
+    show_default=True,
+    help="Project config file (env GEOLABEL_CONFIG).",
+)
+@click.version_option(package_name="geolabel")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path) -> None:
+    """Label georeferenced imagery in Label Studio, keeping every tile's place on Earth."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+    ctx.obj["config_loader"] = functools.cache(lambda: load_config(config_path))
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.pass_context
+@handle_errors
+def init(ctx: click.Context, force: bool) -> None:
+    """Write a commented geolabel.toml with default settings."""
+    path: Path = ctx.obj["config_path"]
+    write_default_config(path, force=force)
+    console.print(f"wrote {path}; edit the class catalogue, then: geolabel import RASTER...")
+
+
+def write_default_config(path: Path, force: bool = False) -> None:
+    """Write the default config file.
+
+    Raises:
+        ConfigError: if the file exists and ``force`` is false.
+    """
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists; use --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEFAULT_CONFIG, encoding="utf-8")
+
+
+def _parse_bands(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("give 1 or 3 band numbers separated by commas, e.g. 4,1,2") from None
+
+
+@cli.command(name="import")
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--project", help="Label Studio project title (default: project.name in the config).")
+@click.option("--bands", callback=_parse_bands, help="Display bands, e.g. 4,1,2 (default: display.bands).")
+@click.pass_context
+@handle_errors
+def import_command(
+    ctx: click.Context, rasters: tuple[Path, ...], project: str | None, bands: list[int] | None
+) -> None:
+    """Slice RASTERS (GeoTIFF/COG) into display tiles and Label Studio tasks."""
+    config = _config(ctx)
+    options = import_options(config, project, bands)
+    client = client_for(config)
+    client.check()
+    failures = 0
+    with TileRegistry(config.registry_path) as registry:
+        for raster in rasters:
+            try:
+                with progress_bar() as bar:
+                    report = import_raster(raster, options, registry, client, bar)
+            except ImportFailedError as exc:
+                failures += 1
+                err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+                continue
+            print_report(report)
+    if failures:
+        sys.exit(3)
+
+
+def print_report(report: ImportReport) -> None:
+    """One summary line per imported raster, then its notes."""
+    console.print(
+        f"{report.raster}: {report.tiles} tiles ({report.skipped} all-nodata skipped), "
+        f"{report.rendered_now} rendered now, {report.tasks_created} tasks created, "
+        f"{report.tasks_adopted} adopted; project {report.project_id}",
+        highlight=False,
+    )
+    for note in report.notes:
+        console.print(f"  note: {note}", highlight=False)
+
+
+@cli.command()
+@click.pass_context
+@handle_errors
+def tiles(ctx: click.Context) -> None:
+    """List imported rasters: tiles, CRS, resolution and labelled tasks."""
+    from geolabel.status import raster_table
+
+    config = _config(ctx)
+    table, warning = raster_table(config, client_for(config))
+    console.print(table)
+    if warning:
+        err_console.print(f"[yellow]note:[/] {warning}", highlight=False)
+
+
+@cli.command()
+@click.pass_context
+@handle_errors
+def serve(ctx: click.Context) -> None:
+    """Start the local Label Studio (SQLite, data in paths.data_dir) until Ctrl-C."""
+    from geolabel.local import serve_forever
+
+    serve_forever(_config(ctx), console)
+
+
+@cli.command()
+@click.option(
+    "--raster", "rasters", multiple=True, type=click.Path(path_type=Path), help="Rasters to import."
+)
+@click.pass_context
+@handle_errors
+def demo(ctx: click.Context, rasters: tuple[Path, ...]) -> None:
+    """Create the config if needed, start Label Studio, import the sample orthophoto; Ctrl-C stops."""
+    from geolabel.local import run_demo
+
+    path: Path = ctx.obj["config_path"]
+    if not path.exists():
+        write_default_config(path)
+        console.print(f"wrote {path}")
+    run_demo(_config(ctx), list(rasters), console)
+
+
+def main() -> None:
+    """Entry point of the ``geolabel`` command."""
+    cli(obj={})

@@ -1,0 +1,264 @@
+"""The project configuration file, ``geolabel.toml``.
+
+Relative paths in the file are relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from geolabel.errors import ConfigError
+from importers.labelconfig import LabelClass
+
+CONFIG_NAME = "geolabel.toml"
+TOKEN_ENV = "GEOLABEL_LABEL_STUDIO_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSection(_Section):
+    """``[project]``."""
+
+    name: str = Field(default="geolabel", min_length=1)
+
+
+class ClassSection(_Section):
+    """One ``[[classes]]`` entry."""
+
+    id: int = Field(ge=1, le=255)
+    name: str = Field(min_length=1, pattern=r"^[^<>&\"]+$")
+    color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+
+
+class TilingSection(_Section):
+    """``[tiling]``."""
+
+    size: int = Field(default=512, ge=64, le=4096)
+    overlap: int = Field(default=64, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> TilingSection:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
+
+
+class DisplaySection(_Section):
+    """``[display]``."""
+
+    bands: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    stretch: Literal["auto", "none", "percentile"] = "auto"
+    percentiles: tuple[float, float] = (2.0, 98.0)
+
+    @field_validator("bands")
+    @classmethod
+    def _one_or_three(cls, bands: list[int]) -> list[int]:
+        if len(bands) not in (0, 1, 3):
+            raise ValueError("give no band (automatic), 1 band (grey) or 3 bands (RGB)")
+        return bands
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, pair: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= pair[0] < pair[1] <= 100.0:
+            raise ValueError("percentiles must be [low, high] with 0 <= low < high <= 100")
+        return pair
+
+
+class LabelStudioSection(_Section):
+    """``[label_studio]``."""
+
+    url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://[^/\s]+")
+    token: SecretStr = SecretStr("")
+    username: str = Field(default="admin@geolabel.local", pattern=r"^[^@\s]+@[^@\s]+$")
+    document_root: str = ""
+
+
+class PathsSection(_Section):
+    """``[paths]``."""
+
+    data_dir: str = "geolabel-data"
+
+
+class ImportSection(_Section):
+    """``[import]``."""
+
+    workers: int = Field(default=2, ge=1, le=64)
+
+
+class Config(_Section):
+    """The whole ``geolabel.toml``."""
+
+    project: ProjectSection = ProjectSection()
+    classes: list[ClassSection] = Field(min_length=1)
+    tiling: TilingSection = TilingSection()
+    display: DisplaySection = DisplaySection()
+    label_studio: LabelStudioSection = LabelStudioSection()
+    paths: PathsSection = PathsSection()
+    import_: ImportSection = Field(default=ImportSection(), alias="import")
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, classes: list[ClassSection]) -> list[ClassSection]:
+        for attr in ("id", "name"):
+            values = [getattr(c, attr) for c in classes]
+            duplicates = sorted({str(v) for v in values if values.count(v) > 1})
+            if duplicates:
+                raise ValueError(f"class {attr}s must be unique; repeated: {', '.join(duplicates)}")
+        return classes
+
+    @property
+    def label_classes(self) -> list[LabelClass]:
+        """The class catalogue as values the importers use."""
+        return [LabelClass(c.id, c.name, c.color.lower()) for c in self.classes]
+
+    @property
+    def data_dir(self) -> Path:
+        """Folder holding the registry, display tiles and the local Label Studio data."""
+        return (self.base_dir / self.paths.data_dir).resolve()
+
+    @property
+    def registry_path(self) -> Path:
+        """The tile registry database."""
+        return self.data_dir / "registry.sqlite"
+
+    @property
+    def document_root(self) -> Path:
+        """Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT``: display tile URLs are relative to it."""
+        root = self.label_studio.document_root
+        return (self.base_dir / root).resolve() if root else self.data_dir
+
+    @property
+    def tiles_dir(self) -> Path:
+        """Folder of the display tiles (inside the document root)."""
+        return self.data_dir / "tiles"
+
+    def token(self) -> str:
+        """The API token from the file, else ``$GEOLABEL_LABEL_STUDIO_TOKEN``; empty if neither is set."""
+        return self.label_studio.token.get_secret_value() or os.environ.get(TOKEN_ENV, "")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``geolabel.toml``.
+
+    Raises:
+        ConfigError: if the file is missing, is not TOML, or a key is invalid.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such config file; create one with: geolabel init")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML ({exc})") from exc
+    return parse_config(data, base_dir=file.resolve().parent, source=str(file))
+
+
+def parse_config(data: dict[str, object], base_dir: Path, source: str = CONFIG_NAME) -> Config:
+    """Validate a config mapping.
+
+    Raises:
+        ConfigError: naming the first invalid key and what is allowed.
+    """
+    try:
+        return Config.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"] if part != "base_dir") or "(top level)"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling; see README 'Configuration')"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+DEFAULT_CONFIG = """\
+# geolabel project configuration. Relative paths are relative to this file's folder.
+# Every key is described in the README, section "Configuration".
+
+[project]
+# Title of the Label Studio project the tiles are imported into.
+name = "geolabel"
+
+# The class catalogue: id (value in class masks, 1-255), name (shown in Label Studio), colour.
+[[classes]]
+id = 1
+name = "building"
+color = "#e31a1c"
+
+[[classes]]
+id = 2
+name = "road"
+color = "#636363"
+
+[[classes]]
+id = 3
+name = "vegetation"
+color = "#33a02c"
+
+[[classes]]
+id = 4
+name = "water"
+color = "#1f78b4"
+
+[[classes]]
+id = 5
+name = "bare_soil"
+color = "#b15928"
+
+[tiling]
+# Display tile size in pixels and overlap between neighbouring tiles.
+# Edge tiles are shifted inside the raster (never padded).
+size = 512
+overlap = 64
+
+[display]
+# Bands to display (1-based): [] = automatic (RGB colour interpretation, else bands 1-3, else 1),
+# or 1 band (grey) or 3 bands, e.g. [4, 1, 2] for a near-infrared false-colour view.
+bands = []
+# "auto": 8-bit data as is, other types stretched by percentiles;
+# "none": 8-bit data as is; "percentile": linear stretch between the percentiles below,
+# computed once per raster so neighbouring tiles look alike.
+stretch = "auto"
+percentiles = [2.0, 98.0]
+
+[label_studio]
+url = "http://127.0.0.1:8080"
+# API token. Empty: $GEOLABEL_LABEL_STUDIO_TOKEN, else the local server's (geolabel serve).
+token = ""
+# Admin login of the local server started by `geolabel serve` / `geolabel demo`.
+username = "admin@geolabel.local"
+# Label Studio's LOCAL_FILES_DOCUMENT_ROOT as seen from here; empty = paths.data_dir.
+document_root = ""
+
+[paths]
+# Registry, display tiles and the local Label Studio's data live here.
+data_dir = "geolabel-data"
+
+[import]
+# Processes encoding display tiles.
+workers = 2
+"""

@@ -1,0 +1,230 @@
+"""The one place geolabel talks to Label Studio (through label-studio-sdk).
+
+Every SDK or transport error is turned into a :class:`LabelStudioError` whose
+message says what failed and what to do; the API token never appears in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.types import ImportApiRequest
+
+from geolabel.errors import LabelStudioAuthError, LabelStudioError, LabelStudioUnreachableError
+
+T = TypeVar("T")
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+IMPORT_BATCH = 500
+PAGE_SIZE = 1000
+#: Regex that matches no file: the local storage only grants Label Studio the
+#: right to serve display tiles; a "Sync" in the UI must not create tasks.
+NO_SYNC_REGEX = "(?!)"
+
+
+@dataclass(frozen=True)
+class ProjectRef:
+    """A Label Studio project: id, title and whether this call created it."""
+
+    id: int
+    title: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A task's id, the tile it shows and its number of (non-cancelled) annotations."""
+
+    task_id: int
+    tile_id: str | None
+    annotations: int
+
+
+class LabelStudioClient:
+    """A connection to one Label Studio server with one API token.
+
+    Args:
+        url: base URL of the server, e.g. ``http://127.0.0.1:8080``.
+        token: API token (legacy ``Token`` or personal access token).
+        timeout: seconds per request.
+    """
+
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        if not token:
+            raise LabelStudioAuthError(
+                "no Label Studio API token: set label_studio.token in geolabel.toml or "
+                "$GEOLABEL_LABEL_STUDIO_TOKEN, or start the local server with `geolabel serve`"
+            )
+        self.url = url.rstrip("/")
+        self._token = token
+        self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=timeout)  # type: ignore[no-untyped-call]
+
+    def __repr__(self) -> str:
+        return f"LabelStudioClient(url={self.url!r})"
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except httpx.TransportError as exc:
+            raise LabelStudioUnreachableError(
+                f"cannot reach Label Studio at {self.url} ({type(exc).__name__}) while trying to {what}; "
+                "is it running? Start the local one with `geolabel serve`, or fix label_studio.url"
+            ) from None
+        except ApiError as exc:
+            raise self._api_error(what, exc) from None
+
+    def _api_error(self, what: str, exc: ApiError) -> LabelStudioError:
+        status = exc.status_code
+        if status in (401, 403):
+            return LabelStudioAuthError(
+                f"Label Studio at {self.url} rejected the API token (HTTP {status}) while trying to {what}; "
+                "check label_studio.token in geolabel.toml or $GEOLABEL_LABEL_STUDIO_TOKEN"
+            )
+        body = self._scrub(str(exc.body))[:300]
+        return LabelStudioError(f"Label Studio could not {what}: HTTP {status}: {body}")
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    # connection ---------------------------------------------------------------
+
+    def check(self) -> str:
+        """Check the server answers and accepts the token; return the user's e-mail.
+
+        Raises:
+            LabelStudioUnreachableError: nothing answers at the URL.
+            LabelStudioAuthError: the token is rejected.
+        """
+        user = self._call("identify the API token's user", self._sdk.users.whoami)
+        return str(user.email or user.username or "")
+
+    # projects -----------------------------------------------------------------
+
+    def project_exists(self, project_id: int) -> bool:
+        """True when project ``project_id`` exists and the token may see it."""
+        try:
+            self._call("read the project", lambda: self._sdk.projects.get(id=project_id))
+        except LabelStudioError as exc:
+            if "HTTP 404" in str(exc):
+                return False
+            raise
+        return True
+
+    def find_projects(self, title: str) -> list[int]:
+        """Ids of the projects titled exactly ``title``."""
+        projects: list[Any] = self._call(
+            "list projects", lambda: list(self._sdk.projects.list(title=title, page_size=100))
+        )
+        return [int(p.id or 0) for p in projects if p.title == title]
+
+    def ensure_project(self, title: str, label_config: str, known_id: int | None = None) -> ProjectRef:
+        """Return project ``known_id`` if it exists, else the one titled ``title``, else create it.
+
+        Raises:
+            LabelStudioError: if several projects share the title, or a request fails.
+        """
+        if known_id is not None and self.project_exists(known_id):
+            return ProjectRef(known_id, title, created=False)
+        matches = self.find_projects(title)
+        if len(matches) > 1:
+            raise LabelStudioError(
+                f"{len(matches)} Label Studio projects are titled {title!r} (ids {matches}); "
+                "rename all but one, or choose another name with --project"
+            )
+        if matches:
+            return ProjectRef(matches[0], title, created=False)
+        project = self._call(
+            "create the project",
+            lambda: self._sdk.projects.create(
+                title=title, label_config=label_config, sampling=UNCERTAINTY_SAMPLING
+            ),
+        )
+        return ProjectRef(int(project.id or 0), title, created=True)
+
+    def project(self, project_id: int) -> dict[str, Any]:
+        """The project's settings as a plain dict."""
+        project = self._call("read the project", lambda: self._sdk.projects.get(id=project_id))
+        return project.model_dump()
+
+    # storage and tasks --------------------------------------------------------
+
+    def ensure_local_storage(self, project_id: int, path: Path) -> int:
+        """Grant the project access to display tiles under ``path`` (local files storage, never synced)."""
+        local = self._sdk.import_storage.local
+        existing = self._call("list local storages", lambda: local.list(project=project_id))
+        for storage in existing:
+            if storage.path and Path(storage.path) == path:
+                return int(storage.id or 0)
+        storage = self._call(
+            "create the local files storage (is LOCAL_FILES_DOCUMENT_ROOT a parent of the tiles folder?)",
+            lambda: local.create(
+                project=project_id,
+                path=str(path),
+                title="geolabel display tiles",
+                regex_filter=NO_SYNC_REGEX,
+                use_blob_urls=True,
+                recursive_scan=True,
+            ),
+        )
+        return int(storage.id or 0)
+
+    def tasks(self, project_id: int) -> list[TaskState]:
+        """Every task of a project with the tile it shows and its annotation count."""
+
+        def fetch() -> list[TaskState]:
+            pager: Any = self._sdk.tasks.list(project=project_id, page_size=PAGE_SIZE, fields="task_only")
+            return [TaskState(int(t.id or 0), _tile_id(t.data), int(t.total_annotations or 0)) for t in pager]
+
+        return self._call("list the project's tasks", fetch)
+
+    def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
+        """Create ``tasks`` (each ``{"data": {...}}``) in one request; return their ids in order.
+
+        Raises:
+            LabelStudioError: if the server does not return one id per task.
+        """
+        if not tasks:
+            return []
+        response = self._call(
+            "import tasks",
+            lambda: self._sdk.projects.import_tasks(
+                id=project_id,
+                request=cast(list[ImportApiRequest], list(tasks)),
+                return_task_ids=True,
+                commit_to_project=True,
+            ),
+        )
+        ids = [int(i) for i in (getattr(response, "task_ids", None) or [])]
+        if len(ids) != len(tasks):
+            raise LabelStudioError(f"Label Studio returned {len(ids)} task ids for {len(tasks)} tasks")
+        return ids
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        """One task as a plain dict."""
+        return self._call("read the task", lambda: self._sdk.tasks.get(id=str(task_id))).model_dump()
+
+    def create_annotation(self, task_id: int, result: Iterable[dict[str, Any]]) -> int:
+        """Create an annotation with ``result`` regions on a task; return its id."""
+        annotation = self._call(
+            "create the annotation",
+            lambda: self._sdk.annotations.create(id=task_id, result=list(result)),
+        )
+        return int(annotation.id or 0)
+
+    def annotations(self, task_id: int) -> list[dict[str, Any]]:
+        """Every annotation of a task as plain dicts."""
+        items = self._call("list annotations", lambda: self._sdk.annotations.list(id=task_id))
+        return [a.model_dump() for a in items]
+
+
+def _tile_id(data: object) -> str | None:
+    if isinstance(data, dict):
+        value = data.get("tile_id")
+        return str(value) if value is not None else None
+    return None

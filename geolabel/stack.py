@@ -1,0 +1,205 @@
+"""The local stack: a real Label Studio server on SQLite with a known admin and API token.
+
+Credentials are generated on first start and kept (mode 0600) in
+``<data_dir>/label-studio/credentials.json``: Label Studio only applies the
+token when it first creates the user, so later starts must reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import httpx
+
+from geolabel.errors import StackError
+
+START_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Admin login and API token of the local Label Studio."""
+
+    username: str
+    password: str
+    token: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=***, token=***)"
+
+
+def load_or_create_credentials(state_dir: Path, username: str) -> Credentials:
+    """Read the local server's credentials, generating and saving them on first use."""
+    file = state_dir / "credentials.json"
+    if file.is_file():
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return Credentials(data["username"], data["password"], data["token"])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    creds = Credentials(username, secrets.token_urlsafe(12), secrets.token_hex(20))
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"username": creds.username, "password": creds.password, "token": creds.token}, handle)
+    return creds
+
+
+def read_credentials(state_dir: Path) -> Credentials | None:
+    """The local server's saved credentials, or None if it never started."""
+    file = state_dir / "credentials.json"
+    if not file.is_file():
+        return None
+    data = json.loads(file.read_text(encoding="utf-8"))
+    return Credentials(data["username"], data["password"], data["token"])
+
+
+def is_up(url: str, timeout: float = 2.0) -> bool:
+    """True when a Label Studio answers ``/health`` at ``url``."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and '"UP"' in response.text
+
+
+class LocalLabelStudio:
+    """A Label Studio child process, context-managed: leaving the block stops it.
+
+    Args:
+        url: ``http://127.0.0.1:PORT`` the server listens on (loopback only).
+        state_dir: where Label Studio keeps its SQLite database, media and log.
+        document_root: ``LOCAL_FILES_DOCUMENT_ROOT`` (display tiles live under it).
+        credentials: admin login and token to create on first start.
+    """
+
+    def __init__(self, url: str, state_dir: Path, document_root: Path, credentials: Credentials) -> None:
+        parts = urlsplit(url)
+        if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
+            raise StackError(
+                f"the local Label Studio listens on loopback with an explicit port, e.g. "
+                f"http://127.0.0.1:8080; got {url}"
+            )
+        self.url = url.rstrip("/")
+        self.port = parts.port
+        self.state_dir = state_dir
+        self.document_root = document_root
+        self.credentials = credentials
+        self.log_path = state_dir / "label-studio.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LocalLabelStudio:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def environment(self) -> dict[str, str]:
+        """Environment of the server process (it holds the password and token: never log it)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
+        env.update(
+            {
+                "LABEL_STUDIO_BASE_DATA_DIR": str(self.state_dir),
+                "LABEL_STUDIO_USERNAME": self.credentials.username,
+                "LABEL_STUDIO_PASSWORD": self.credentials.password,
+                "LABEL_STUDIO_USER_TOKEN": self.credentials.token,
+                "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+                "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+                "LOCAL_FILES_SERVING_ENABLED": "true",
+                "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+                "COLLECT_ANALYTICS": "false",
+                "SENTRY_DSN": "",
+                "FRONTEND_SENTRY_DSN": "",
+            }
+        )
+        return env
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start the server and wait until ``/health`` answers (first start runs migrations).
+
+        Raises:
+            StackError: if the port is taken or the server exits or does not answer in time.
+        """
+        if is_up(self.url):
+            raise StackError(
+                f"something already answers at {self.url}; stop it or set another port in label_studio.url"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.document_root.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "label_studio.server",
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                command,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_until_up(timeout)
+
+    def _wait_until_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise StackError(
+                    f"Label Studio exited with code {self._process.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if is_up(self.url, timeout=1.0):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise StackError(f"Label Studio did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        """Last lines of the server log."""
+        if not self.log_path.is_file():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def wait(self) -> int:
+        """Block until the server exits; return its exit code."""
+        if self._process is None:
+            return 0
+        return self._process.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server and its children (SIGTERM, then SIGKILL after ``timeout``)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass

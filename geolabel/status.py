@@ -1,0 +1,65 @@
+"""Per-raster summaries for ``geolabel tiles``."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from geolabel.config import Config
+from geolabel.errors import LabelStudioError
+from geolabel.lsclient import LabelStudioClient
+from georef.grid import crs_to_text
+from georef.registry import RasterRecord, TileRegistry, TileStatus
+
+
+def labelled_tiles(client: LabelStudioClient, project_ids: set[int]) -> set[str]:
+    """Tile ids whose Label Studio task has at least one annotation."""
+    labelled: set[str] = set()
+    for project_id in project_ids:
+        labelled.update(
+            s.tile_id for s in client.tasks(project_id) if s.annotations > 0 and s.tile_id is not None
+        )
+    return labelled
+
+
+def raster_table(config: Config, client: LabelStudioClient) -> tuple[Table, str | None]:
+    """A table of imported rasters, and a warning when Label Studio could not be asked."""
+    with TileRegistry(config.registry_path) as registry:
+        rasters = registry.rasters()
+        tile_status = {r.id: registry.status_counts(r.id) for r in rasters}
+        tile_ids = {r.id: list(registry.iter_tile_ids(r.id)) for r in rasters}
+    warning = None
+    labelled: set[str] | None
+    try:
+        labelled = labelled_tiles(client, {r.project_id for r in rasters})
+    except LabelStudioError as exc:
+        labelled, warning = None, f"labelled counts unavailable: {exc}"
+    table = Table(title=f"rasters in {config.registry_path}")
+    for column in ("raster", "project", "CRS", "resolution", "size", "tiles", "tasks", "skipped", "labelled"):
+        table.add_column(column, justify="left" if column in ("raster", "CRS") else "right")
+    for raster in rasters:
+        counts = tile_status[raster.id]
+        done = "?" if labelled is None else str(sum(1 for t in tile_ids[raster.id] if t in labelled))
+        table.add_row(
+            raster.name + ("" if raster.status == "complete" else " (incomplete)"),
+            str(raster.project_id),
+            _crs_label(raster),
+            _resolution(raster),
+            f"{raster.grid.width}x{raster.grid.height}",
+            str(sum(counts.values())),
+            str(counts[TileStatus.IMPORTED]),
+            str(counts[TileStatus.SKIPPED]),
+            done,
+        )
+    return table, warning
+
+
+def _crs_label(raster: RasterRecord) -> str:
+    text = crs_to_text(raster.grid.crs)
+    return text if text.startswith("EPSG:") else (raster.grid.crs.to_string()[:30] + "...")
+
+
+def _resolution(raster: RasterRecord) -> str:
+    x_res, y_res = raster.grid.resolution
+    units = raster.grid.crs.linear_units if raster.grid.crs.is_projected else "deg"
+    unit = {"metre": "m", "meter": "m"}.get(str(units), str(units))
+    return f"{x_res:.6g} x {y_res:.6g} {unit}"

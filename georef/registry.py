@@ -1,0 +1,489 @@
+"""The tile registry: the one place tile geometry is read from.
+
+A SQLite database (through sqlite-utils, in WAL mode so several processes can
+read while one writes) with three tables:
+
+- ``projects``: Label Studio projects geolabel created or adopted;
+- ``rasters``: source rasters (path, content hash, CRS, transform, size,
+  bands, dtype, nodata, display bands and stretch, tiling parameters);
+- ``tiles``: one row per planned tile (window in its raster, tile transform,
+  CRS, display image path, Label Studio task id, status).
+
+Transforms are stored as the six affine coefficients ``[a, b, c, d, e, f]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlite_utils
+from affine import Affine
+
+from georef.errors import RegistryError
+from georef.grid import (
+    Grid,
+    PixelWindow,
+    crs_from_text,
+    crs_to_text,
+    transform_from_list,
+    transform_to_list,
+)
+from georef.tiling import TilePlan
+
+SCHEMA_VERSION = 1
+
+
+class TileStatus(StrEnum):
+    """Life cycle of a tile row."""
+
+    PLANNED = "planned"  # row exists, display image not written yet
+    RENDERED = "rendered"  # display image written, no Label Studio task yet
+    SKIPPED = "skipped"  # every pixel is nodata: no image, no task
+    IMPORTED = "imported"  # Label Studio task created; task_id set
+
+
+class RasterStatus(StrEnum):
+    """Life cycle of a raster row."""
+
+    IMPORTING = "importing"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class NewRaster:
+    """What the registry needs to record a raster."""
+
+    path: str
+    name: str
+    content_hash: str
+    grid: Grid
+    band_count: int
+    dtype: str
+    nodata: float | None
+    display_bands: tuple[int, ...]
+    stretch: tuple[tuple[float, float], ...]
+    tile_size: int
+    overlap: int
+    project_id: int
+
+
+@dataclass(frozen=True)
+class RasterRecord:
+    """A raster row."""
+
+    id: int
+    path: str
+    name: str
+    content_hash: str
+    grid: Grid
+    band_count: int
+    dtype: str
+    nodata: float | None
+    display_bands: tuple[int, ...]
+    stretch: tuple[tuple[float, float], ...]
+    tile_size: int
+    overlap: int
+    project_id: int
+    status: RasterStatus
+    imported_at: str
+
+    @property
+    def uid(self) -> str:
+        """Short stable identifier of the raster's content, used in tile ids and paths."""
+        return self.content_hash[:12]
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """A tile row."""
+
+    id: str
+    raster_id: int
+    tile_row: int
+    tile_col: int
+    window: PixelWindow
+    grid: Grid
+    image_path: str | None
+    task_id: int | None
+    status: TileStatus
+
+
+def tile_id_for(raster_uid: str, window: PixelWindow) -> str:
+    """Deterministic tile id: the raster's content uid and the window's top-left pixel."""
+    return f"{raster_uid}_r{window.row_off}_c{window.col_off}"
+
+
+class TileRegistry:
+    """Context-managed access to the registry database at ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(self.path)
+        self.db.execute("PRAGMA busy_timeout = 10000")
+        self.db.enable_wal()
+        self._create_schema()
+
+    def __enter__(self) -> TileRegistry:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.db.conn.close()
+
+    def _create_schema(self) -> None:
+        with self.db.conn:
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                [str(SCHEMA_VERSION)],
+            )
+            self.db.execute(_PROJECTS_DDL)
+            self.db.execute(_RASTERS_DDL)
+            self.db.execute(_TILES_DDL)
+            self.db.execute("CREATE INDEX IF NOT EXISTS tiles_raster ON tiles (raster_id, status)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS tiles_task ON tiles (task_id)")
+        version = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if int(version) != SCHEMA_VERSION:
+            raise RegistryError(
+                f"registry {self.path} has schema version {version}, this geolabel reads {SCHEMA_VERSION}"
+            )
+
+    # projects -----------------------------------------------------------------
+
+    def record_project(self, ls_id: int, title: str) -> None:
+        """Remember the Label Studio project ``ls_id`` under ``title``."""
+        with self.db.conn:
+            self.db.execute(
+                "INSERT INTO projects (id, title, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET title = excluded.title",
+                [ls_id, title, _now()],
+            )
+
+    def project_id(self, title: str) -> int | None:
+        """Label Studio id of the project recorded under ``title``, if any."""
+        row = self.db.execute("SELECT id FROM projects WHERE title = ?", [title]).fetchone()
+        return int(row[0]) if row else None
+
+    def forget_project(self, ls_id: int) -> None:
+        """Drop a project row (for a project deleted in Label Studio with no rasters left)."""
+        with self.db.conn:
+            self.db.execute("DELETE FROM projects WHERE id = ?", [ls_id])
+
+    # rasters ------------------------------------------------------------------
+
+    def add_raster(self, raster: NewRaster, plans: Sequence[TilePlan]) -> RasterRecord:
+        """Record a raster and all its planned tiles in one transaction.
+
+        Raises:
+            RegistryError: if a raster with the same path is already recorded.
+        """
+        if self.raster_by_path(raster.path) is not None:
+            raise RegistryError(f"raster {raster.path} is already in the registry")
+        row = {
+            "path": raster.path,
+            "name": raster.name,
+            "content_hash": raster.content_hash,
+            "crs": _crs_text(raster.grid),
+            "transform": json.dumps(transform_to_list(raster.grid.transform)),
+            "width": raster.grid.width,
+            "height": raster.grid.height,
+            "band_count": raster.band_count,
+            "dtype": raster.dtype,
+            "nodata": raster.nodata,
+            "display_bands": json.dumps(list(raster.display_bands)),
+            "stretch": json.dumps([list(pair) for pair in raster.stretch]),
+            "tile_size": raster.tile_size,
+            "overlap": raster.overlap,
+            "project_id": raster.project_id,
+            "status": RasterStatus.IMPORTING.value,
+            "imported_at": _now(),
+        }
+        with self.db.conn:
+            cursor = self.db.conn.execute(
+                f"INSERT INTO rasters ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                list(row.values()),
+            )
+            raster_id = int(cursor.lastrowid or 0)
+            uid = raster.content_hash[:12]
+            self.db.conn.executemany(
+                "INSERT INTO tiles (id, raster_id, tile_row, tile_col, col_off, row_off, width, height, "
+                "transform, crs, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_tile_row(raster_id, uid, raster.grid, plan) for plan in plans),
+            )
+        return self.raster(raster_id)
+
+    def raster(self, raster_id: int) -> RasterRecord:
+        """The raster row with id ``raster_id``.
+
+        Raises:
+            RegistryError: if there is none.
+        """
+        row = self._one("SELECT * FROM rasters WHERE id = ?", [raster_id])
+        if row is None:
+            raise RegistryError(f"no raster with id {raster_id} in the registry")
+        return _raster_record(row)
+
+    def raster_by_path(self, path: str) -> RasterRecord | None:
+        """The raster recorded at ``path``, if any."""
+        row = self._one("SELECT * FROM rasters WHERE path = ?", [path])
+        return _raster_record(row) if row else None
+
+    def raster_by_hash(self, content_hash: str) -> RasterRecord | None:
+        """A raster recorded with this content hash, if any."""
+        row = self._one("SELECT * FROM rasters WHERE content_hash = ? ORDER BY id LIMIT 1", [content_hash])
+        return _raster_record(row) if row else None
+
+    def rasters(self) -> list[RasterRecord]:
+        """Every raster row, oldest first."""
+        return [_raster_record(row) for row in self._all("SELECT * FROM rasters ORDER BY id", [])]
+
+    def set_raster_status(self, raster_id: int, status: RasterStatus) -> None:
+        """Set a raster's status."""
+        with self.db.conn:
+            self.db.execute("UPDATE rasters SET status = ? WHERE id = ?", [status.value, raster_id])
+
+    def delete_raster(self, raster_id: int) -> None:
+        """Delete a raster and its tiles (only for imports that created nothing in Label Studio).
+
+        Raises:
+            RegistryError: if one of its tiles already has a Label Studio task.
+        """
+        with self.db.conn:
+            imported = self.db.execute(
+                "SELECT COUNT(*) FROM tiles WHERE raster_id = ? AND task_id IS NOT NULL", [raster_id]
+            ).fetchone()[0]
+            if imported:
+                raise RegistryError(f"raster {raster_id} has {imported} Label Studio tasks; not deleting it")
+            self.db.execute("DELETE FROM tiles WHERE raster_id = ?", [raster_id])
+            self.db.execute("DELETE FROM rasters WHERE id = ?", [raster_id])
+
+    # tiles --------------------------------------------------------------------
+
+    def tiles(self, raster_id: int | None = None, status: TileStatus | None = None) -> list[TileRecord]:
+        """Tile rows, optionally of one raster and/or one status, in row-major order."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if raster_id is not None:
+            clauses.append("t.raster_id = ?")
+            params.append(raster_id)
+        if status is not None:
+            clauses.append("t.status = ?")
+            params.append(status.value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT t.* FROM tiles t {where} ORDER BY t.raster_id, t.tile_row, t.tile_col"
+        return [_tile_record(row) for row in self._all(sql, params)]
+
+    def tile(self, tile_id: str) -> TileRecord:
+        """The tile row ``tile_id``.
+
+        Raises:
+            RegistryError: if there is none.
+        """
+        row = self._one("SELECT * FROM tiles WHERE id = ?", [tile_id])
+        if row is None:
+            raise RegistryError(f"no tile {tile_id!r} in the registry")
+        return _tile_record(row)
+
+    def tile_by_task(self, task_id: int) -> TileRecord:
+        """The tile whose Label Studio task is ``task_id``.
+
+        Raises:
+            RegistryError: if no tile has that task.
+        """
+        row = self._one("SELECT * FROM tiles WHERE task_id = ?", [task_id])
+        if row is None:
+            raise RegistryError(f"no tile for Label Studio task {task_id}")
+        return _tile_record(row)
+
+    def grid(self, tile_id: str) -> Grid:
+        """The grid (size, transform, CRS) of tile ``tile_id``."""
+        return self.tile(tile_id).grid
+
+    def mark_rendered(self, results: Iterable[tuple[str, str | None]]) -> None:
+        """Record rendered tiles: ``(tile_id, image_path)``, or ``(tile_id, None)`` for skipped ones."""
+        rows = [
+            (path, (TileStatus.RENDERED if path else TileStatus.SKIPPED).value, tile_id)
+            for tile_id, path in results
+        ]
+        with self.db.conn:
+            self.db.conn.executemany(
+                "UPDATE tiles SET image_path = ?, status = ? WHERE id = ? AND task_id IS NULL", rows
+            )
+
+    def set_task_ids(self, task_ids: Mapping[str, int]) -> None:
+        """Record the Label Studio task of each tile (``tile_id -> task_id``).
+
+        Raises:
+            RegistryError: if a tile is unknown or has no display image.
+        """
+        with self.db.conn:
+            for tile_id, task_id in task_ids.items():
+                cursor = self.db.conn.execute(
+                    "UPDATE tiles SET task_id = ?, status = ? WHERE id = ? AND image_path IS NOT NULL",
+                    [task_id, TileStatus.IMPORTED.value, tile_id],
+                )
+                if cursor.rowcount != 1:
+                    raise RegistryError(f"cannot attach task {task_id}: no rendered tile {tile_id!r}")
+
+    def reset_tasks(self, tile_ids: Iterable[str]) -> None:
+        """Forget the Label Studio tasks of tiles (their tasks were deleted in Label Studio)."""
+        rows = [(TileStatus.RENDERED.value, tile_id) for tile_id in tile_ids]
+        with self.db.conn:
+            self.db.conn.executemany(
+                "UPDATE tiles SET task_id = NULL, status = ? WHERE id = ? AND image_path IS NOT NULL", rows
+            )
+
+    def set_raster_project(self, raster_id: int, project_id: int) -> None:
+        """Move a raster to another Label Studio project (its old project was deleted)."""
+        with self.db.conn:
+            self.db.execute("UPDATE rasters SET project_id = ? WHERE id = ?", [project_id, raster_id])
+
+    def status_counts(self, raster_id: int) -> dict[TileStatus, int]:
+        """Number of tiles of a raster in each status."""
+        counts = {status: 0 for status in TileStatus}
+        for status, count in self.db.execute(
+            "SELECT status, COUNT(*) FROM tiles WHERE raster_id = ? GROUP BY status", [raster_id]
+        ).fetchall():
+            counts[TileStatus(status)] = int(count)
+        return counts
+
+    def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
+        rows = self._all(sql, params)
+        return rows[0] if rows else None
+
+    def _all(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        cursor = self.db.execute(sql, list(params))
+        names = [col[0] for col in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def iter_tile_ids(self, raster_id: int) -> Iterator[str]:
+        """Ids of a raster's tiles, in row-major order."""
+        for (tile_id,) in self.db.execute(
+            "SELECT id FROM tiles WHERE raster_id = ? ORDER BY tile_row, tile_col", [raster_id]
+        ).fetchall():
+            yield str(tile_id)
+
+
+_PROJECTS_DDL = """
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    created_at TEXT NOT NULL
+)"""
+
+_RASTERS_DDL = """
+CREATE TABLE IF NOT EXISTS rasters (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    crs TEXT NOT NULL,
+    transform TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    band_count INTEGER NOT NULL,
+    dtype TEXT NOT NULL,
+    nodata REAL,
+    display_bands TEXT NOT NULL,
+    stretch TEXT NOT NULL,
+    tile_size INTEGER NOT NULL,
+    overlap INTEGER NOT NULL,
+    project_id INTEGER NOT NULL REFERENCES projects (id),
+    status TEXT NOT NULL,
+    imported_at TEXT NOT NULL
+)"""
+
+_TILES_DDL = """
+CREATE TABLE IF NOT EXISTS tiles (
+    id TEXT PRIMARY KEY,
+    raster_id INTEGER NOT NULL REFERENCES rasters (id),
+    tile_row INTEGER NOT NULL,
+    tile_col INTEGER NOT NULL,
+    col_off INTEGER NOT NULL,
+    row_off INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    transform TEXT NOT NULL,
+    crs TEXT NOT NULL,
+    image_path TEXT,
+    task_id INTEGER UNIQUE,
+    status TEXT NOT NULL
+)"""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _crs_text(grid: Grid) -> str:
+    return crs_to_text(grid.crs)
+
+
+def _tile_row(raster_id: int, uid: str, grid: Grid, plan: TilePlan) -> tuple[Any, ...]:
+    window = plan.window
+    tile_grid = grid.window_grid(window)
+    return (
+        tile_id_for(uid, window),
+        raster_id,
+        plan.tile_row,
+        plan.tile_col,
+        window.col_off,
+        window.row_off,
+        window.width,
+        window.height,
+        json.dumps(transform_to_list(tile_grid.transform)),
+        _crs_text(grid),
+        TileStatus.PLANNED.value,
+    )
+
+
+def _grid(width: int, height: int, transform_json: str, crs: str) -> Grid:
+    transform: Affine = transform_from_list(json.loads(transform_json))
+    return Grid(width, height, transform, crs_from_text(crs))
+
+
+def _raster_record(row: Mapping[str, Any]) -> RasterRecord:
+    return RasterRecord(
+        id=int(row["id"]),
+        path=str(row["path"]),
+        name=str(row["name"]),
+        content_hash=str(row["content_hash"]),
+        grid=_grid(row["width"], row["height"], row["transform"], row["crs"]),
+        band_count=int(row["band_count"]),
+        dtype=str(row["dtype"]),
+        nodata=None if row["nodata"] is None else float(row["nodata"]),
+        display_bands=tuple(int(b) for b in json.loads(row["display_bands"])),
+        stretch=tuple((float(lo), float(hi)) for lo, hi in json.loads(row["stretch"])),
+        tile_size=int(row["tile_size"]),
+        overlap=int(row["overlap"]),
+        project_id=int(row["project_id"]),
+        status=RasterStatus(row["status"]),
+        imported_at=str(row["imported_at"]),
+    )
+
+
+def _tile_record(row: Mapping[str, Any]) -> TileRecord:
+    return TileRecord(
+        id=str(row["id"]),
+        raster_id=int(row["raster_id"]),
+        tile_row=int(row["tile_row"]),
+        tile_col=int(row["tile_col"]),
+        window=PixelWindow(int(row["col_off"]), int(row["row_off"]), int(row["width"]), int(row["height"])),
+        grid=_grid(row["width"], row["height"], row["transform"], row["crs"]),
+        image_path=row["image_path"],
+        task_id=None if row["task_id"] is None else int(row["task_id"]),
+        status=TileStatus(row["status"]),
+    )

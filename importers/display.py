@@ -1,0 +1,176 @@
+"""Display tiles: band choice, one stretch per raster, 8-bit conversion and PNG encoding.
+
+The stretch is computed once per raster from a bounded sample and stored in the
+registry, so neighbouring tiles look the same and a resumed import renders the
+remaining tiles exactly like the first ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import fpng
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+
+from georef.tiling import axis_starts
+from importers.errors import AllNodataError, UnsupportedRasterError
+from importers.raster import RasterInfo
+
+StretchMethod = Literal["auto", "none", "percentile"]
+Stretch = tuple[tuple[float, float], ...]
+
+SAMPLE_WINDOW = 256
+SAMPLE_WINDOWS_PER_AXIS = 8
+MAX_DECIMATED_SIDE = 1024
+
+
+def choose_bands(info: RasterInfo, requested: Sequence[int] | None) -> tuple[int, ...]:
+    """Pick the 1 or 3 bands to display (1-based).
+
+    Without a request: the bands whose colour interpretation is red, green and
+    blue; else bands 1-3 when there are at least three non-alpha bands; else band 1.
+
+    Raises:
+        UnsupportedRasterError: if a requested band does not exist or is the
+            alpha band, or if the request is not 1 or 3 bands.
+    """
+    if requested:
+        bands = tuple(int(b) for b in requested)
+        if len(bands) not in (1, 3):
+            raise UnsupportedRasterError(f"choose 1 (grey) or 3 (RGB) display bands, got {list(bands)}")
+        for band in bands:
+            if not 1 <= band <= info.band_count:
+                raise UnsupportedRasterError(
+                    f"{info.path.name} has bands 1-{info.band_count}; display band {band} does not exist"
+                )
+            if band == info.alpha_band:
+                raise UnsupportedRasterError(f"band {band} of {info.path.name} is its alpha band")
+        return bands
+    names = info.colorinterp
+    rgb = [ColorInterp.red.name, ColorInterp.green.name, ColorInterp.blue.name]
+    if all(name in names for name in rgb):
+        return tuple(names.index(name) + 1 for name in rgb)
+    data_bands = [b for b in range(1, info.band_count + 1) if b != info.alpha_band]
+    return tuple(data_bands[:3]) if len(data_bands) >= 3 else (data_bands[0],)
+
+
+def compute_stretch(
+    src: rasterio.DatasetReader,
+    info: RasterInfo,
+    bands: Sequence[int],
+    method: StretchMethod,
+    percentiles: tuple[float, float],
+) -> Stretch:
+    """Per-band ``(low, high)`` values mapped to 0 and 255, from a bounded sample of the raster.
+
+    ``auto`` keeps 8-bit data as it is and uses ``percentile`` for other types.
+
+    Raises:
+        AllNodataError: if no valid pixel is found anywhere in the raster.
+    """
+    if method == "auto":
+        method = "none" if info.dtype == "uint8" else "percentile"
+    if method == "none":
+        if info.dtype != "uint8":
+            raise UnsupportedRasterError(
+                f"{info.path.name} is {info.dtype}: stretch 'none' only suits 8-bit data; use 'percentile'"
+            )
+        return tuple((0.0, 255.0) for _ in bands)
+    samples = _sample_valid(src, info, bands)
+    stretch = []
+    for values in samples:
+        low, high = np.percentile(values, percentiles)
+        low, high = float(low), float(high)
+        stretch.append((low, high if high > low else low + 1.0))
+    return tuple(stretch)
+
+
+def _sample_valid(
+    src: rasterio.DatasetReader, info: RasterInfo, bands: Sequence[int]
+) -> list[npt.NDArray[np.float64]]:
+    """Valid values of each band from a grid of small windows, else a decimated full read."""
+    chunks: list[list[npt.NDArray[np.float64]]] = [[] for _ in bands]
+    for window in _sample_windows(info.grid.width, info.grid.height):
+        _collect(src, bands, window, None, chunks)
+    if not chunks[0] or sum(c.size for c in chunks[0]) == 0:
+        scale = max(info.grid.width, info.grid.height) / MAX_DECIMATED_SIDE
+        shape = (
+            max(1, round(info.grid.height / max(scale, 1))),
+            max(1, round(info.grid.width / max(scale, 1))),
+        )
+        _collect(src, bands, None, shape, chunks)
+    if sum(c.size for c in chunks[0]) == 0:
+        raise AllNodataError(
+            f"{info.path}: every pixel is nodata (nodata={info.nodata}); there is nothing to label"
+        )
+    return [np.concatenate(c) for c in chunks]
+
+
+def _sample_windows(width: int, height: int) -> list[Window]:
+    size = SAMPLE_WINDOW
+    cols = _spread(width, size)
+    rows = _spread(height, size)
+    return [Window(c, r, min(size, width), min(size, height)) for r in rows for c in cols]
+
+
+def _spread(length: int, size: int) -> list[int]:
+    starts = axis_starts(length, size, 0)
+    step = max(1, len(starts) // SAMPLE_WINDOWS_PER_AXIS)
+    return starts[::step][:SAMPLE_WINDOWS_PER_AXIS]
+
+
+def _collect(
+    src: rasterio.DatasetReader,
+    bands: Sequence[int],
+    window: Window | None,
+    out_shape: tuple[int, int] | None,
+    chunks: list[list[npt.NDArray[np.float64]]],
+) -> None:
+    kwargs: dict[str, object] = {"window": window}
+    if out_shape is not None:
+        kwargs["out_shape"] = out_shape
+    mask = src.dataset_mask(**kwargs) > 0
+    for i, band in enumerate(bands):
+        values = src.read(band, **kwargs).astype(np.float64)
+        valid = mask & np.isfinite(values)
+        chunks[i].append(values[valid])
+
+
+def read_display(
+    src: rasterio.DatasetReader, window: Window, bands: Sequence[int], stretch: Stretch
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    """Read one window as an 8-bit ``(height, width, 3)`` image and its validity mask."""
+    data = src.read(list(bands), window=window)
+    valid = src.dataset_mask(window=window) > 0
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    image = to_uint8(data, stretch)
+    if image.shape[0] == 1:
+        image = np.repeat(image, 3, axis=0)
+    return np.ascontiguousarray(image.transpose(1, 2, 0)), valid
+
+
+def to_uint8(data: npt.NDArray[np.generic], stretch: Stretch) -> npt.NDArray[np.uint8]:
+    """Map ``(bands, h, w)`` values linearly so each band's ``(low, high)`` becomes ``(0, 255)``."""
+    if data.dtype == np.uint8 and all(pair == (0.0, 255.0) for pair in stretch):
+        return np.asarray(data, dtype=np.uint8)
+    out = np.empty(data.shape, dtype=np.uint8)
+    for i, (low, high) in enumerate(stretch):
+        band = (data[i].astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+        np.clip(np.nan_to_num(band, nan=0.0), 0, 255, out=band)
+        out[i] = band + np.float32(0.5)
+    return out
+
+
+def encode_png(image: npt.NDArray[np.uint8], valid: npt.NDArray[np.bool_]) -> bytes:
+    """Encode a display tile as lossless PNG; nodata pixels become transparent (RGBA)."""
+    if not valid.all():
+        alpha = np.where(valid, 255, 0).astype(np.uint8)
+        image = np.ascontiguousarray(np.dstack([image, alpha]))
+    encoded: bytes = fpng.from_ndarray(image)
+    return encoded

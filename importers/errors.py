@@ -1,0 +1,29 @@
+"""Errors raised while reading rasters and importing them."""
+
+
+class ImportFailedError(Exception):
+    """Base class of every importer error; the message says what is wrong and how to fix it."""
+
+
+class RasterNotFoundError(ImportFailedError, FileNotFoundError):
+    """The raster path does not exist or is not a file."""
+
+
+class NotARasterError(ImportFailedError, ValueError):
+    """GDAL cannot read the file as a raster."""
+
+
+class NotGeoreferencedError(ImportFailedError, ValueError):
+    """The raster has no CRS or no geotransform (or only ground control points)."""
+
+
+class UnsupportedRasterError(ImportFailedError, ValueError):
+    """The raster is readable but geolabel cannot display it (complex data, bad band choice...)."""
+
+
+class RasterChangedError(ImportFailedError, ValueError):
+    """A raster at an already imported path now has different content."""
+
+
+class AllNodataError(ImportFailedError, ValueError):
+    """Every pixel of the raster is nodata: there is nothing to label."""

@@ -1,0 +1,284 @@
+"""Import one raster into a Label Studio project: plan, render, register, create tasks.
+
+The order makes every step resumable and keeps the registry and Label Studio
+in agreement:
+
+1. check the raster and reach Label Studio before writing anything;
+2. record the raster, its display stretch and every planned tile in one transaction;
+3. render display tiles (in parallel), recording each chunk as it completes;
+4. reconcile with the project's tasks (adopt tasks an interrupted run created,
+   forget tasks deleted in Label Studio), then create the missing tasks in batches,
+   recording their ids after each batch.
+
+Re-running an import after a crash or Ctrl-C at any point completes it without
+duplicates: tile ids are deterministic and every task carries its tile id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import rasterio
+
+from geolabel.lsclient import IMPORT_BATCH, LabelStudioClient, ProjectRef
+from georef.registry import NewRaster, RasterRecord, RasterStatus, TileRecord, TileRegistry, TileStatus
+from georef.taskgeo import TileGeo
+from georef.tiling import plan_tiles
+from importers.display import StretchMethod, choose_bands, compute_stretch
+from importers.errors import AllNodataError, ImportFailedError, RasterChangedError
+from importers.labelconfig import LabelClass, label_config
+from importers.raster import RasterInfo, content_hash, inspect_raster
+from importers.render import GDAL_CACHE_MB, RenderJob, TileTask, render_tiles
+
+
+class Progress(Protocol):
+    """Receives progress of long steps (the CLI shows a progress bar)."""
+
+    def start(self, description: str, total: int) -> None:
+        """A step of ``total`` units begins."""
+
+    def advance(self, units: int) -> None:
+        """``units`` more are done."""
+
+
+class _Silent:
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, units: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """Settings of an import (from ``geolabel.toml`` and the command line)."""
+
+    project: str
+    classes: Sequence[LabelClass]
+    data_dir: Path
+    document_root: Path
+    tile_size: int = 512
+    overlap: int = 64
+    bands: Sequence[int] | None = None
+    stretch: StretchMethod = "auto"
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    workers: int = 2
+
+    @property
+    def tiles_dir(self) -> Path:
+        """Folder of display tiles."""
+        return self.data_dir / "tiles"
+
+
+@dataclass
+class ImportReport:
+    """What an import did."""
+
+    raster: str
+    project_id: int
+    tiles: int = 0
+    skipped: int = 0
+    rendered_now: int = 0
+    tasks_created: int = 0
+    tasks_adopted: int = 0
+    tasks_lost: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_project(client: LabelStudioClient, registry: TileRegistry, options: ImportOptions) -> ProjectRef:
+    """Find or create the Label Studio project and let it serve the display tiles.
+
+    Raises:
+        ImportFailedError: if the tiles folder is not under Label Studio's document root.
+        LabelStudioError: if Label Studio is unreachable or refuses.
+    """
+    tiles_dir = options.tiles_dir.resolve()
+    if not tiles_dir.is_relative_to(options.document_root.resolve()):
+        raise ImportFailedError(
+            f"display tiles go to {tiles_dir}, outside Label Studio's document root "
+            f"{options.document_root}; set label_studio.document_root to a parent of paths.data_dir"
+        )
+    config = label_config(options.classes)
+    ref = client.ensure_project(options.project, config, known_id=registry.project_id(options.project))
+    tiles_dir.mkdir(parents=True, exist_ok=True)
+    client.ensure_local_storage(ref.id, tiles_dir)
+    registry.record_project(ref.id, options.project)
+    return ref
+
+
+def import_raster(
+    path: str | Path,
+    options: ImportOptions,
+    registry: TileRegistry,
+    client: LabelStudioClient,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import one raster into the project named in ``options`` (idempotent and resumable).
+
+    Raises:
+        ImportFailedError: for bad rasters (the message says what to fix).
+        LabelStudioError: if Label Studio is unreachable or refuses a request.
+    """
+    progress = progress or _Silent()
+    info = inspect_raster(path)
+    digest = content_hash(info.path)
+    record = registry.raster_by_path(str(info.path))
+    if record is not None and record.content_hash != digest:
+        raise RasterChangedError(
+            f"{info.path} was imported before with different content (sha256 {record.content_hash[:12]}, "
+            f"now {digest[:12]}); its tasks and labels refer to the old pixels. Import the new file under "
+            "another path (copy or rename it) to add it as a new raster"
+        )
+    if record is None:
+        twin = registry.raster_by_hash(digest)
+        if twin is not None:
+            report = ImportReport(str(info.path), twin.project_id)
+            report.notes.append(f"same content as the already imported {twin.path}; nothing added")
+            return report
+    project = prepare_project(client, registry, options)
+    if record is None:
+        record = _register(info, digest, project.id, options, registry)
+    report = ImportReport(str(info.path), project.id)
+    if record.project_id != project.id:
+        report.notes.append(f"moved from project {record.project_id} (no longer found) to {project.id}")
+    _check_same_display(record, options, report)
+    report.rendered_now = _render_pending(record, options, registry, progress)
+    counts = registry.status_counts(record.id)
+    report.tiles, report.skipped = sum(counts.values()), counts[TileStatus.SKIPPED]
+    if report.skipped == report.tiles:
+        registry.delete_raster(record.id)
+        raise AllNodataError(f"{info.path}: every tile is entirely nodata; there is nothing to label")
+    _sync_tasks(record, project.id, options, registry, client, report, progress)
+    registry.set_raster_status(record.id, RasterStatus.COMPLETE)
+    return report
+
+
+def _register(
+    info: RasterInfo, digest: str, project_id: int, options: ImportOptions, registry: TileRegistry
+) -> RasterRecord:
+    bands = choose_bands(info, options.bands)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(info.path) as src:
+        stretch = compute_stretch(src, info, bands, options.stretch, options.percentiles)
+    plans = plan_tiles(info.grid.width, info.grid.height, options.tile_size, options.overlap)
+    raster = NewRaster(
+        path=str(info.path),
+        name=info.path.name,
+        content_hash=digest,
+        grid=info.grid,
+        band_count=info.band_count,
+        dtype=info.dtype,
+        nodata=info.nodata,
+        display_bands=bands,
+        stretch=stretch,
+        tile_size=options.tile_size,
+        overlap=options.overlap,
+        project_id=project_id,
+    )
+    return registry.add_raster(raster, plans)
+
+
+def _check_same_display(record: RasterRecord, options: ImportOptions, report: ImportReport) -> None:
+    if (record.tile_size, record.overlap) != (options.tile_size, options.overlap):
+        report.notes.append(
+            f"tiled at first import with size {record.tile_size} and overlap {record.overlap}; "
+            "those are kept (the config now says otherwise)"
+        )
+    if options.bands and tuple(options.bands) != record.display_bands:
+        report.notes.append(f"display bands fixed at first import: {list(record.display_bands)}")
+
+
+def _render_pending(
+    record: RasterRecord, options: ImportOptions, registry: TileRegistry, progress: Progress
+) -> int:
+    pending = [t for t in registry.tiles(record.id) if _needs_render(t, options.data_dir)]
+    if not pending:
+        return 0
+    job = RenderJob(str(record.path), record.display_bands, record.stretch, str(options.data_dir))
+    tasks = [TileTask(t.id, t.window, t.image_path or _image_path(record, t)) for t in pending]
+    progress.start(f"tiling {record.name}", len(tasks))
+    for results in render_tiles(job, tasks, options.workers):
+        registry.mark_rendered(results)
+        progress.advance(len(results))
+    return len(tasks)
+
+
+def _needs_render(tile: TileRecord, data_dir: Path) -> bool:
+    if tile.status is TileStatus.PLANNED:
+        return True
+    return tile.image_path is not None and not (data_dir / tile.image_path).is_file()
+
+
+def _image_path(record: RasterRecord, tile: TileRecord) -> str:
+    return f"tiles/{record.uid}/r{tile.window.row_off}_c{tile.window.col_off}.png"
+
+
+def _sync_tasks(
+    record: RasterRecord,
+    project_id: int,
+    options: ImportOptions,
+    registry: TileRegistry,
+    client: LabelStudioClient,
+    report: ImportReport,
+    progress: Progress,
+) -> None:
+    _reconcile(record, project_id, registry, client, report)
+    missing = registry.tiles(record.id, status=TileStatus.RENDERED)
+    if not missing:
+        return
+    progress.start(f"creating tasks for {record.name}", len(missing))
+    for start in range(0, len(missing), IMPORT_BATCH):
+        batch = missing[start : start + IMPORT_BATCH]
+        ids = client.import_tasks(project_id, [task_payload(record, t, options) for t in batch])
+        registry.set_task_ids({tile.id: task_id for tile, task_id in zip(batch, ids, strict=True)})
+        report.tasks_created += len(batch)
+        progress.advance(len(batch))
+
+
+def _reconcile(
+    record: RasterRecord,
+    project_id: int,
+    registry: TileRegistry,
+    client: LabelStudioClient,
+    report: ImportReport,
+) -> None:
+    states = client.tasks(project_id)
+    live = {s.task_id for s in states}
+    by_tile: dict[str, int] = {}
+    for state in sorted(states, key=lambda s: s.task_id):
+        if state.tile_id is not None:
+            by_tile.setdefault(state.tile_id, state.task_id)
+    tiles = registry.tiles(record.id)
+    lost = [t.id for t in tiles if t.task_id is not None and t.task_id not in live]
+    if lost:
+        registry.reset_tasks(lost)
+        report.tasks_lost = len(lost)
+        report.notes.append(f"{len(lost)} tasks were deleted in Label Studio; they are created again")
+    adopt = {
+        t.id: by_tile[t.id]
+        for t in tiles
+        if t.id in by_tile and (t.task_id is None or t.id in lost) and t.image_path is not None
+    }
+    registry.set_task_ids(adopt)
+    report.tasks_adopted = len(adopt)
+    if record.project_id != project_id:
+        registry.set_raster_project(record.id, project_id)
+
+
+def task_payload(record: RasterRecord, tile: TileRecord, options: ImportOptions) -> dict[str, Any]:
+    """The Label Studio task of one tile: its display image URL, tile id and ``geo`` object."""
+    if tile.image_path is None:
+        raise ImportFailedError(f"tile {tile.id} has no display image")
+    relative = (options.data_dir / tile.image_path).resolve().relative_to(options.document_root.resolve())
+    geo = TileGeo.from_grid(tile.id, tile.grid, tile.window, record.path, record.content_hash)
+    return {
+        "data": {
+            "image": f"/data/local-files/?d={quote(relative.as_posix())}",
+            "tile_id": tile.id,
+            "raster": record.name,
+            "geo": geo.model_dump(mode="json"),
+        }
+    }

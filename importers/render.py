@@ -1,0 +1,94 @@
+"""Render display tiles in parallel: read window, stretch, encode PNG, write file.
+
+Work is split into chunks of consecutive tiles (row-major, so strip-organised
+files are decompressed once per chunk) and spread over worker processes; each
+worker opens the raster once per chunk. Memory stays bounded by a few tiles per
+worker and GDAL's block cache, which is capped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import rasterio
+
+from georef.grid import PixelWindow
+from importers.display import Stretch, encode_png, read_display
+
+GDAL_CACHE_MB = 64
+CHUNK_TILES = 16
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """What every worker needs to render tiles of one raster (picklable)."""
+
+    raster_path: str
+    bands: tuple[int, ...]
+    stretch: Stretch
+    output_root: str
+
+
+@dataclass(frozen=True)
+class TileTask:
+    """One tile to render: its id, its window in the raster and its image path under the root."""
+
+    tile_id: str
+    window: PixelWindow
+    relative_path: str
+
+
+RenderResult = tuple[str, str | None]  # (tile_id, relative image path or None if all nodata)
+
+
+def render_chunk(job: RenderJob, tasks: Sequence[TileTask]) -> list[RenderResult]:
+    """Render ``tasks`` in this process; an entirely nodata tile gives ``(tile_id, None)``."""
+    results: list[RenderResult] = []
+    root = Path(job.output_root)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(job.raster_path) as src:
+        for task in tasks:
+            image, valid = read_display(src, task.window.to_rasterio(), job.bands, job.stretch)
+            if not valid.any():
+                results.append((task.tile_id, None))
+                continue
+            _write_atomic(root / task.relative_path, encode_png(image, valid))
+            results.append((task.tile_id, task.relative_path))
+    return results
+
+
+def render_tiles(job: RenderJob, tasks: Sequence[TileTask], workers: int) -> Iterator[list[RenderResult]]:
+    """Render every task, yielding results chunk by chunk as they complete.
+
+    With ``workers <= 1`` everything runs in this process.
+    """
+    chunks = [tasks[i : i + CHUNK_TILES] for i in range(0, len(tasks), CHUNK_TILES)]
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield render_chunk(job, chunk)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending: set[Future[list[RenderResult]]] = set()
+        queue = iter(chunks)
+        for chunk in queue:
+            pending.add(pool.submit(render_chunk, job, chunk))
+            if len(pending) >= workers * 2:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                next_chunk = next(queue, None)
+                if next_chunk is not None:
+                    pending.add(pool.submit(render_chunk, job, next_chunk))
+                yield future.result()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
