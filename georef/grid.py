@@ -116,7 +116,7 @@ class Grid:
 
     def window_grid(self, window: PixelWindow) -> Grid:
         """Return the grid of the pixels in ``window`` (same CRS, shifted transform)."""
-        transform = self.transform * Affine.translation(window.col_off, window.row_off)
+        transform = self.transform @ Affine.translation(window.col_off, window.row_off)
         return Grid(window.width, window.height, transform, self.crs)
 
     def pixel_to_world(self, pixel_xy: npt.ArrayLike) -> FloatArray:

@@ -24,6 +24,7 @@ from importers.raster import RasterInfo
 StretchMethod = Literal["auto", "none", "percentile"]
 Stretch = tuple[tuple[float, float], ...]
 
+FULL_READ_PIXELS = 2048 * 1024  # smaller rasters are read whole for their stretch
 SAMPLE_WINDOW = 256
 SAMPLE_WINDOWS_PER_AXIS = 8
 MAX_DECIMATED_SIDE = 1024
@@ -93,10 +94,13 @@ def compute_stretch(
 def _sample_valid(
     src: rasterio.DatasetReader, info: RasterInfo, bands: Sequence[int]
 ) -> list[npt.NDArray[np.float64]]:
-    """Valid values of each band from a grid of small windows, else a decimated full read."""
+    """Valid values per band: a small raster whole, else a grid of windows, else a decimated read."""
     chunks: list[list[npt.NDArray[np.float64]]] = [[] for _ in bands]
-    for window in _sample_windows(info.grid.width, info.grid.height):
-        _collect(src, bands, window, None, chunks)
+    if info.grid.width * info.grid.height <= FULL_READ_PIXELS:
+        _collect(src, bands, None, None, chunks)
+    else:
+        for window in _sample_windows(info.grid.width, info.grid.height):
+            _collect(src, bands, window, None, chunks)
     if not chunks[0] or sum(c.size for c in chunks[0]) == 0:
         scale = max(info.grid.width, info.grid.height) / MAX_DECIMATED_SIDE
         shape = (

@@ -1,0 +1,153 @@
+"""Shared fixtures: real GeoTIFFs written with rasterio, and one real Label Studio per test run."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from hypothesis import settings
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+
+from geolabel.lsclient import LabelStudioClient
+from geolabel.stack import LocalLabelStudio, load_or_create_credentials
+from importers.labelconfig import LabelClass
+
+# Tests never depend on timing: no per-example deadline.
+settings.register_profile("geolabel", deadline=None, max_examples=100)
+settings.load_profile("geolabel")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LAMBERT93_20CM = Affine(0.2, 0.0, 650000.0, 0.0, -0.2, 6860000.0)
+CLASSES = [LabelClass(1, "building", "#e31a1c"), LabelClass(2, "water", "#1f78b4")]
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real sample rasters beside the project (skip when absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+GeoTiffFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_geotiff(tmp_path: Path) -> GeoTiffFactory:
+    """Build a real GeoTIFF: ``make_geotiff(name, data=..., crs=..., transform=..., nodata=...)``."""
+    counter = iter(range(1_000_000))
+
+    def factory(
+        name: str | None = None,
+        *,
+        data: np.ndarray | None = None,
+        width: int = 300,
+        height: int = 200,
+        count: int = 3,
+        dtype: str = "uint8",
+        crs: str | CRS | None = "EPSG:2154",
+        transform: Affine | None = LAMBERT93_20CM,
+        nodata: float | None = None,
+        colorinterp: Sequence[ColorInterp] | None = None,
+        mask: np.ndarray | None = None,
+        folder: Path | None = None,
+        **profile: Any,
+    ) -> Path:
+        if data is None:
+            data = synthetic(count, height, width, dtype, seed=next(counter))
+        count, height, width = data.shape
+        path = (folder or tmp_path) / (name or f"raster_{next(counter)}.tif")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": count,
+            "dtype": data.dtype.name,
+            "nodata": nodata,
+            **profile,
+        }
+        if crs is not None:
+            meta["crs"] = crs
+        if transform is not None:
+            meta["transform"] = transform
+        with rasterio.open(path, "w", **meta) as dst:
+            dst.write(data)
+            if colorinterp is not None:
+                dst.colorinterp = list(colorinterp)
+            if mask is not None:
+                dst.write_mask(mask.astype(np.uint8) * 255)
+        return path
+
+    return factory
+
+
+def synthetic(count: int, height: int, width: int, dtype: str, seed: int = 0) -> np.ndarray:
+    """Smooth, seeded, non-constant imagery so every pixel position is distinguishable."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    bands = []
+    for band in range(count):
+        base = (np.sin(cols / (17 + 5 * band)) + np.cos(rows / (23 + 3 * band))) * 0.25 + 0.5
+        bands.append(base + rng.normal(0, 0.02, size=base.shape))
+    stack = np.clip(np.stack(bands), 0, 1)
+    if np.dtype(dtype).kind == "f":
+        return (stack * 1000).astype(dtype)
+    info = np.iinfo(dtype)
+    top = min(info.max, 4000) if dtype != "uint8" else 255
+    return np.clip(stack * top, max(info.min, 1), top).astype(dtype)
+
+
+# --- Label Studio -------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    """The test run's Label Studio: URL, token and the document root tiles must live under."""
+
+    url: str
+    token: str
+    document_root: Path
+    state_dir: Path
+
+    def client(self) -> LabelStudioClient:
+        return LabelStudioClient(self.url, self.token)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A real Label Studio (SQLite) on a free loopback port, started once per test run."""
+    root = tmp_path_factory.mktemp("label-studio")
+    document_root = root / "data"
+    state_dir = document_root / "label-studio"
+    creds = load_or_create_credentials(state_dir, "admin@geolabel.test")
+    url = f"http://127.0.0.1:{free_port()}"
+    server = LocalLabelStudio(url, state_dir, document_root, creds)
+    server.start()
+    try:
+        yield LabelStudioServer(url, creds.token, document_root, state_dir)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ls_data_dir(label_studio: LabelStudioServer, request: pytest.FixtureRequest) -> Path:
+    """A fresh geolabel data folder inside the server's document root, one per test."""
+    path = label_studio.document_root / "projects" / request.node.name.replace("[", "_").replace("]", "")
+    path.mkdir(parents=True)
+    return path
