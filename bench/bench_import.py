@@ -15,7 +15,9 @@ overlap, one after the other, on a warm page cache:
 - **gdal_retile**: ``gdal_retile.py -of PNG -ps T T -overlap O -targetDir DIR RASTER``
   (Debian's gdal-bin), run as a child process.
 
-For each tool: wall time (tiles/s = tiles written / wall time), the **peak RSS of the
+For each tool: wall time (tiles/s = tiles written / wall time), CPU seconds of the tool's
+processes (user + system, from getrusage; CPU s / wall s shows how many cores it really
+got, which reveals contention from other load on the machine), the **peak RSS of the
 whole process tree** (the sum of the RSS of the root process and all its descendants,
 sampled with psutil every 50 ms in a background thread; for geolabel the root is this
 very process, so its own baseline counts) and the largest RSS of any single process,
@@ -59,6 +61,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -183,6 +186,13 @@ class TreeRssSampler:
             f"{self.role_by_pid.get(pid, '?')} {peak / MB:.0f}"
             for pid, peak in sorted(self.peak_by_pid.items(), key=lambda item: -item[1])
         ]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its reaped children so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -320,6 +330,7 @@ class ToolResult:
     tool: str
     tiles: int
     seconds: float
+    cpu_seconds: float
     peak_rss_tree_mb: float
     peak_rss_single_mb: float
     peak_pss_tree_mb: float
@@ -394,6 +405,7 @@ def run_geolabel(raster: Path, work: Path, args: argparse.Namespace) -> ToolResu
 
     options = geolabel_options(work, args)
     baseline = rss_mb()
+    cpu_start = cpu_seconds()
     with TreeRssSampler(os.getpid()) as sampler:
         start = time.perf_counter()
         info = inspect_raster(raster)
@@ -405,11 +417,13 @@ def run_geolabel(raster: Path, work: Path, args: argparse.Namespace) -> ToolResu
             rendered = _render_pending(record, options, registry, _QuietProgress())
             done = time.perf_counter()
             counts = registry.status_counts(record.id)
+    cpu = cpu_seconds() - cpu_start  # the pool has joined its workers: their time is counted
     pngs, size_mb = png_stats(work)
     notes = [
         f"stretch {list(record.stretch)}, bands {list(record.display_bands)}",
         f"registry: {counts[TileStatus.RENDERED]} rendered, {counts[TileStatus.SKIPPED]} skipped",
-        f"main process RSS before the run {baseline:.0f} MB (imports incl. label-studio-sdk)",
+        f"main process RSS before the run {baseline:.0f} MB (imports: rasterio, sqlite-utils, "
+        "which imports pandas, and label-studio-sdk through importers.pipeline)",
     ]
     if rendered != pngs:
         notes.append(f"rendered {rendered} tiles but found {pngs} PNG files")
@@ -417,6 +431,7 @@ def run_geolabel(raster: Path, work: Path, args: argparse.Namespace) -> ToolResu
         tool="geolabel",
         tiles=pngs,
         seconds=done - start,
+        cpu_seconds=cpu,
         peak_rss_tree_mb=sampler.peak_tree / MB,
         peak_rss_single_mb=sampler.peak_single / MB,
         peak_pss_tree_mb=sampler.peak_pss_tree / MB,
@@ -513,11 +528,13 @@ def run_gdal_retile(raster: Path, work: Path, args: argparse.Namespace) -> ToolR
     ]
     log_path = work / "gdal_retile.log"
     with open(log_path, "wb") as log:
+        cpu_start = cpu_seconds()
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         with TreeRssSampler(process.pid) as sampler:
             code = process.wait()
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu_start
     if code != 0:
         raise SystemExit(f"gdal_retile.py failed ({code}): {log_path.read_text()[-2000:]}")
     pngs, size_mb = png_stats(tiles_dir)
@@ -529,6 +546,7 @@ def run_gdal_retile(raster: Path, work: Path, args: argparse.Namespace) -> ToolR
         tool="gdal_retile",
         tiles=pngs,
         seconds=seconds,
+        cpu_seconds=cpu,
         peak_rss_tree_mb=sampler.peak_tree / MB,
         peak_rss_single_mb=sampler.peak_single / MB,
         peak_pss_tree_mb=sampler.peak_pss_tree / MB,
@@ -554,6 +572,7 @@ def table(results: Sequence[ToolResult]) -> str:
         "tiles",
         "seconds",
         "tiles/s",
+        "CPU s",
         "peak RSS tree MB",
         "max single MB",
         "PSS tree MB",
@@ -566,6 +585,7 @@ def table(results: Sequence[ToolResult]) -> str:
             str(r.tiles),
             f"{r.seconds:.1f}",
             f"{r.tiles_per_s:.1f}",
+            f"{r.cpu_seconds:.1f}",
             f"{r.peak_rss_tree_mb:.0f}",
             f"{r.peak_rss_single_mb:.0f}",
             f"{r.peak_pss_tree_mb:.0f}",

@@ -28,8 +28,8 @@ from importers.pipeline import ImportOptions, ImportReport, import_raster
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 #: Exit codes, one per family of errors.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -221,7 +221,7 @@ def tiles(ctx: click.Context) -> None:
 
     config = _config(ctx)
     table, warning = raster_table(config, client_for(config))
-    console.print(table)
+    Console(width=max(console.width, 140)).print(table)
     if warning:
         err_console.print(f"[yellow]note:[/] {warning}", highlight=False)
 

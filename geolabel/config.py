@@ -34,7 +34,7 @@ class _Section(BaseModel):
 class ProjectSection(_Section):
     """``[project]``."""
 
-    name: str = Field(default="geolabel", min_length=1)
+    name: str = Field(default="geolabel", min_length=3, max_length=50)
 
 
 class ClassSection(_Section):

@@ -64,7 +64,7 @@ def read_credentials(state_dir: Path) -> Credentials | None:
 def is_up(url: str, timeout: float = 2.0) -> bool:
     """True when a Label Studio answers ``/health`` at ``url``."""
     try:
-        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+        response = httpx.get(f"{url.rstrip('/')}/health/", timeout=timeout)
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and '"UP"' in response.text
@@ -118,6 +118,7 @@ class LocalLabelStudio:
                 "LOCAL_FILES_SERVING_ENABLED": "true",
                 "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
                 "COLLECT_ANALYTICS": "false",
+                "LATEST_VERSION_CHECK": "false",
                 "SENTRY_DSN": "",
                 "FRONTEND_SENTRY_DSN": "",
             }
@@ -160,11 +161,11 @@ class LocalLabelStudio:
 
     def _wait_until_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
+        process = self._process
+        while process is not None and time.monotonic() < deadline:
+            if process.poll() is not None:
                 raise StackError(
-                    f"Label Studio exited with code {self._process.returncode} while starting; "
+                    f"Label Studio exited with code {process.returncode} while starting; "
                     f"last lines of {self.log_path}:\n{self.log_tail()}"
                 )
             if is_up(self.url, timeout=1.0):
@@ -174,10 +175,13 @@ class LocalLabelStudio:
         raise StackError(f"Label Studio did not answer within {timeout:.0f} s; see {self.log_path}")
 
     def log_tail(self, lines: int = 15) -> str:
-        """Last lines of the server log."""
+        """Last lines of the server log, with the password and token masked."""
         if not self.log_path.is_file():
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        for secret in (self.credentials.password, self.credentials.token):
+            tail = tail.replace(secret, "***")
+        return tail
 
     @property
     def running(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 from geolabel.config import Config
@@ -33,9 +34,10 @@ def raster_table(config: Config, client: LabelStudioClient) -> tuple[Table, str 
         labelled = labelled_tiles(client, {r.project_id for r in rasters})
     except LabelStudioError as exc:
         labelled, warning = None, f"labelled counts unavailable: {exc}"
-    table = Table(title=f"rasters in {config.registry_path}")
+    table = Table(title=f"rasters in {config.registry_path}", box=box.SIMPLE_HEAD)
     for column in ("raster", "project", "CRS", "resolution", "size", "tiles", "tasks", "skipped", "labelled"):
-        table.add_column(column, justify="left" if column in ("raster", "CRS") else "right")
+        left = column in ("raster", "CRS", "resolution")
+        table.add_column(column, justify="left" if left else "right")
     for raster in rasters:
         counts = tile_status[raster.id]
         done = "?" if labelled is None else str(sum(1 for t in tile_ids[raster.id] if t in labelled))
@@ -62,4 +64,6 @@ def _resolution(raster: RasterRecord) -> str:
     x_res, y_res = raster.grid.resolution
     units = raster.grid.crs.linear_units if raster.grid.crs.is_projected else "deg"
     unit = {"metre": "m", "meter": "m"}.get(str(units), str(units))
-    return f"{x_res:.6g} x {y_res:.6g} {unit}"
+    if abs(x_res - y_res) <= 1e-9 * max(x_res, y_res):
+        return f"{x_res:.4g} {unit}"
+    return f"{x_res:.4g} x {y_res:.4g} {unit}"

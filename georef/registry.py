@@ -15,6 +15,7 @@ Transforms are stored as the six affine coefficients ``[a, b, c, d, e, f]``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,8 +97,8 @@ class RasterRecord:
 
     @property
     def uid(self) -> str:
-        """Short stable identifier of the raster's content, used in tile ids and paths."""
-        return self.content_hash[:12]
+        """Short stable identifier of this raster (path and content), used in tile ids and paths."""
+        return raster_uid(self.path, self.content_hash)
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,14 @@ class TileRecord:
     status: TileStatus
 
 
-def tile_id_for(raster_uid: str, window: PixelWindow) -> str:
-    """Deterministic tile id: the raster's content uid and the window's top-left pixel."""
-    return f"{raster_uid}_r{window.row_off}_c{window.col_off}"
+def raster_uid(path: str, content_hash: str) -> str:
+    """Deterministic short id of a raster file: 12 hex digits of SHA-256 over its path and content hash."""
+    return hashlib.sha256(f"{path}\0{content_hash}".encode()).hexdigest()[:12]
+
+
+def tile_id_for(uid: str, window: PixelWindow) -> str:
+    """Deterministic tile id: the raster's uid and the window's top-left pixel."""
+    return f"{uid}_r{window.row_off}_c{window.col_off}"
 
 
 class TileRegistry:
@@ -177,6 +183,11 @@ class TileRegistry:
         row = self.db.execute("SELECT id FROM projects WHERE title = ?", [title]).fetchone()
         return int(row[0]) if row else None
 
+    def project_title(self, ls_id: int) -> str | None:
+        """Title under which project ``ls_id`` was recorded, if any."""
+        row = self.db.execute("SELECT title FROM projects WHERE id = ?", [ls_id]).fetchone()
+        return str(row[0]) if row else None
+
     def forget_project(self, ls_id: int) -> None:
         """Drop a project row (for a project deleted in Label Studio with no rasters left)."""
         with self.db.conn:
@@ -217,7 +228,7 @@ class TileRegistry:
                 list(row.values()),
             )
             raster_id = int(cursor.lastrowid or 0)
-            uid = raster.content_hash[:12]
+            uid = raster_uid(raster.path, raster.content_hash)
             self.db.conn.executemany(
                 "INSERT INTO tiles (id, raster_id, tile_row, tile_col, col_off, row_off, width, height, "
                 "transform, crs, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

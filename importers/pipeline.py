@@ -133,12 +133,19 @@ def import_raster(
             f"now {digest[:12]}); its tasks and labels refer to the old pixels. Import the new file under "
             "another path (copy or rename it) to add it as a new raster"
         )
+    wanted = registry.project_id(options.project)
     if record is None:
         twin = registry.raster_by_hash(digest)
-        if twin is not None:
+        if twin is not None and twin.project_id == wanted:
             report = ImportReport(str(info.path), twin.project_id)
             report.notes.append(f"same content as the already imported {twin.path}; nothing added")
             return report
+    elif record.project_id != wanted and client.project_exists(record.project_id):
+        raise ImportFailedError(
+            f"{info.path} is already imported into Label Studio project {record.project_id} "
+            f"({registry.project_title(record.project_id)!r}); a raster path belongs to one project. "
+            f"To label it in {options.project!r} too, import a copy of the file from another path"
+        )
     project = prepare_project(client, registry, options)
     if record is None:
         record = _register(info, digest, project.id, options, registry)

@@ -12,7 +12,7 @@ from rasterio.crs import CRS
 
 from georef.errors import RegistryError
 from georef.grid import Grid
-from georef.registry import NewRaster, RasterStatus, TileRegistry, TileStatus, tile_id_for
+from georef.registry import NewRaster, RasterStatus, TileRegistry, TileStatus, raster_uid, tile_id_for
 from georef.tiling import plan_tiles
 
 GRID = Grid(1000, 700, Affine(0.2, 0, 650000, 0, -0.2, 6860000), CRS.from_epsg(2154))
@@ -64,7 +64,9 @@ def test_raster_and_tiles_survive_reopening(registry: TileRegistry, tmp_path: Pa
 def test_tile_ids_are_deterministic(registry: TileRegistry) -> None:
     record = registry.add_raster(new_raster(), plan_tiles(GRID.width, GRID.height, 512, 64))
     tile = registry.tiles(record.id)[1]
-    assert tile.id == tile_id_for(record.uid, tile.window) == f"{'ab' * 6}_r0_c448"
+    assert tile.id == tile_id_for(record.uid, tile.window) == f"{record.uid}_r0_c448"
+    assert record.uid == raster_uid("/data/ortho.tif", "ab" * 32)
+    assert raster_uid("/data/copy.tif", "ab" * 32) != record.uid
 
 
 def test_tile_transform_places_its_pixels(registry: TileRegistry) -> None:
