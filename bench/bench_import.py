@@ -412,6 +412,7 @@ def run_geolabel(raster: Path, work: Path, args: argparse.Namespace) -> ToolResu
         digest = content_hash(info.path)
         hashed = time.perf_counter()
         with TileRegistry(work / "registry.sqlite") as registry:
+            registry.record_project(BENCH_PROJECT_ID, "bench")
             record = _register(info, digest, BENCH_PROJECT_ID, options, registry)
             registered = time.perf_counter()
             rendered = _render_pending(record, options, registry, _QuietProgress())

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -19,12 +19,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from geolabel.config import CONFIG_NAME, DEFAULT_CONFIG, Config, load_config
 from geolabel.errors import ConfigError, GeolabelError, LabelStudioError, StackError
-from geolabel.lsclient import LabelStudioClient
-from geolabel.stack import read_credentials
 from georef.errors import GeorefError
-from georef.registry import TileRegistry
 from importers.errors import ImportFailedError
-from importers.pipeline import ImportOptions, ImportReport, import_raster
+
+if TYPE_CHECKING:  # heavy modules are imported by the commands that need them
+    from geolabel.lsclient import LabelStudioClient
+    from importers.pipeline import ImportOptions, ImportReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,6 +97,9 @@ def _config(ctx: click.Context) -> Config:
 
 def client_for(config: Config) -> LabelStudioClient:
     """A Label Studio client with the configured token, else the local server's own."""
+    from geolabel.lsclient import LabelStudioClient
+    from geolabel.stack import read_credentials
+
     token = config.token()
     if not token:
         creds = read_credentials(config.data_dir / "label-studio")
@@ -106,6 +109,8 @@ def client_for(config: Config) -> LabelStudioClient:
 
 def import_options(config: Config, project: str | None, bands: Sequence[int] | None) -> ImportOptions:
     """Import settings from the config file and command-line overrides."""
+    from importers.pipeline import ImportOptions
+
     return ImportOptions(
         project=project or config.project.name,
         classes=config.label_classes,
@@ -181,6 +186,9 @@ def import_command(
     ctx: click.Context, rasters: tuple[Path, ...], project: str | None, bands: list[int] | None
 ) -> None:
     """Slice RASTERS (GeoTIFF/COG) into display tiles and Label Studio tasks."""
+    from georef.registry import TileRegistry
+    from importers.pipeline import import_raster
+
     config = _config(ctx)
     options = import_options(config, project, bands)
     client = client_for(config)

@@ -1,7 +1,7 @@
 """The tile registry: the one place tile geometry is read from.
 
-A SQLite database (through sqlite-utils, in WAL mode so several processes can
-read while one writes) with three tables:
+A SQLite database in WAL mode (several processes can read while one writes),
+through the standard library's ``sqlite3``, with three tables:
 
 - ``projects``: Label Studio projects geolabel created or adopted;
 - ``rasters``: source rasters (path, content hash, CRS, transform, size,
@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import sqlite_utils
 from affine import Affine
 
 from georef.errors import RegistryError
@@ -132,9 +132,9 @@ class TileRegistry:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.path)
-        self.db.execute("PRAGMA busy_timeout = 10000")
-        self.db.enable_wal()
+        self.conn = sqlite3.connect(self.path, timeout=10.0)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA foreign_keys = ON")
         self._create_schema()
 
     def __enter__(self) -> TileRegistry:
@@ -147,21 +147,21 @@ class TileRegistry:
 
     def close(self) -> None:
         """Close the database connection."""
-        self.db.conn.close()
+        self.conn.close()
 
     def _create_schema(self) -> None:
-        with self.db.conn:
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self.db.execute(
+        with self.conn:
+            self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self.conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 [str(SCHEMA_VERSION)],
             )
-            self.db.execute(_PROJECTS_DDL)
-            self.db.execute(_RASTERS_DDL)
-            self.db.execute(_TILES_DDL)
-            self.db.execute("CREATE INDEX IF NOT EXISTS tiles_raster ON tiles (raster_id, status)")
-            self.db.execute("CREATE INDEX IF NOT EXISTS tiles_task ON tiles (task_id)")
-        version = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+            self.conn.execute(_PROJECTS_DDL)
+            self.conn.execute(_RASTERS_DDL)
+            self.conn.execute(_TILES_DDL)
+            self.conn.execute("CREATE INDEX IF NOT EXISTS tiles_raster ON tiles (raster_id, status)")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS tiles_task ON tiles (task_id)")
+        version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         if int(version) != SCHEMA_VERSION:
             raise RegistryError(
                 f"registry {self.path} has schema version {version}, this geolabel reads {SCHEMA_VERSION}"
@@ -171,8 +171,8 @@ class TileRegistry:
 
     def record_project(self, ls_id: int, title: str) -> None:
         """Remember the Label Studio project ``ls_id`` under ``title``."""
-        with self.db.conn:
-            self.db.execute(
+        with self.conn:
+            self.conn.execute(
                 "INSERT INTO projects (id, title, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET title = excluded.title",
                 [ls_id, title, _now()],
@@ -180,18 +180,18 @@ class TileRegistry:
 
     def project_id(self, title: str) -> int | None:
         """Label Studio id of the project recorded under ``title``, if any."""
-        row = self.db.execute("SELECT id FROM projects WHERE title = ?", [title]).fetchone()
+        row = self.conn.execute("SELECT id FROM projects WHERE title = ?", [title]).fetchone()
         return int(row[0]) if row else None
 
     def project_title(self, ls_id: int) -> str | None:
         """Title under which project ``ls_id`` was recorded, if any."""
-        row = self.db.execute("SELECT title FROM projects WHERE id = ?", [ls_id]).fetchone()
+        row = self.conn.execute("SELECT title FROM projects WHERE id = ?", [ls_id]).fetchone()
         return str(row[0]) if row else None
 
     def forget_project(self, ls_id: int) -> None:
         """Drop a project row (for a project deleted in Label Studio with no rasters left)."""
-        with self.db.conn:
-            self.db.execute("DELETE FROM projects WHERE id = ?", [ls_id])
+        with self.conn:
+            self.conn.execute("DELETE FROM projects WHERE id = ?", [ls_id])
 
     # rasters ------------------------------------------------------------------
 
@@ -222,14 +222,14 @@ class TileRegistry:
             "status": RasterStatus.IMPORTING.value,
             "imported_at": _now(),
         }
-        with self.db.conn:
-            cursor = self.db.conn.execute(
+        with self.conn:
+            cursor = self.conn.execute(
                 f"INSERT INTO rasters ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
                 list(row.values()),
             )
             raster_id = int(cursor.lastrowid or 0)
             uid = raster_uid(raster.path, raster.content_hash)
-            self.db.conn.executemany(
+            self.conn.executemany(
                 "INSERT INTO tiles (id, raster_id, tile_row, tile_col, col_off, row_off, width, height, "
                 "transform, crs, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (_tile_row(raster_id, uid, raster.grid, plan) for plan in plans),
@@ -263,8 +263,8 @@ class TileRegistry:
 
     def set_raster_status(self, raster_id: int, status: RasterStatus) -> None:
         """Set a raster's status."""
-        with self.db.conn:
-            self.db.execute("UPDATE rasters SET status = ? WHERE id = ?", [status.value, raster_id])
+        with self.conn:
+            self.conn.execute("UPDATE rasters SET status = ? WHERE id = ?", [status.value, raster_id])
 
     def delete_raster(self, raster_id: int) -> None:
         """Delete a raster and its tiles (only for imports that created nothing in Label Studio).
@@ -272,14 +272,14 @@ class TileRegistry:
         Raises:
             RegistryError: if one of its tiles already has a Label Studio task.
         """
-        with self.db.conn:
-            imported = self.db.execute(
+        with self.conn:
+            imported = self.conn.execute(
                 "SELECT COUNT(*) FROM tiles WHERE raster_id = ? AND task_id IS NOT NULL", [raster_id]
             ).fetchone()[0]
             if imported:
                 raise RegistryError(f"raster {raster_id} has {imported} Label Studio tasks; not deleting it")
-            self.db.execute("DELETE FROM tiles WHERE raster_id = ?", [raster_id])
-            self.db.execute("DELETE FROM rasters WHERE id = ?", [raster_id])
+            self.conn.execute("DELETE FROM tiles WHERE raster_id = ?", [raster_id])
+            self.conn.execute("DELETE FROM rasters WHERE id = ?", [raster_id])
 
     # tiles --------------------------------------------------------------------
 
@@ -329,8 +329,8 @@ class TileRegistry:
             (path, (TileStatus.RENDERED if path else TileStatus.SKIPPED).value, tile_id)
             for tile_id, path in results
         ]
-        with self.db.conn:
-            self.db.conn.executemany(
+        with self.conn:
+            self.conn.executemany(
                 "UPDATE tiles SET image_path = ?, status = ? WHERE id = ? AND task_id IS NULL", rows
             )
 
@@ -340,9 +340,9 @@ class TileRegistry:
         Raises:
             RegistryError: if a tile is unknown or has no display image.
         """
-        with self.db.conn:
+        with self.conn:
             for tile_id, task_id in task_ids.items():
-                cursor = self.db.conn.execute(
+                cursor = self.conn.execute(
                     "UPDATE tiles SET task_id = ?, status = ? WHERE id = ? AND image_path IS NOT NULL",
                     [task_id, TileStatus.IMPORTED.value, tile_id],
                 )
@@ -352,20 +352,20 @@ class TileRegistry:
     def reset_tasks(self, tile_ids: Iterable[str]) -> None:
         """Forget the Label Studio tasks of tiles (their tasks were deleted in Label Studio)."""
         rows = [(TileStatus.RENDERED.value, tile_id) for tile_id in tile_ids]
-        with self.db.conn:
-            self.db.conn.executemany(
+        with self.conn:
+            self.conn.executemany(
                 "UPDATE tiles SET task_id = NULL, status = ? WHERE id = ? AND image_path IS NOT NULL", rows
             )
 
     def set_raster_project(self, raster_id: int, project_id: int) -> None:
         """Move a raster to another Label Studio project (its old project was deleted)."""
-        with self.db.conn:
-            self.db.execute("UPDATE rasters SET project_id = ? WHERE id = ?", [project_id, raster_id])
+        with self.conn:
+            self.conn.execute("UPDATE rasters SET project_id = ? WHERE id = ?", [project_id, raster_id])
 
     def status_counts(self, raster_id: int) -> dict[TileStatus, int]:
         """Number of tiles of a raster in each status."""
         counts = {status: 0 for status in TileStatus}
-        for status, count in self.db.execute(
+        for status, count in self.conn.execute(
             "SELECT status, COUNT(*) FROM tiles WHERE raster_id = ? GROUP BY status", [raster_id]
         ).fetchall():
             counts[TileStatus(status)] = int(count)
@@ -376,13 +376,13 @@ class TileRegistry:
         return rows[0] if rows else None
 
     def _all(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        cursor = self.db.execute(sql, list(params))
+        cursor = self.conn.execute(sql, list(params))
         names = [col[0] for col in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def iter_tile_ids(self, raster_id: int) -> Iterator[str]:
         """Ids of a raster's tiles, in row-major order."""
-        for (tile_id,) in self.db.execute(
+        for (tile_id,) in self.conn.execute(
             "SELECT id FROM tiles WHERE raster_id = ? ORDER BY tile_row, tile_col", [raster_id]
         ).fetchall():
             yield str(tile_id)

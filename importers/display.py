@@ -148,26 +148,31 @@ def _collect(
 def read_display(
     src: rasterio.DatasetReader, window: Window, bands: Sequence[int], stretch: Stretch
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
-    """Read one window as an 8-bit ``(height, width, 3)`` image and its validity mask."""
-    data = src.read(list(bands), window=window)
+    """Read one window as an 8-bit ``(height, width, 3)`` image and its validity mask.
+
+    Pixels are read straight into a pixel-interleaved buffer (no transpose copy).
+    """
+    height, width = int(window.height), int(window.width)
+    pixels = np.empty((height, width, len(bands)), dtype=src.dtypes[0])
+    src.read(list(bands), window=window, out=pixels.transpose(2, 0, 1))
     valid = src.dataset_mask(window=window) > 0
-    if data.dtype.kind == "f":
-        valid &= np.isfinite(data).all(axis=0)
-    image = to_uint8(data, stretch)
-    if image.shape[0] == 1:
-        image = np.repeat(image, 3, axis=0)
-    return np.ascontiguousarray(image.transpose(1, 2, 0)), valid
+    if pixels.dtype.kind == "f":
+        valid &= np.isfinite(pixels).all(axis=2)
+    image = to_uint8(pixels, stretch)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image, valid
 
 
-def to_uint8(data: npt.NDArray[np.generic], stretch: Stretch) -> npt.NDArray[np.uint8]:
-    """Map ``(bands, h, w)`` values linearly so each band's ``(low, high)`` becomes ``(0, 255)``."""
-    if data.dtype == np.uint8 and all(pair == (0.0, 255.0) for pair in stretch):
-        return np.asarray(data, dtype=np.uint8)
-    out = np.empty(data.shape, dtype=np.uint8)
+def to_uint8(pixels: npt.NDArray[np.generic], stretch: Stretch) -> npt.NDArray[np.uint8]:
+    """Map ``(height, width, bands)`` values so each band's ``(low, high)`` becomes ``(0, 255)``."""
+    if pixels.dtype == np.uint8 and all(pair == (0.0, 255.0) for pair in stretch):
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+    out = np.empty(pixels.shape, dtype=np.uint8)
     for i, (low, high) in enumerate(stretch):
-        band = (data[i].astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+        band = (pixels[..., i].astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
         np.clip(np.nan_to_num(band, nan=0.0), 0, 255, out=band)
-        out[i] = band + np.float32(0.5)
+        out[..., i] = band + np.float32(0.5)
     return out
 
 

@@ -164,9 +164,9 @@ def test_float_nan_pixels_are_transparent(make_geotiff: GeoTiffFactory, tmp_path
 
 
 def test_to_uint8_maps_low_high_to_0_255() -> None:
-    data = np.array([[[100, 200, 300, 50, 400]]], dtype="uint16")
-    out = to_uint8(data, ((100.0, 300.0),))
-    assert out.tolist() == [[[0, 128, 255, 0, 255]]]
+    pixels = np.array([[[100], [200], [300], [50], [400]]], dtype="uint16")  # (1, 5, 1)
+    out = to_uint8(pixels, ((100.0, 300.0),))
+    assert out[0, :, 0].tolist() == [0, 128, 255, 0, 255]
 
 
 def test_stretch_none_refuses_16_bit(make_geotiff: GeoTiffFactory) -> None:

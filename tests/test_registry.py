@@ -121,10 +121,10 @@ def test_two_task_ids_cannot_point_to_one_task(registry: TileRegistry) -> None:
 
 
 def test_wal_mode_and_schema_version(registry: TileRegistry, tmp_path: Path) -> None:
-    mode = registry.db.execute("PRAGMA journal_mode").fetchone()[0]
+    mode = registry.conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
-    registry.db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    registry.db.conn.commit()
+    registry.conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    registry.conn.commit()
     registry.close()
     with pytest.raises(RegistryError, match="schema version 99"):
         TileRegistry(tmp_path / "registry.sqlite")
