@@ -9,7 +9,7 @@ overlap, one after the other, on a warm page cache:
   does before it talks to the server: ``inspect_raster`` + ``content_hash``, then
   ``importers.pipeline._register`` (``choose_bands``, ``compute_stretch``, ``plan_tiles``,
   ``TileRegistry.add_raster``), then ``importers.pipeline._render_pending``
-  (``importers.render.render_tiles`` over ``--workers`` processes plus
+  (``importers.render.render_tiles`` over ``--workers`` threads plus
   ``TileRegistry.mark_rendered`` per chunk). The registry and the tiles go to a fresh
   temporary folder under ``bench/out/``.
 - **gdal_retile**: ``gdal_retile.py -of PNG -ps T T -overlap O -targetDir DIR RASTER``
@@ -47,10 +47,6 @@ Usage::
     .venv/bin/python bench/bench_import.py                # 20000 x 20000, takes minutes
     .venv/bin/python bench/bench_import.py --size 4000    # quick run
     .venv/bin/python bench/bench_import.py --skip-gdal --keep
-
-``--like-cli`` makes this script import ``geolabel.cli`` at module level, as the
-``geolabel`` console script does, so the spawned render workers (which re-import the
-main module) carry the same imports as in a real ``geolabel import``.
 """
 
 from __future__ import annotations
@@ -81,10 +77,6 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
-
-LIKE_CLI_ENV = "GEOLABEL_BENCH_LIKE_CLI"
-if os.environ.get(LIKE_CLI_ENV) == "1":  # also seen by the spawned workers, which re-import this module
-    import geolabel.cli  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "bench" / "out"
@@ -397,8 +389,7 @@ def geolabel_options(work: Path, args: argparse.Namespace) -> Any:
 
 def run_geolabel(raster: Path, work: Path, args: argparse.Namespace) -> ToolResult:
     """Run geolabel's import up to (not including) Label Studio, measuring time and memory."""
-    # Imported here, not at module level: spawned render workers re-import this module and
-    # should only load what rendering needs (see --like-cli for the console-script case).
+    # Imported here so the baseline RSS below includes what a real import loads.
     from georef.registry import TileRegistry, TileStatus
     from importers.pipeline import _register, _render_pending
     from importers.raster import content_hash, inspect_raster
@@ -418,13 +409,13 @@ def run_geolabel(raster: Path, work: Path, args: argparse.Namespace) -> ToolResu
             rendered = _render_pending(record, options, registry, _QuietProgress())
             done = time.perf_counter()
             counts = registry.status_counts(record.id)
-    cpu = cpu_seconds() - cpu_start  # the pool has joined its workers: their time is counted
+    cpu = cpu_seconds() - cpu_start
     pngs, size_mb = png_stats(work)
     notes = [
         f"stretch {list(record.stretch)}, bands {list(record.display_bands)}",
         f"registry: {counts[TileStatus.RENDERED]} rendered, {counts[TileStatus.SKIPPED]} skipped",
-        f"main process RSS before the run {baseline:.0f} MB (imports: rasterio, sqlite-utils, "
-        "which imports pandas, and label-studio-sdk through importers.pipeline)",
+        f"process RSS before the run {baseline:.0f} MB (imports: rasterio, and label-studio-sdk, "
+        "which imports pandas and pyarrow, through importers.pipeline)",
     ]
     if rendered != pngs:
         notes.append(f"rendered {rendered} tiles but found {pngs} PNG files")
@@ -680,24 +671,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=20000, help="raster width and height in pixels")
     parser.add_argument("--tile", type=int, default=512, help="tile size in pixels (both tools)")
     parser.add_argument("--overlap", type=int, default=0, help="tile overlap in pixels (both tools)")
-    parser.add_argument("--workers", type=int, default=2, help="geolabel render processes")
+    parser.add_argument("--workers", type=int, default=2, help="geolabel render threads")
     parser.add_argument("--skip-gdal", action="store_true", help="run only geolabel")
     parser.add_argument("--keep", action="store_true", help="keep the tiles written under bench/out/")
     parser.add_argument("--verify", type=int, default=8, help="random tiles to check pixel by pixel")
     parser.add_argument("--breakdown", type=int, default=64, help="tiles for the stage breakdown (0: off)")
     parser.add_argument("--seed", type=int, default=2154)
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
-    parser.add_argument(
-        "--like-cli", action="store_true", help="import geolabel.cli at module level, like the console script"
-    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.like_cli and os.environ.get(LIKE_CLI_ENV) != "1":
-        os.environ[LIKE_CLI_ENV] = "1"  # re-run so this process and its workers import geolabel.cli
-        return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])])
     out_dir: Path = args.out_dir.resolve()
     host_before = host_info()
     print(f"load average before: {host_before['load_avg']} on {host_before['cpus']} CPUs", flush=True)
@@ -728,7 +713,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_report(source, results, verdict, verification, breakdown)
     report = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "like_cli": os.environ.get(LIKE_CLI_ENV) == "1",
         "host_before": host_before,
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "source": source,

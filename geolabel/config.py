@@ -259,6 +259,6 @@ document_root = ""
 data_dir = "geolabel-data"
 
 [import]
-# Processes encoding display tiles.
+# Threads reading and encoding display tiles.
 workers = 2
 """

@@ -178,7 +178,12 @@ class LabelStudioClient:
         """Every task of a project with the tile it shows and its annotation count."""
 
         def fetch() -> list[TaskState]:
-            pager: Any = self._sdk.tasks.list(project=project_id, page_size=PAGE_SIZE, fields="task_only")
+            pager: Any = self._sdk.tasks.list(
+                project=project_id,
+                page_size=PAGE_SIZE,
+                fields="task_only",
+                include="id,data,total_annotations",
+            )
             return [TaskState(int(t.id or 0), _tile_id(t.data), int(t.total_annotations or 0)) for t in pager]
 
         return self._call("list the project's tasks", fetch)

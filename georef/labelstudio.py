@@ -56,6 +56,16 @@ def pixel_to_percent(pixel_xy: npt.ArrayLike, size: ImageSize) -> FloatArray:
     return points * 100.0 / np.array([size.width, size.height], dtype=np.float64)
 
 
+def percent_to_world(percent_xy: npt.ArrayLike, grid: Grid) -> FloatArray:
+    """Map percent ``(x, y)`` points on the display image of tile ``grid`` to world ``(x, y)``."""
+    return grid.pixel_to_world(percent_to_pixel(percent_xy, ImageSize.of(grid)))
+
+
+def world_to_percent(world_xy: npt.ArrayLike, grid: Grid) -> FloatArray:
+    """Map world ``(x, y)`` points to percent ``(x, y)`` on the display image of tile ``grid``."""
+    return pixel_to_percent(grid.world_to_pixel(world_xy), ImageSize.of(grid))
+
+
 @dataclass(frozen=True, slots=True)
 class PercentRect:
     """A Label Studio rectangle: top-left ``x, y``, ``width, height`` in percent, rotation in degrees."""

@@ -58,8 +58,8 @@ class RasterStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class NewRaster:
-    """What the registry needs to record a raster."""
+class RasterSpec:
+    """What the registry records about a raster when it is first imported."""
 
     path: str
     name: str
@@ -76,22 +76,10 @@ class NewRaster:
 
 
 @dataclass(frozen=True)
-class RasterRecord:
-    """A raster row."""
+class RasterRecord(RasterSpec):
+    """A raster row: its spec plus registry id, import status and time."""
 
     id: int
-    path: str
-    name: str
-    content_hash: str
-    grid: Grid
-    band_count: int
-    dtype: str
-    nodata: float | None
-    display_bands: tuple[int, ...]
-    stretch: tuple[tuple[float, float], ...]
-    tile_size: int
-    overlap: int
-    project_id: int
     status: RasterStatus
     imported_at: str
 
@@ -195,7 +183,7 @@ class TileRegistry:
 
     # rasters ------------------------------------------------------------------
 
-    def add_raster(self, raster: NewRaster, plans: Sequence[TilePlan]) -> RasterRecord:
+    def add_raster(self, raster: RasterSpec, plans: Sequence[TilePlan]) -> RasterRecord:
         """Record a raster and all its planned tiles in one transaction.
 
         Raises:
@@ -208,6 +196,7 @@ class TileRegistry:
             "name": raster.name,
             "content_hash": raster.content_hash,
             "crs": _crs_text(raster.grid),
+            "crs_wkt": str(raster.grid.crs.to_wkt()),
             "transform": json.dumps(transform_to_list(raster.grid.transform)),
             "width": raster.grid.width,
             "height": raster.grid.height,
@@ -402,6 +391,7 @@ CREATE TABLE IF NOT EXISTS rasters (
     name TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     crs TEXT NOT NULL,
+    crs_wkt TEXT NOT NULL,
     transform TEXT NOT NULL,
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,

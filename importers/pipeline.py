@@ -25,7 +25,7 @@ from urllib.parse import quote
 import rasterio
 
 from geolabel.lsclient import IMPORT_BATCH, LabelStudioClient, ProjectRef
-from georef.registry import NewRaster, RasterRecord, RasterStatus, TileRecord, TileRegistry, TileStatus
+from georef.registry import RasterRecord, RasterSpec, RasterStatus, TileRecord, TileRegistry, TileStatus
 from georef.taskgeo import TileGeo
 from georef.tiling import plan_tiles
 from importers.display import StretchMethod, choose_bands, compute_stretch
@@ -171,7 +171,7 @@ def _register(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(info.path) as src:
         stretch = compute_stretch(src, info, bands, options.stretch, options.percentiles)
     plans = plan_tiles(info.grid.width, info.grid.height, options.tile_size, options.overlap)
-    raster = NewRaster(
+    raster = RasterSpec(
         path=str(info.path),
         name=info.path.name,
         content_hash=digest,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning
 
 from georef.grid import Grid
 from importers.errors import (
@@ -57,8 +59,10 @@ def inspect_raster(path: str | Path) -> RasterInfo:
     if not file.is_file():
         raise RasterNotFoundError(f"{path}: no such file")
     try:
-        with rasterio.open(file) as src:
-            return _info(file, src)
+        with warnings.catch_warnings():  # geolabel says itself, clearly, what is missing
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(file) as src:
+                return _info(file, src)
     except rasterio.errors.RasterioIOError as exc:
         raise NotARasterError(f"{path}: not a raster GDAL can read ({exc})") from exc
 

@@ -1,18 +1,21 @@
 """Render display tiles in parallel: read window, stretch, encode PNG, write file.
 
 Work is split into chunks of consecutive tiles (row-major, so strip-organised
-files are decompressed once per chunk) and spread over worker processes; each
-worker opens the raster once per chunk. Memory stays bounded by a few tiles per
-worker and GDAL's block cache, which is capped.
+files are decompressed once per chunk) and spread over worker threads; each
+chunk opens its own dataset handle (GDAL handles are not shared across threads).
+GDAL releases the GIL while it reads and decompresses, which is most of the
+work, so threads use both cores without the memory of extra processes (each
+would load rasterio, numpy and GDAL again). Memory stays bounded by a few tiles
+per worker and GDAL's block cache, which is capped. ``render_chunk`` is a plain
+function over a list of tiles, so a process pool or Dask can fan it out instead.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import rasterio
@@ -62,16 +65,16 @@ def render_chunk(job: RenderJob, tasks: Sequence[TileTask]) -> list[RenderResult
 
 
 def render_tiles(job: RenderJob, tasks: Sequence[TileTask], workers: int) -> Iterator[list[RenderResult]]:
-    """Render every task, yielding results chunk by chunk as they complete.
+    """Render every task on ``workers`` threads, yielding results chunk by chunk as they complete.
 
-    With ``workers <= 1`` everything runs in this process.
+    At most ``2 * workers`` chunks are in flight, so memory does not grow with the raster.
     """
     chunks = [tasks[i : i + CHUNK_TILES] for i in range(0, len(tasks), CHUNK_TILES)]
     if workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:
             yield render_chunk(job, chunk)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geolabel-render") as pool:
         pending: set[Future[list[RenderResult]]] = set()
         queue = iter(chunks)
         for chunk in queue:

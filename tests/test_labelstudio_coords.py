@@ -23,12 +23,14 @@ from georef.labelstudio import (
     keypoint_result,
     parse_result,
     percent_to_pixel,
+    percent_to_world,
     pixel_corners_to_rect,
     pixel_to_percent,
     polygon_result,
     rect_to_pixel_corners,
     rectangle_result,
     region_to_world,
+    world_to_percent,
 )
 
 percent = st.floats(0, 100, allow_nan=False)
@@ -177,3 +179,19 @@ def test_rotated_rectangle_corners_are_a_rectangle(rotation: float) -> None:
     assert lengths[0] == pytest.approx(30)
     assert lengths[1] == pytest.approx(40)
     assert math.isclose(float(np.dot(sides[0], sides[1])), 0.0, abs_tol=1e-6)
+
+
+@given(
+    st.lists(st.tuples(percent, percent), min_size=1, max_size=20),
+    st.sampled_from([RASTER, GEOGRAPHIC, ROTATED]),
+)
+def test_percent_world_round_trip(points: list[tuple[float, float]], raster: Grid) -> None:
+    tile = raster.window_grid(PixelWindow(512, 1024, 512, 256))
+    world = percent_to_world(points, tile)
+    np.testing.assert_allclose(world_to_percent(world, tile), np.array(points), atol=1e-6)
+
+
+def test_world_to_percent_of_a_known_ground_point() -> None:
+    tile = RASTER.window_grid(PixelWindow(1000, 500, 200, 100))
+    x, y = rasterio.transform.xy(RASTER.transform, 500 + 25, 1000 + 50, offset="ul")
+    np.testing.assert_allclose(world_to_percent([(x, y)], tile), [[25.0, 25.0]], atol=1e-7)

@@ -12,14 +12,14 @@ from rasterio.crs import CRS
 
 from georef.errors import RegistryError
 from georef.grid import Grid
-from georef.registry import NewRaster, RasterStatus, TileRegistry, TileStatus, raster_uid, tile_id_for
+from georef.registry import RasterSpec, RasterStatus, TileRegistry, TileStatus, raster_uid, tile_id_for
 from georef.tiling import plan_tiles
 
 GRID = Grid(1000, 700, Affine(0.2, 0, 650000, 0, -0.2, 6860000), CRS.from_epsg(2154))
 
 
-def new_raster(path: str = "/data/ortho.tif", digest: str = "ab" * 32, grid: Grid = GRID) -> NewRaster:
-    return NewRaster(
+def new_raster(path: str = "/data/ortho.tif", digest: str = "ab" * 32, grid: Grid = GRID) -> RasterSpec:
+    return RasterSpec(
         path=path,
         name=Path(path).name,
         content_hash=digest,
