@@ -96,7 +96,11 @@ class LocalLabelStudio:
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LocalLabelStudio:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # Ctrl-C or a failure while starting: leave no server behind
+            self.stop()
+            raise
         return self
 
     def __exit__(
