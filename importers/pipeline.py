@@ -127,6 +127,36 @@ def import_raster(
     info = inspect_raster(path)
     digest = content_hash(info.path)
     record = registry.raster_by_path(str(info.path))
+    twin = _check_known(info, digest, record, options, registry, client)
+    if twin is not None:
+        return twin
+    project = prepare_project(client, registry, options)
+    if record is None:
+        record = _register(info, digest, project.id, options, registry)
+    report = ImportReport(str(info.path), project.id)
+    if record.project_id != project.id:
+        report.notes.append(f"moved from project {record.project_id} (no longer found) to {project.id}")
+    _check_same_display(record, options, report)
+    report.rendered_now = _render_pending(record, options, registry, progress)
+    counts = registry.status_counts(record.id)
+    report.tiles, report.skipped = sum(counts.values()), counts[TileStatus.SKIPPED]
+    if report.skipped == report.tiles:
+        registry.delete_raster(record.id)
+        raise AllNodataError(f"{info.path}: every tile is entirely nodata; there is nothing to label")
+    _sync_tasks(record, project.id, options, registry, client, report, progress)
+    registry.set_raster_status(record.id, RasterStatus.COMPLETE)
+    return report
+
+
+def _check_known(
+    info: RasterInfo,
+    digest: str,
+    record: RasterRecord | None,
+    options: ImportOptions,
+    registry: TileRegistry,
+    client: LabelStudioClient,
+) -> ImportReport | None:
+    """Refuse changed or misplaced rasters; return a report when a copy is already imported."""
     if record is not None and record.content_hash != digest:
         raise RasterChangedError(
             f"{info.path} was imported before with different content (sha256 {record.content_hash[:12]}, "
@@ -146,22 +176,7 @@ def import_raster(
             f"({registry.project_title(record.project_id)!r}); a raster path belongs to one project. "
             f"To label it in {options.project!r} too, import a copy of the file from another path"
         )
-    project = prepare_project(client, registry, options)
-    if record is None:
-        record = _register(info, digest, project.id, options, registry)
-    report = ImportReport(str(info.path), project.id)
-    if record.project_id != project.id:
-        report.notes.append(f"moved from project {record.project_id} (no longer found) to {project.id}")
-    _check_same_display(record, options, report)
-    report.rendered_now = _render_pending(record, options, registry, progress)
-    counts = registry.status_counts(record.id)
-    report.tiles, report.skipped = sum(counts.values()), counts[TileStatus.SKIPPED]
-    if report.skipped == report.tiles:
-        registry.delete_raster(record.id)
-        raise AllNodataError(f"{info.path}: every tile is entirely nodata; there is nothing to label")
-    _sync_tasks(record, project.id, options, registry, client, report, progress)
-    registry.set_raster_status(record.id, RasterStatus.COMPLETE)
-    return report
+    return None
 
 
 def _register(
