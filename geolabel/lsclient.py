@@ -30,11 +30,12 @@ NO_SYNC_REGEX = "(?!)"
 
 @dataclass(frozen=True)
 class ProjectRef:
-    """A Label Studio project: id, title and whether this call created it."""
+    """A Label Studio project: id, title, whether this call created it, and its labelling config."""
 
     id: int
     title: str
     created: bool
+    label_config: str
 
 
 @dataclass(frozen=True)
@@ -129,23 +130,24 @@ class LabelStudioClient:
         Raises:
             LabelStudioError: if several projects share the title, or a request fails.
         """
-        if known_id is not None and self.project_exists(known_id):
-            return ProjectRef(known_id, title, created=False)
-        matches = self.find_projects(title)
-        if len(matches) > 1:
-            raise LabelStudioError(
-                f"{len(matches)} Label Studio projects are titled {title!r} (ids {matches}); "
-                "rename all but one, or choose another name with --project"
-            )
-        if matches:
-            return ProjectRef(matches[0], title, created=False)
+        if known_id is None or not self.project_exists(known_id):
+            matches = self.find_projects(title)
+            if len(matches) > 1:
+                raise LabelStudioError(
+                    f"{len(matches)} Label Studio projects are titled {title!r} (ids {matches}); "
+                    "rename all but one, or choose another name with --project"
+                )
+            known_id = matches[0] if matches else None
+        if known_id is not None:
+            existing = self.project(known_id)
+            return ProjectRef(known_id, title, created=False, label_config=str(existing["label_config"]))
         project = self._call(
             "create the project",
             lambda: self._sdk.projects.create(
                 title=title, label_config=label_config, sampling=UNCERTAINTY_SAMPLING
             ),
         )
-        return ProjectRef(int(project.id or 0), title, created=True)
+        return ProjectRef(int(project.id or 0), title, created=True, label_config=label_config)
 
     def project(self, project_id: int) -> dict[str, Any]:
         """The project's settings as a plain dict."""

@@ -40,8 +40,11 @@ def label_config(classes: Sequence[LabelClass]) -> str:
             "rotateControl": "false",
         },
     )
+    ET.SubElement(view, "Header", {"value": "Paint (brush)", "size": "6"})
     _labels(view, "BrushLabels", BRUSH_NAME, classes, {})
+    ET.SubElement(view, "Header", {"value": "Outline (polygon)", "size": "6"})
     _labels(view, "PolygonLabels", POLYGON_NAME, classes, {"strokeWidth": "2", "pointSize": "small"})
+    ET.SubElement(view, "Header", {"value": "Segment Anything: click a point, or drag a box", "size": "6"})
     _labels(view, "KeyPointLabels", SAM_POINT_NAME, classes, {"smart": "true", "smartOnly": "true"})
     _labels(view, "RectangleLabels", SAM_BOX_NAME, classes, {"smart": "true", "smartOnly": "true"})
     ET.indent(view)

@@ -134,6 +134,11 @@ def import_raster(
     if record is None:
         record = _register(info, digest, project.id, options, registry)
     report = ImportReport(str(info.path), project.id)
+    if _normalised(project.label_config) != _normalised(label_config(options.classes)):
+        report.notes.append(
+            "the project's labelling config differs from the one geolabel.toml's classes give "
+            "(edited in Label Studio, or classes changed); it was left as it is"
+        )
     if record.project_id != project.id:
         report.notes.append(f"moved from project {record.project_id} (no longer found) to {project.id}")
     _check_same_display(record, options, report)
@@ -201,6 +206,10 @@ def _register(
         project_id=project_id,
     )
     return registry.add_raster(raster, plans)
+
+
+def _normalised(config: str) -> str:
+    return "".join(config.split())
 
 
 def _check_same_display(record: RasterRecord, options: ImportOptions, report: ImportReport) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from georef.registry import TileRegistry, TileStatus
 from georef.taskgeo import TileGeo
 from importers import pipeline
 from importers.errors import AllNodataError, RasterChangedError
-from importers.labelconfig import BRUSH_NAME, IMAGE_NAME, POLYGON_NAME
+from importers.labelconfig import BRUSH_NAME, IMAGE_NAME, POLYGON_NAME, LabelClass
 from importers.pipeline import ImportOptions, import_raster
 from tests.conftest import CLASSES, GeoTiffFactory, LabelStudioServer, free_port, synthetic
 
@@ -109,12 +110,17 @@ def test_reimport_adds_nothing_and_a_second_raster_joins_the_project(
     report = import_raster(first, options, registry, client)
     again = import_raster(first, options, registry, client)
     assert (again.tasks_created, again.rendered_now, again.tasks_adopted) == (0, 0, 0)
+    assert again.notes == []
     second = make_geotiff(
         "second.tif", width=300, height=300, crs="EPSG:4326", transform=Affine(1e-6, 0, 2.35, 0, -1e-6, 48.85)
     )
     other = import_raster(second, options, registry, client)
     assert other.project_id == report.project_id
     assert len(client.tasks(report.project_id)) == report.tiles + other.tiles == len(registry.tiles())
+    more_classes = dataclasses.replace(options, classes=[*CLASSES, LabelClass(3, "road", "#636363")])
+    changed = import_raster(first, more_classes, registry, client)
+    assert "labelling config differs" in changed.notes[0]
+    assert "road" not in client.project(report.project_id)["label_config"]
     copy = first.with_name("copy.tif")
     copy.write_bytes(first.read_bytes())
     twin = import_raster(copy, options, registry, client)
