@@ -7,6 +7,7 @@ options, shows progress and maps errors to messages and exit codes in one place.
 from __future__ import annotations
 
 import functools
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (LabelStudioError, 4),
     (StackError, 5),
     (GeolabelError, 1),
+    (sqlite3.Error, 6),
+    (OSError, 1),
 )
 
 
@@ -51,7 +54,8 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except tuple(cls for cls, _ in EXIT_CODES) as exc:
             code = next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            prefix = "registry error (the tile registry database): " if isinstance(exc, sqlite3.Error) else ""
+            err_console.print(f"[bold red]error:[/] {prefix}{exc}", highlight=False, markup=True)
             sys.exit(code)
         except KeyboardInterrupt:
             err_console.print("interrupted; run the same command again to resume")
@@ -228,7 +232,14 @@ def tiles(ctx: click.Context) -> None:
     from geolabel.status import raster_table
 
     config = _config(ctx)
-    table, warning = raster_table(config, client_for(config))
+    if not config.registry_path.is_file():
+        console.print(f"no raster imported yet ({config.registry_path} does not exist); run: geolabel import")
+        return
+    try:
+        client: LabelStudioClient | None = client_for(config)
+    except LabelStudioError:
+        client = None
+    table, warning = raster_table(config, client)
     Console(width=max(console.width, 140)).print(table)
     if warning:
         err_console.print(f"[yellow]note:[/] {warning}", highlight=False)

@@ -144,11 +144,6 @@ class Config(_Section):
         root = self.label_studio.document_root
         return (self.base_dir / root).resolve() if root else self.data_dir
 
-    @property
-    def tiles_dir(self) -> Path:
-        """Folder of the display tiles (inside the document root)."""
-        return self.data_dir / "tiles"
-
     def token(self) -> str:
         """The API token from the file, else ``$GEOLABEL_LABEL_STUDIO_TOKEN``; empty if neither is set."""
         return self.label_studio.token.get_secret_value() or os.environ.get(TOKEN_ENV, "")
@@ -166,7 +161,11 @@ def load_config(path: str | Path) -> Config:
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: not valid TOML ({exc})") from exc
+        raise ConfigError(f"{file}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read it ({exc.strerror or exc})") from None
     return parse_config(data, base_dir=file.resolve().parent, source=str(file))
 
 

@@ -36,6 +36,7 @@ class ProjectRef:
     title: str
     created: bool
     label_config: str
+    sampling: str
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class LabelStudioClient:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
+        except httpx.TimeoutException:
+            raise LabelStudioUnreachableError(
+                f"Label Studio at {self.url} did not answer in time while trying to {what}; it may have "
+                "done it anyway. Run the same command again: imports complete without duplicates"
+            ) from None
         except httpx.TransportError as exc:
             raise LabelStudioUnreachableError(
                 f"cannot reach Label Studio at {self.url} ({type(exc).__name__}) while trying to {what}; "
@@ -107,15 +113,15 @@ class LabelStudioClient:
 
     # projects -----------------------------------------------------------------
 
-    def project_exists(self, project_id: int) -> bool:
-        """True when project ``project_id`` exists and the token may see it."""
+    def project_title(self, project_id: int) -> str | None:
+        """Title of project ``project_id``, or None when it does not exist (or the token may not see it)."""
         try:
-            self._call("read the project", lambda: self._sdk.projects.get(id=project_id))
+            project = self._call("read the project", lambda: self._sdk.projects.get(id=project_id))
         except LabelStudioError as exc:
             if "HTTP 404" in str(exc):
-                return False
+                return None
             raise
-        return True
+        return str(project.title)
 
     def find_projects(self, title: str) -> list[int]:
         """Ids of the projects titled exactly ``title``."""
@@ -130,7 +136,7 @@ class LabelStudioClient:
         Raises:
             LabelStudioError: if several projects share the title, or a request fails.
         """
-        if known_id is None or not self.project_exists(known_id):
+        if known_id is None or self.project_title(known_id) != title:
             matches = self.find_projects(title)
             if len(matches) > 1:
                 raise LabelStudioError(
@@ -140,14 +146,26 @@ class LabelStudioClient:
             known_id = matches[0] if matches else None
         if known_id is not None:
             existing = self.project(known_id)
-            return ProjectRef(known_id, title, created=False, label_config=str(existing["label_config"]))
+            return ProjectRef(
+                known_id,
+                title,
+                created=False,
+                label_config=str(existing["label_config"]),
+                sampling=str(existing["sampling"]),
+            )
         project = self._call(
             "create the project",
             lambda: self._sdk.projects.create(
                 title=title, label_config=label_config, sampling=UNCERTAINTY_SAMPLING
             ),
         )
-        return ProjectRef(int(project.id or 0), title, created=True, label_config=label_config)
+        return ProjectRef(
+            int(project.id or 0),
+            title,
+            created=True,
+            label_config=label_config,
+            sampling=UNCERTAINTY_SAMPLING,
+        )
 
     def project(self, project_id: int) -> dict[str, Any]:
         """The project's settings as a plain dict."""

@@ -40,10 +40,10 @@ class Credentials:
 
 def load_or_create_credentials(state_dir: Path, username: str) -> Credentials:
     """Read the local server's credentials, generating and saving them on first use."""
+    existing = read_credentials(state_dir)
+    if existing is not None:
+        return existing
     file = state_dir / "credentials.json"
-    if file.is_file():
-        data = json.loads(file.read_text(encoding="utf-8"))
-        return Credentials(data["username"], data["password"], data["token"])
     state_dir.mkdir(parents=True, exist_ok=True)
     creds = Credentials(username, secrets.token_urlsafe(12), secrets.token_hex(20))
     fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -53,12 +53,22 @@ def load_or_create_credentials(state_dir: Path, username: str) -> Credentials:
 
 
 def read_credentials(state_dir: Path) -> Credentials | None:
-    """The local server's saved credentials, or None if it never started."""
+    """The local server's saved credentials, or None if it never started.
+
+    Raises:
+        StackError: if the file exists but cannot be read.
+    """
     file = state_dir / "credentials.json"
     if not file.is_file():
         return None
-    data = json.loads(file.read_text(encoding="utf-8"))
-    return Credentials(data["username"], data["password"], data["token"])
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return Credentials(str(data["username"]), str(data["password"]), str(data["token"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StackError(
+            f"{file} is damaged or unreadable. Label Studio keeps the admin and token it was first "
+            "started with: restore the file, or set label_studio.token to that token"
+        ) from None
 
 
 def is_up(url: str, timeout: float = 2.0) -> bool:

@@ -22,18 +22,21 @@ def labelled_tiles(client: LabelStudioClient, project_ids: set[int]) -> set[str]
     return labelled
 
 
-def raster_table(config: Config, client: LabelStudioClient) -> tuple[Table, str | None]:
+def raster_table(config: Config, client: LabelStudioClient | None) -> tuple[Table, str | None]:
     """A table of imported rasters, and a warning when Label Studio could not be asked."""
     with TileRegistry(config.registry_path) as registry:
         rasters = registry.rasters()
         tile_status = {r.id: registry.status_counts(r.id) for r in rasters}
         tile_ids = {r.id: list(registry.iter_tile_ids(r.id)) for r in rasters}
     warning = None
-    labelled: set[str] | None
-    try:
-        labelled = labelled_tiles(client, {r.project_id for r in rasters})
-    except LabelStudioError as exc:
-        labelled, warning = None, f"labelled counts unavailable: {exc}"
+    labelled: set[str] | None = None
+    if client is None:
+        warning = "labelled counts unavailable: no Label Studio API token (label_studio.token)"
+    else:
+        try:
+            labelled = labelled_tiles(client, {r.project_id for r in rasters})
+        except LabelStudioError as exc:
+            warning = f"labelled counts unavailable: {exc}"
     table = Table(title=f"rasters in {config.registry_path}", box=box.SIMPLE_HEAD)
     for column in ("raster", "project", "CRS", "resolution", "size", "tiles", "tasks", "skipped", "labelled"):
         left = column in ("raster", "CRS", "resolution")

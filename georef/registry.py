@@ -102,6 +102,7 @@ class TileRecord:
     image_path: str | None
     task_id: int | None
     status: TileStatus
+    crs_text: str
 
 
 def raster_uid(path: str, content_hash: str) -> str:
@@ -158,8 +159,9 @@ class TileRegistry:
     # projects -----------------------------------------------------------------
 
     def record_project(self, ls_id: int, title: str) -> None:
-        """Remember the Label Studio project ``ls_id`` under ``title``."""
+        """Remember that the Label Studio project titled ``title`` is ``ls_id`` (one id per title)."""
         with self.conn:
+            self.conn.execute("DELETE FROM projects WHERE title = ? AND id != ?", [title, ls_id])
             self.conn.execute(
                 "INSERT INTO projects (id, title, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET title = excluded.title",
@@ -175,11 +177,6 @@ class TileRegistry:
         """Title under which project ``ls_id`` was recorded, if any."""
         row = self.conn.execute("SELECT title FROM projects WHERE id = ?", [ls_id]).fetchone()
         return str(row[0]) if row else None
-
-    def forget_project(self, ls_id: int) -> None:
-        """Drop a project row (for a project deleted in Label Studio with no rasters left)."""
-        with self.conn:
-            self.conn.execute("DELETE FROM projects WHERE id = ?", [ls_id])
 
     # rasters ------------------------------------------------------------------
 
@@ -202,7 +199,7 @@ class TileRegistry:
             "height": raster.grid.height,
             "band_count": raster.band_count,
             "dtype": raster.dtype,
-            "nodata": raster.nodata,
+            "nodata": json.dumps(raster.nodata),  # text: SQLite would store a NaN nodata as NULL
             "display_bands": json.dumps(list(raster.display_bands)),
             "stretch": json.dumps([list(pair) for pair in raster.stretch]),
             "tile_size": raster.tile_size,
@@ -218,10 +215,11 @@ class TileRegistry:
             )
             raster_id = int(cursor.lastrowid or 0)
             uid = raster_uid(raster.path, raster.content_hash)
+            crs = _crs_text(raster.grid)
             self.conn.executemany(
                 "INSERT INTO tiles (id, raster_id, tile_row, tile_col, col_off, row_off, width, height, "
                 "transform, crs, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (_tile_row(raster_id, uid, raster.grid, plan) for plan in plans),
+                (_tile_row(raster_id, uid, raster.grid, crs, plan) for plan in plans),
             )
         return self.raster(raster_id)
 
@@ -241,9 +239,12 @@ class TileRegistry:
         row = self._one("SELECT * FROM rasters WHERE path = ?", [path])
         return _raster_record(row) if row else None
 
-    def raster_by_hash(self, content_hash: str) -> RasterRecord | None:
-        """A raster recorded with this content hash, if any."""
-        row = self._one("SELECT * FROM rasters WHERE content_hash = ? ORDER BY id LIMIT 1", [content_hash])
+    def raster_by_hash(self, content_hash: str, project_id: int | None) -> RasterRecord | None:
+        """A raster of project ``project_id`` recorded with this content hash, if any."""
+        row = self._one(
+            "SELECT * FROM rasters WHERE content_hash = ? AND project_id IS ? ORDER BY id LIMIT 1",
+            [content_hash, project_id],
+        )
         return _raster_record(row) if row else None
 
     def rasters(self) -> list[RasterRecord]:
@@ -326,11 +327,19 @@ class TileRegistry:
     def set_task_ids(self, task_ids: Mapping[str, int]) -> None:
         """Record the Label Studio task of each tile (``tile_id -> task_id``).
 
+        Label Studio is the truth about which tile a task shows: another tile
+        still holding one of these task ids (a stale id, e.g. from a Label Studio
+        database that was reset) is detached from it.
+
         Raises:
             RegistryError: if a tile is unknown or has no display image.
         """
         with self.conn:
             for tile_id, task_id in task_ids.items():
+                self.conn.execute(
+                    "UPDATE tiles SET task_id = NULL, status = ? WHERE task_id = ? AND id != ?",
+                    [TileStatus.RENDERED.value, task_id, tile_id],
+                )
                 cursor = self.conn.execute(
                     "UPDATE tiles SET task_id = ?, status = ? WHERE id = ? AND image_path IS NOT NULL",
                     [task_id, TileStatus.IMPORTED.value, tile_id],
@@ -380,7 +389,7 @@ class TileRegistry:
 _PROJECTS_DDL = """
 CREATE TABLE IF NOT EXISTS projects (
     id INTEGER PRIMARY KEY,
-    title TEXT NOT NULL,
+    title TEXT NOT NULL UNIQUE,
     created_at TEXT NOT NULL
 )"""
 
@@ -397,12 +406,12 @@ CREATE TABLE IF NOT EXISTS rasters (
     height INTEGER NOT NULL,
     band_count INTEGER NOT NULL,
     dtype TEXT NOT NULL,
-    nodata REAL,
+    nodata TEXT NOT NULL,
     display_bands TEXT NOT NULL,
     stretch TEXT NOT NULL,
     tile_size INTEGER NOT NULL,
     overlap INTEGER NOT NULL,
-    project_id INTEGER NOT NULL REFERENCES projects (id),
+    project_id INTEGER NOT NULL,
     status TEXT NOT NULL,
     imported_at TEXT NOT NULL
 )"""
@@ -433,7 +442,7 @@ def _crs_text(grid: Grid) -> str:
     return crs_to_text(grid.crs)
 
 
-def _tile_row(raster_id: int, uid: str, grid: Grid, plan: TilePlan) -> tuple[Any, ...]:
+def _tile_row(raster_id: int, uid: str, grid: Grid, crs: str, plan: TilePlan) -> tuple[Any, ...]:
     window = plan.window
     tile_grid = grid.window_grid(window)
     return (
@@ -446,9 +455,14 @@ def _tile_row(raster_id: int, uid: str, grid: Grid, plan: TilePlan) -> tuple[Any
         window.width,
         window.height,
         json.dumps(transform_to_list(tile_grid.transform)),
-        _crs_text(grid),
+        crs,
         TileStatus.PLANNED.value,
     )
+
+
+def _nodata(text: str) -> float | None:
+    value = json.loads(text)
+    return None if value is None else float(value)
 
 
 def _grid(width: int, height: int, transform_json: str, crs: str) -> Grid:
@@ -465,7 +479,7 @@ def _raster_record(row: Mapping[str, Any]) -> RasterRecord:
         grid=_grid(row["width"], row["height"], row["transform"], row["crs"]),
         band_count=int(row["band_count"]),
         dtype=str(row["dtype"]),
-        nodata=None if row["nodata"] is None else float(row["nodata"]),
+        nodata=_nodata(row["nodata"]),
         display_bands=tuple(int(b) for b in json.loads(row["display_bands"])),
         stretch=tuple((float(lo), float(hi)) for lo, hi in json.loads(row["stretch"])),
         tile_size=int(row["tile_size"]),
@@ -487,4 +501,5 @@ def _tile_record(row: Mapping[str, Any]) -> TileRecord:
         image_path=row["image_path"],
         task_id=None if row["task_id"] is None else int(row["task_id"]),
         status=TileStatus(row["status"]),
+        crs_text=str(row["crs"]),
     )

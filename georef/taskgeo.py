@@ -44,13 +44,22 @@ class TileGeo(BaseModel):
 
     @classmethod
     def from_grid(
-        cls, tile_id: str, grid: Grid, window: PixelWindow, raster: str, raster_hash: str
+        cls,
+        tile_id: str,
+        grid: Grid,
+        window: PixelWindow,
+        raster: str,
+        raster_hash: str,
+        crs_text: str | None = None,
     ) -> TileGeo:
-        """Build the geo object of a tile from its grid and its window in the source raster."""
+        """Build the geo object of a tile from its grid and its window in the source raster.
+
+        ``crs_text`` (from :func:`~georef.grid.crs_to_text`) saves recomputing it per tile.
+        """
         coeffs = transform_to_list(grid.transform)
         return cls(
             tile_id=tile_id,
-            crs=crs_to_text(grid.crs),
+            crs=crs_text or crs_to_text(grid.crs),
             transform=(coeffs[0], coeffs[1], coeffs[2], coeffs[3], coeffs[4], coeffs[5]),
             width=grid.width,
             height=grid.height,

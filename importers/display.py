@@ -15,10 +15,11 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from georef.tiling import axis_starts
-from importers.errors import AllNodataError, UnsupportedRasterError
+from importers.errors import AllNodataError, RasterReadError, UnsupportedRasterError
 from importers.raster import RasterInfo
 
 StretchMethod = Literal["auto", "none", "percentile"]
@@ -26,6 +27,7 @@ Stretch = tuple[tuple[float, float], ...]
 
 FULL_READ_PIXELS = 2048 * 1024  # smaller rasters are read whole for their stretch
 SAMPLE_WINDOW = 256
+MAX_VALUES_PER_READ = 1 << 16
 SAMPLE_WINDOWS_PER_AXIS = 8
 MAX_DECIMATED_SIDE = 1024
 
@@ -70,19 +72,21 @@ def compute_stretch(
     """Per-band ``(low, high)`` values mapped to 0 and 255, from a bounded sample of the raster.
 
     ``auto`` keeps 8-bit data as it is and uses ``percentile`` for other types.
+    Either way the sample proves the raster holds at least one valid pixel.
 
     Raises:
         AllNodataError: if no valid pixel is found anywhere in the raster.
+        UnsupportedRasterError: for stretch ``none`` on data that is not 8-bit.
     """
     if method == "auto":
         method = "none" if info.dtype == "uint8" else "percentile"
-    if method == "none":
-        if info.dtype != "uint8":
-            raise UnsupportedRasterError(
-                f"{info.path.name} is {info.dtype}: stretch 'none' only suits 8-bit data; use 'percentile'"
-            )
-        return tuple((0.0, 255.0) for _ in bands)
+    if method == "none" and info.dtype != "uint8":
+        raise UnsupportedRasterError(
+            f"{info.path.name} is {info.dtype}: stretch 'none' only suits 8-bit data; use 'percentile'"
+        )
     samples = _sample_valid(src, info, bands)
+    if method == "none":
+        return tuple((0.0, 255.0) for _ in bands)
     stretch = []
     for values in samples:
         low, high = np.percentile(values, percentiles)
@@ -93,22 +97,36 @@ def compute_stretch(
 
 def _sample_valid(
     src: rasterio.DatasetReader, info: RasterInfo, bands: Sequence[int]
-) -> list[npt.NDArray[np.float64]]:
-    """Valid values per band: a small raster whole, else a grid of windows, else a decimated read."""
-    chunks: list[list[npt.NDArray[np.float64]]] = [[] for _ in bands]
+) -> list[npt.NDArray[np.float32]]:
+    """Valid values per band, each step tried only if the previous found none.
+
+    A small raster is read whole; a large one through a grid of windows, then a
+    decimated read, then block by block (so a sparse raster is never taken for
+    an empty one). Memory stays bounded: every read keeps at most
+    ``MAX_VALUES_PER_READ`` values per band.
+    """
+    chunks: list[list[npt.NDArray[np.float32]]] = [[] for _ in bands]
     if info.grid.width * info.grid.height <= FULL_READ_PIXELS:
         _collect(src, bands, None, None, chunks)
-    else:
-        for window in _sample_windows(info.grid.width, info.grid.height):
-            _collect(src, bands, window, None, chunks)
-    if not chunks[0] or sum(c.size for c in chunks[0]) == 0:
-        scale = max(info.grid.width, info.grid.height) / MAX_DECIMATED_SIDE
-        shape = (
-            max(1, round(info.grid.height / max(scale, 1))),
-            max(1, round(info.grid.width / max(scale, 1))),
-        )
+        return _found(chunks, info)
+    for window in _sample_windows(info.grid.width, info.grid.height):
+        _collect(src, bands, window, None, chunks)
+    if not _count(chunks):
+        scale = max(1.0, max(info.grid.width, info.grid.height) / MAX_DECIMATED_SIDE)
+        shape = (max(1, round(info.grid.height / scale)), max(1, round(info.grid.width / scale)))
         _collect(src, bands, None, shape, chunks)
-    if sum(c.size for c in chunks[0]) == 0:
+    if not _count(chunks):
+        for _, window in src.block_windows(bands[0]):
+            _collect(src, bands, window, None, chunks)
+    return _found(chunks, info)
+
+
+def _count(chunks: list[list[npt.NDArray[np.float32]]]) -> int:
+    return sum(c.size for c in chunks[0])
+
+
+def _found(chunks: list[list[npt.NDArray[np.float32]]], info: RasterInfo) -> list[npt.NDArray[np.float32]]:
+    if not _count(chunks):
         raise AllNodataError(
             f"{info.path}: every pixel is nodata (nodata={info.nodata}); there is nothing to label"
         )
@@ -133,16 +151,23 @@ def _collect(
     bands: Sequence[int],
     window: Window | None,
     out_shape: tuple[int, int] | None,
-    chunks: list[list[npt.NDArray[np.float64]]],
+    chunks: list[list[npt.NDArray[np.float32]]],
 ) -> None:
     kwargs: dict[str, object] = {"window": window}
     if out_shape is not None:
         kwargs["out_shape"] = out_shape
-    mask = src.dataset_mask(**kwargs) > 0
-    for i, band in enumerate(bands):
-        values = src.read(band, **kwargs).astype(np.float64)
-        valid = mask & np.isfinite(values)
-        chunks[i].append(values[valid])
+    try:
+        mask = src.dataset_mask(**kwargs) > 0
+        for i, band in enumerate(bands):
+            values = src.read(band, **kwargs).astype(np.float32)
+            valid = values[mask & np.isfinite(values)]
+            step = max(1, valid.size // MAX_VALUES_PER_READ)  # bounded memory whatever the raster
+            chunks[i].append(valid[::step])
+    except RasterioIOError as exc:
+        raise RasterReadError(
+            f"{src.name}: cannot read its pixels ({exc}); the file is probably damaged or truncated: "
+            "check it with gdalinfo -checksum"
+        ) from None
 
 
 def read_display(

@@ -27,3 +27,11 @@ class RasterChangedError(ImportFailedError, ValueError):
 
 class AllNodataError(ImportFailedError, ValueError):
     """Every pixel of the raster is nodata: there is nothing to label."""
+
+
+class RasterReadError(ImportFailedError, OSError):
+    """GDAL failed to read pixels of a raster that opened (a damaged or truncated file)."""
+
+
+class TileWriteError(ImportFailedError, OSError):
+    """A display tile could not be written (disk full, permissions...)."""

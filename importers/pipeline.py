@@ -16,7 +16,10 @@ duplicates: tile ids are deterministic and every task carries its tile id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fcntl
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,11 +27,11 @@ from urllib.parse import quote
 
 import rasterio
 
-from geolabel.lsclient import IMPORT_BATCH, LabelStudioClient, ProjectRef
+from geolabel.lsclient import IMPORT_BATCH, UNCERTAINTY_SAMPLING, LabelStudioClient, ProjectRef
 from georef.registry import RasterRecord, RasterSpec, RasterStatus, TileRecord, TileRegistry, TileStatus
 from georef.taskgeo import TileGeo
 from georef.tiling import plan_tiles
-from importers.display import StretchMethod, choose_bands, compute_stretch
+from importers.display import Stretch, StretchMethod, choose_bands, compute_stretch
 from importers.errors import AllNodataError, ImportFailedError, RasterChangedError
 from importers.labelconfig import LabelClass, label_config
 from importers.raster import RasterInfo, content_hash, inspect_raster
@@ -126,31 +129,105 @@ def import_raster(
     progress = progress or _Silent()
     info = inspect_raster(path)
     digest = content_hash(info.path)
-    record = registry.raster_by_path(str(info.path))
-    twin = _check_known(info, digest, record, options, registry, client)
-    if twin is not None:
-        return twin
-    project = prepare_project(client, registry, options)
-    if record is None:
-        record = _register(info, digest, project.id, options, registry)
-    report = ImportReport(str(info.path), project.id)
-    if _normalised(project.label_config) != _normalised(label_config(options.classes)):
-        report.notes.append(
-            "the project's labelling config differs from the one geolabel.toml's classes give "
-            "(edited in Label Studio, or classes changed); it was left as it is"
-        )
-    if record.project_id != project.id:
-        report.notes.append(f"moved from project {record.project_id} (no longer found) to {project.id}")
-    _check_same_display(record, options, report)
+    with import_lock(options.data_dir):
+        notes: list[str] = []
+        record = _unless_replaced(registry.raster_by_path(str(info.path)), digest, options, registry, notes)
+        twin = _check_known(info, digest, record, options, registry, client)
+        if twin is not None:
+            return twin
+        display = _display_settings(info, options) if record is None else None
+        project = prepare_project(client, registry, options)
+        if record is None:
+            record = _register(info, digest, project.id, options, registry, display)
+        report = ImportReport(str(info.path), project.id, notes=notes)
+        _check_project(project, record, options, report)
+        _check_same_display(record, options, report)
+        return _import_tiles(record, project.id, options, registry, client, report, progress)
+
+
+def _import_tiles(
+    record: RasterRecord,
+    project_id: int,
+    options: ImportOptions,
+    registry: TileRegistry,
+    client: LabelStudioClient,
+    report: ImportReport,
+    progress: Progress,
+) -> ImportReport:
     report.rendered_now = _render_pending(record, options, registry, progress)
     counts = registry.status_counts(record.id)
     report.tiles, report.skipped = sum(counts.values()), counts[TileStatus.SKIPPED]
     if report.skipped == report.tiles:
         registry.delete_raster(record.id)
-        raise AllNodataError(f"{info.path}: every tile is entirely nodata; there is nothing to label")
-    _sync_tasks(record, project.id, options, registry, client, report, progress)
+        raise AllNodataError(f"{record.path}: every tile is entirely nodata; there is nothing to label")
+    _sync_tasks(record, project_id, options, registry, client, report, progress)
     registry.set_raster_status(record.id, RasterStatus.COMPLETE)
     return report
+
+
+@contextmanager
+def import_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the data folder's import lock (one import at a time per registry).
+
+    Raises:
+        ImportFailedError: if another import holds it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".import.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ImportFailedError(
+                f"another geolabel import is running on {data_dir}; wait for it to finish, then run again"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _unless_replaced(
+    record: RasterRecord | None,
+    digest: str,
+    options: ImportOptions,
+    registry: TileRegistry,
+    notes: list[str],
+) -> RasterRecord | None:
+    """The raster's record, unless its content changed before any task was created (then it is dropped).
+
+    Raises:
+        RasterChangedError: if the content changed and Label Studio already has tasks of it.
+    """
+    if record is None or record.content_hash == digest:
+        return record
+    counts = registry.status_counts(record.id)
+    if counts[TileStatus.IMPORTED]:
+        raise RasterChangedError(
+            f"{record.path} was imported before with different content (sha256 {record.content_hash[:12]}, "
+            f"now {digest[:12]}); its {counts[TileStatus.IMPORTED]} tasks and their labels refer to the old "
+            "pixels. Import the new file under another path (copy or rename it) to add it as a new raster"
+        )
+    registry.delete_raster(record.id)
+    shutil.rmtree(options.tiles_dir / record.uid, ignore_errors=True)
+    notes.append("replaced an unfinished earlier import of different content (it had created no task)")
+    return None
+
+
+def _check_project(
+    project: ProjectRef, record: RasterRecord, options: ImportOptions, report: ImportReport
+) -> None:
+    if _normalised(project.label_config) != _normalised(label_config(options.classes)):
+        report.notes.append(
+            "the project's labelling config differs from the one geolabel.toml's classes give "
+            "(edited in Label Studio, or classes changed); it was left as it is"
+        )
+    if project.sampling != UNCERTAINTY_SAMPLING:
+        report.notes.append(
+            f"the project samples tasks by {project.sampling!r}, not {UNCERTAINTY_SAMPLING!r}; "
+            "active learning needs uncertainty sampling (project settings in Label Studio)"
+        )
+    if record.project_id != project.id:
+        report.notes.append(f"moved from project {record.project_id} (no longer found) to {project.id}")
 
 
 def _check_known(
@@ -161,21 +238,15 @@ def _check_known(
     registry: TileRegistry,
     client: LabelStudioClient,
 ) -> ImportReport | None:
-    """Refuse changed or misplaced rasters; return a report when a copy is already imported."""
-    if record is not None and record.content_hash != digest:
-        raise RasterChangedError(
-            f"{info.path} was imported before with different content (sha256 {record.content_hash[:12]}, "
-            f"now {digest[:12]}); its tasks and labels refer to the old pixels. Import the new file under "
-            "another path (copy or rename it) to add it as a new raster"
-        )
+    """Refuse a raster of another live project; return a report when a copy is already imported."""
     wanted = registry.project_id(options.project)
     if record is None:
-        twin = registry.raster_by_hash(digest)
-        if twin is not None and twin.project_id == wanted:
+        twin = registry.raster_by_hash(digest, wanted)
+        if twin is not None:
             report = ImportReport(str(info.path), twin.project_id)
             report.notes.append(f"same content as the already imported {twin.path}; nothing added")
             return report
-    elif record.project_id != wanted and client.project_exists(record.project_id):
+    elif record.project_id != wanted and _project_alive(client, registry, record.project_id):
         raise ImportFailedError(
             f"{info.path} is already imported into Label Studio project {record.project_id} "
             f"({registry.project_title(record.project_id)!r}); a raster path belongs to one project. "
@@ -184,12 +255,28 @@ def _check_known(
     return None
 
 
-def _register(
-    info: RasterInfo, digest: str, project_id: int, options: ImportOptions, registry: TileRegistry
-) -> RasterRecord:
+def _project_alive(client: LabelStudioClient, registry: TileRegistry, project_id: int) -> bool:
+    title = registry.project_title(project_id)
+    return title is not None and client.project_title(project_id) == title
+
+
+def _display_settings(info: RasterInfo, options: ImportOptions) -> tuple[tuple[int, ...], Stretch]:
+    """Display bands and stretch of a new raster (before anything is created anywhere)."""
     bands = choose_bands(info, options.bands)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(info.path) as src:
         stretch = compute_stretch(src, info, bands, options.stretch, options.percentiles)
+    return bands, stretch
+
+
+def _register(
+    info: RasterInfo,
+    digest: str,
+    project_id: int,
+    options: ImportOptions,
+    registry: TileRegistry,
+    display: tuple[tuple[int, ...], Stretch] | None = None,
+) -> RasterRecord:
+    bands, stretch = display or _display_settings(info, options)
     plans = plan_tiles(info.grid.width, info.grid.height, options.tile_size, options.overlap)
     raster = RasterSpec(
         path=str(info.path),
@@ -276,18 +363,31 @@ def _reconcile(
     client: LabelStudioClient,
     report: ImportReport,
 ) -> None:
+    """Make the registry agree with the tasks Label Studio has for this raster's tiles."""
     states = client.tasks(project_id)
-    live = {s.task_id for s in states}
-    by_tile: dict[str, int] = {}
-    for state in sorted(states, key=lambda s: s.task_id):
-        if state.tile_id is not None:
-            by_tile.setdefault(state.tile_id, state.task_id)
+    shown = {s.task_id: s.tile_id for s in states}
     tiles = registry.tiles(record.id)
-    lost = [t.id for t in tiles if t.task_id is not None and t.task_id not in live]
+    own = {t.id for t in tiles}
+    by_tile: dict[str, int] = {}
+    extra: list[int] = []
+    for state in sorted(states, key=lambda s: s.task_id):
+        if state.tile_id in own:
+            if state.tile_id in by_tile:
+                extra.append(state.task_id)
+            by_tile.setdefault(state.tile_id, state.task_id)
+    lost = [t.id for t in tiles if t.task_id is not None and shown.get(t.task_id) != t.id]
     if lost:
         registry.reset_tasks(lost)
         report.tasks_lost = len(lost)
-        report.notes.append(f"{len(lost)} tasks were deleted in Label Studio; they are created again")
+        report.notes.append(
+            f"{len(lost)} tasks were deleted in Label Studio (or show other tiles now); "
+            "they are created again"
+        )
+    if extra:
+        report.notes.append(
+            f"{len(extra)} tasks duplicate tiles of this raster (ids {extra[:10]}); geolabel uses the oldest "
+            "task of each tile. Delete the duplicates in Label Studio if they hold no labels"
+        )
     adopt = {
         t.id: by_tile[t.id]
         for t in tiles
@@ -304,7 +404,7 @@ def task_payload(record: RasterRecord, tile: TileRecord, options: ImportOptions)
     if tile.image_path is None:
         raise ImportFailedError(f"tile {tile.id} has no display image")
     relative = (options.data_dir / tile.image_path).resolve().relative_to(options.document_root.resolve())
-    geo = TileGeo.from_grid(tile.id, tile.grid, tile.window, record.path, record.content_hash)
+    geo = TileGeo.from_grid(tile.id, tile.grid, tile.window, record.path, record.content_hash, tile.crs_text)
     return {
         "data": {
             "image": f"/data/local-files/?d={quote(relative.as_posix())}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,12 @@ def inspect_raster(path: str | Path) -> RasterInfo:
         UnsupportedRasterError: complex or other non-displayable data types.
     """
     file = Path(path).expanduser().resolve()
+    if file.is_dir():
+        raise RasterNotFoundError(f"{path}: is a folder; give the raster files inside it (e.g. {path}/*.tif)")
     if not file.is_file():
         raise RasterNotFoundError(f"{path}: no such file")
+    if not os.access(file, os.R_OK):
+        raise NotARasterError(f"{path}: permission denied; geolabel cannot read it")
     try:
         with warnings.catch_warnings():  # geolabel says itself, clearly, what is missing
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -12,16 +12,20 @@ function over a list of tiles, so a process pool or Dask can fan it out instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import rasterio
+from rasterio.errors import RasterioIOError
 
 from georef.grid import PixelWindow
 from importers.display import Stretch, encode_png, read_display
+from importers.errors import RasterReadError, TileWriteError
 
 GDAL_CACHE_MB = 64
 CHUNK_TILES = 16
@@ -55,7 +59,13 @@ def render_chunk(job: RenderJob, tasks: Sequence[TileTask]) -> list[RenderResult
     root = Path(job.output_root)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(job.raster_path) as src:
         for task in tasks:
-            image, valid = read_display(src, task.window.to_rasterio(), job.bands, job.stretch)
+            try:
+                image, valid = read_display(src, task.window.to_rasterio(), job.bands, job.stretch)
+            except RasterioIOError as exc:
+                raise RasterReadError(
+                    f"{job.raster_path}: cannot read the pixels of tile {task.tile_id} ({exc}); "
+                    "the file is probably damaged or truncated: check it with gdalinfo -checksum"
+                ) from None
             if not valid.any():
                 results.append((task.tile_id, None))
                 continue
@@ -91,7 +101,12 @@ def render_tiles(job: RenderJob, tasks: Sequence[TileTask], workers: int) -> Ite
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise TileWriteError(f"cannot write display tile {path}: {exc.strerror or exc}") from None

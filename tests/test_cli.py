@@ -144,3 +144,35 @@ def test_demo_imports_the_sample_into_a_running_server(
     code, output = run("--config", str(config), "demo")
     assert code == 0, output
     assert "0 rendered now, 0 tasks created" in output
+
+
+def test_tiles_without_registry_or_token(tmp_path: Path, make_geotiff: GeoTiffFactory) -> None:
+    config = write_config(tmp_path, f"http://127.0.0.1:{free_port()}", tmp_path / "data")
+    code, output = run("--config", str(config), "tiles", env={"GEOLABEL_LABEL_STUDIO_TOKEN": ""})
+    assert code == 0
+    assert "no raster imported yet" in output
+    assert not (tmp_path / "data").exists()
+
+
+def test_unreadable_inputs_are_clear_messages(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(DEFAULT_CONFIG.replace("geolabel", "g\xe9olabel").encode("latin-1"))
+    code, output = run("--config", str(latin1), "tiles")
+    assert code == 2
+    assert "not UTF-8" in output
+    config = write_config(tmp_path, f"http://127.0.0.1:{free_port()}", tmp_path / "data")
+    folder = tmp_path / "rasters"
+    folder.mkdir()
+    code, output = run(
+        "--config", str(config), "import", str(folder), env={"GEOLABEL_LABEL_STUDIO_TOKEN": "t"}
+    )
+    assert code == 4  # Label Studio is checked first
+    broken = tmp_path / "data" / "label-studio"
+    broken.mkdir(parents=True)
+    (broken / "credentials.json").write_text("{not json")
+    code, output = run(
+        "--config", str(config), "import", str(folder), env={"GEOLABEL_LABEL_STUDIO_TOKEN": ""}
+    )
+    assert code == 5
+    assert "credentials.json is damaged" in output
+    assert "Traceback" not in output

@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from georef.grid import PixelWindow
 from importers.display import choose_bands, compute_stretch, read_display, to_uint8
-from importers.errors import AllNodataError, UnsupportedRasterError
+from importers.errors import AllNodataError, TileWriteError, UnsupportedRasterError
 from importers.raster import inspect_raster
 from importers.render import RenderJob, TileTask, render_chunk, render_tiles
 from tests.conftest import GeoTiffFactory, synthetic
@@ -217,3 +217,24 @@ def test_large_raster_stretch_comes_from_a_bounded_sample(
     spread = exact_high - exact_low
     assert abs(low - exact_low) < 0.05 * spread
     assert abs(high - exact_high) < 0.05 * spread
+
+
+def test_a_sparse_large_raster_is_not_taken_for_an_empty_one(make_geotiff: GeoTiffFactory) -> None:
+    data = np.zeros((1, 4000, 4000), dtype="uint16")
+    data[0, 301, 301] = 500  # between the sample windows, and most likely between decimated samples
+    data[0, 302, 301] = 501
+    raster = make_geotiff(data=data, nodata=0, photometric="MINISBLACK", tiled=True)
+    with rasterio.open(raster) as src:
+        ((low, high),) = compute_stretch(src, inspect_raster(raster), (1,), "auto", (2.0, 98.0))
+    assert low == pytest.approx(500.02)
+    assert high == pytest.approx(500.98)
+
+
+def test_a_tile_that_cannot_be_written_is_a_clear_error(make_geotiff: GeoTiffFactory, tmp_path: Path) -> None:
+    raster = make_geotiff(width=64, height=64)
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the tiles folder should be")
+    job = RenderJob(str(raster), (1, 2, 3), ((0.0, 255.0),) * 3, str(blocker))
+    with pytest.raises(TileWriteError, match="cannot write display tile"):
+        render_chunk(job, [TileTask("t", PixelWindow(0, 0, 64, 64), "tiles/t.png")])
+    assert list(tmp_path.glob("**/*.tmp")) == []

@@ -19,7 +19,13 @@ from georef.labelstudio import ImageSize, brush_result, parse_result, polygon_re
 from georef.registry import TileRegistry, TileStatus
 from georef.taskgeo import TileGeo
 from importers import pipeline
-from importers.errors import AllNodataError, RasterChangedError
+from importers.errors import (
+    AllNodataError,
+    ImportFailedError,
+    RasterChangedError,
+    RasterReadError,
+    UnsupportedRasterError,
+)
 from importers.labelconfig import BRUSH_NAME, IMAGE_NAME, POLYGON_NAME, LabelClass
 from importers.pipeline import ImportOptions, import_raster
 from tests.conftest import CLASSES, GeoTiffFactory, LabelStudioServer, free_port, synthetic
@@ -306,3 +312,116 @@ def test_real_rasters_from_shared_data(
     assert rasters["RGB.byte.tif"].grid.crs.to_epsg() == 32618
     assert rasters["sample_geotiff.tif"].display_bands == (1,)
     assert rasters["sample_geotiff.tif"].stretch[0][1] > 255  # 16-bit data is stretched
+
+
+def test_stale_task_ids_in_the_registry_are_repaired_from_label_studio(
+    make_geotiff: GeoTiffFactory, options: ImportOptions, registry: TileRegistry, client: LabelStudioClient
+) -> None:
+    raster = make_geotiff(width=300, height=300)
+    report = import_raster(raster, options, registry, client)
+    t0, t1 = registry.tiles()[:2]
+    # the registry now claims t1 shows t0's task (as after a Label Studio database reset)
+    registry.conn.execute("UPDATE tiles SET task_id = NULL WHERE id = ?", [t0.id])
+    registry.conn.execute("UPDATE tiles SET task_id = ? WHERE id = ?", [t0.task_id, t1.id])
+    registry.conn.commit()
+    again = import_raster(raster, options, registry, client)
+    assert (again.tasks_created, again.tasks_lost, again.tasks_adopted) == (0, 1, 2)
+    assert registry.tile(t0.id).task_id == t0.task_id
+    assert registry.tile(t1.id).task_id == t1.task_id
+    assert len(client.tasks(report.project_id)) == report.tiles
+
+
+def test_a_project_deleted_in_label_studio_is_recreated_every_time(
+    make_geotiff: GeoTiffFactory,
+    options: ImportOptions,
+    registry: TileRegistry,
+    client: LabelStudioClient,
+    label_studio: LabelStudioServer,
+) -> None:
+    raster = make_geotiff(width=300, height=300)
+    headers = {"Authorization": f"Token {label_studio.token}"}
+    project_ids = []
+    for _ in range(2):
+        report = import_raster(raster, options, registry, client)
+        project_ids.append(report.project_id)
+        assert len(client.tasks(report.project_id)) == report.tiles
+        httpx.delete(
+            f"{label_studio.url}/api/projects/{report.project_id}/", headers=headers
+        ).raise_for_status()
+    final = import_raster(raster, options, registry, client)
+    assert len(set([*project_ids, final.project_id])) == 3
+    assert registry.project_id(options.project) == final.project_id
+
+
+def test_copies_are_not_duplicated_within_a_project(
+    make_geotiff: GeoTiffFactory, options: ImportOptions, registry: TileRegistry, client: LabelStudioClient
+) -> None:
+    original = make_geotiff("a.tif", width=300, height=300)
+    import_raster(original, options, registry, client)
+    other = dataclasses.replace(options, project=options.project + " bis")
+    for name, target in (("b.tif", other), ("c.tif", other)):
+        copy = original.with_name(name)
+        copy.write_bytes(original.read_bytes())
+        import_raster(copy, target, registry, client)
+    second = registry.project_id(other.project)
+    assert second is not None
+    assert len(client.tasks(second)) == 4
+
+
+def test_one_import_at_a_time_per_data_folder(
+    make_geotiff: GeoTiffFactory, options: ImportOptions, registry: TileRegistry, client: LabelStudioClient
+) -> None:
+    with (
+        pipeline.import_lock(options.data_dir),
+        pytest.raises(ImportFailedError, match="another geolabel import"),
+    ):
+        import_raster(make_geotiff(width=300, height=300), options, registry, client)
+
+
+def test_a_damaged_raster_fails_clearly_and_changes_nothing(
+    make_geotiff: GeoTiffFactory, options: ImportOptions, registry: TileRegistry, client: LabelStudioClient
+) -> None:
+    good = make_geotiff("good.tif", width=600, height=600, compress="deflate", tiled=True)
+    damaged = good.with_name("ortho.tif")
+    content = good.read_bytes()
+    damaged.write_bytes(content[: len(content) * 2 // 3])
+    with pytest.raises(RasterReadError, match="damaged or truncated"):
+        import_raster(damaged, options, registry, client)
+    assert registry.rasters() == []
+    assert client.find_projects(options.project) == []
+    damaged.write_bytes(content)
+    report = import_raster(damaged, options, registry, client)
+    assert report.tasks_created == report.tiles
+
+
+def test_an_unfinished_import_is_replaced_when_the_file_changes(
+    make_geotiff: GeoTiffFactory,
+    options: ImportOptions,
+    registry: TileRegistry,
+    client: LabelStudioClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("importers.render.CHUNK_TILES", 3)
+    raster = make_geotiff("ortho.tif", width=600, height=600)
+    with pytest.raises(KeyboardInterrupt):
+        import_raster(raster, options, registry, client, CrashDuringRender())
+    old_uid = registry.rasters()[0].uid
+    make_geotiff("ortho.tif", data=synthetic(3, 600, 600, "uint8", seed=7))
+    report = import_raster(raster, options, registry, client)
+    assert "replaced an unfinished earlier import" in report.notes[0]
+    assert report.tasks_created == report.tiles
+    assert len(registry.rasters()) == 1
+    assert registry.rasters()[0].uid != old_uid
+    assert not (Path(options.data_dir) / "tiles" / old_uid).exists()
+
+
+def test_refusals_before_any_write_leave_no_project(
+    make_geotiff: GeoTiffFactory, options: ImportOptions, registry: TileRegistry, client: LabelStudioClient
+) -> None:
+    blank = make_geotiff(data=np.zeros((3, 300, 300), dtype="uint8"), nodata=0)
+    with pytest.raises(AllNodataError):
+        import_raster(blank, options, registry, client)
+    with pytest.raises(UnsupportedRasterError, match="band 9 does not exist"):
+        import_raster(make_geotiff(), dataclasses.replace(options, bands=[9, 1, 2]), registry, client)
+    assert client.find_projects(options.project) == []
+    assert registry.project_id(options.project) is None

@@ -83,3 +83,8 @@ def test_content_hash_changes_with_content(make_geotiff: GeoTiffFactory) -> None
     assert content_hash(a) == content_hash(a)
     assert content_hash(a) != content_hash(b)
     assert len(content_hash(a)) == 64
+
+
+def test_a_folder_is_not_a_raster(tmp_path: Path) -> None:
+    with pytest.raises(RasterNotFoundError, match="is a folder"):
+        inspect_raster(tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sqlite3
 from pathlib import Path
 
@@ -106,18 +108,32 @@ def test_duplicate_path_and_unknown_rows_are_refused(registry: TileRegistry) -> 
         registry.tile("nope")
     with pytest.raises(RegistryError, match="no raster"):
         registry.raster(999)
-    assert registry.raster_by_hash("ab" * 32) is not None
+    assert registry.raster_by_hash("ab" * 32, 7) is not None
     assert registry.raster_by_path("/elsewhere.tif") is None
 
 
-def test_two_task_ids_cannot_point_to_one_task(registry: TileRegistry) -> None:
+def test_a_task_id_moves_to_the_tile_label_studio_says_it_shows(registry: TileRegistry) -> None:
     record = registry.add_raster(new_raster(), plan_tiles(GRID.width, GRID.height, 512, 64))
     ids = list(registry.iter_tile_ids(record.id))
     registry.mark_rendered([(ids[0], "a.png"), (ids[1], "b.png")])
     registry.set_task_ids({ids[0]: 5})
-    with pytest.raises(sqlite3.IntegrityError):
-        registry.set_task_ids({ids[1]: 5})
-    assert registry.tile(ids[1]).task_id is None  # the failed transaction left nothing behind
+    registry.set_task_ids({ids[1]: 5})  # e.g. Label Studio's database was reset and reused id 5
+    assert registry.tile(ids[1]).task_id == 5
+    assert registry.tile(ids[0]).task_id is None
+    assert registry.tile(ids[0]).status is TileStatus.RENDERED
+    with pytest.raises(sqlite3.IntegrityError):  # the schema itself refuses two tiles per task
+        registry.conn.execute("UPDATE tiles SET task_id = 5 WHERE id = ?", [ids[0]])
+
+
+def test_nan_nodata_and_projects_by_title(registry: TileRegistry) -> None:
+    spec = dataclasses.replace(new_raster(), nodata=float("nan"))
+    record = registry.add_raster(spec, [])
+    assert record.nodata is not None
+    assert math.isnan(record.nodata)
+    registry.record_project(8, "orthos")  # the project was deleted and created again in Label Studio
+    assert registry.project_id("orthos") == 8
+    assert registry.raster_by_hash("ab" * 32, 7) is not None
+    assert registry.raster_by_hash("ab" * 32, 8) is None
 
 
 def test_wal_mode_and_schema_version(registry: TileRegistry, tmp_path: Path) -> None:
