@@ -142,27 +142,7 @@ def import_raster(
         report = ImportReport(str(info.path), project.id, notes=notes)
         _check_project(project, record, options, report)
         _check_same_display(record, options, report)
-        return _import_tiles(record, project.id, options, registry, client, report, progress)
-
-
-def _import_tiles(
-    record: RasterRecord,
-    project_id: int,
-    options: ImportOptions,
-    registry: TileRegistry,
-    client: LabelStudioClient,
-    report: ImportReport,
-    progress: Progress,
-) -> ImportReport:
-    report.rendered_now = _render_pending(record, options, registry, progress)
-    counts = registry.status_counts(record.id)
-    report.tiles, report.skipped = sum(counts.values()), counts[TileStatus.SKIPPED]
-    if report.skipped == report.tiles:
-        registry.delete_raster(record.id)
-        raise AllNodataError(f"{record.path}: every tile is entirely nodata; there is nothing to label")
-    _sync_tasks(record, project_id, options, registry, client, report, progress)
-    registry.set_raster_status(record.id, RasterStatus.COMPLETE)
-    return report
+        return _TileSync(record, project.id, options, registry, client, report, progress).run()
 
 
 @contextmanager
@@ -334,69 +314,84 @@ def _image_path(record: RasterRecord, tile: TileRecord) -> str:
     return f"tiles/{record.uid}/r{tile.window.row_off}_c{tile.window.col_off}.png"
 
 
-def _sync_tasks(
-    record: RasterRecord,
-    project_id: int,
-    options: ImportOptions,
-    registry: TileRegistry,
-    client: LabelStudioClient,
-    report: ImportReport,
-    progress: Progress,
-) -> None:
-    _reconcile(record, project_id, registry, client, report)
-    missing = registry.tiles(record.id, status=TileStatus.RENDERED)
-    if not missing:
-        return
-    progress.start(f"creating tasks for {record.name}", len(missing))
-    for start in range(0, len(missing), IMPORT_BATCH):
-        batch = missing[start : start + IMPORT_BATCH]
-        ids = client.import_tasks(project_id, [task_payload(record, t, options) for t in batch])
-        registry.set_task_ids({tile.id: task_id for tile, task_id in zip(batch, ids, strict=True)})
-        report.tasks_created += len(batch)
-        progress.advance(len(batch))
+@dataclass
+class _TileSync:
+    """Render a registered raster's pending tiles and make its Label Studio tasks match them."""
 
+    record: RasterRecord
+    project_id: int
+    options: ImportOptions
+    registry: TileRegistry
+    client: LabelStudioClient
+    report: ImportReport
+    progress: Progress
 
-def _reconcile(
-    record: RasterRecord,
-    project_id: int,
-    registry: TileRegistry,
-    client: LabelStudioClient,
-    report: ImportReport,
-) -> None:
-    """Make the registry agree with the tasks Label Studio has for this raster's tiles."""
-    states = client.tasks(project_id)
-    shown = {s.task_id: s.tile_id for s in states}
-    tiles = registry.tiles(record.id)
-    own = {t.id for t in tiles}
-    by_tile: dict[str, int] = {}
-    extra: list[int] = []
-    for state in sorted(states, key=lambda s: s.task_id):
-        if state.tile_id in own:
-            if state.tile_id in by_tile:
-                extra.append(state.task_id)
-            by_tile.setdefault(state.tile_id, state.task_id)
-    lost = [t.id for t in tiles if t.task_id is not None and shown.get(t.task_id) != t.id]
-    if lost:
-        registry.reset_tasks(lost)
-        report.tasks_lost = len(lost)
-        report.notes.append(
-            f"{len(lost)} tasks were deleted in Label Studio (or show other tiles now); "
-            "they are created again"
-        )
-    if extra:
-        report.notes.append(
-            f"{len(extra)} tasks duplicate tiles of this raster (ids {extra[:10]}); geolabel uses the oldest "
-            "task of each tile. Delete the duplicates in Label Studio if they hold no labels"
-        )
-    adopt = {
-        t.id: by_tile[t.id]
-        for t in tiles
-        if t.id in by_tile and (t.task_id is None or t.id in lost) and t.image_path is not None
-    }
-    registry.set_task_ids(adopt)
-    report.tasks_adopted = len(adopt)
-    if record.project_id != project_id:
-        registry.set_raster_project(record.id, project_id)
+    def run(self) -> ImportReport:
+        """Render, reconcile, create the missing tasks; mark the raster complete."""
+        record, registry, report = self.record, self.registry, self.report
+        report.rendered_now = _render_pending(record, self.options, registry, self.progress)
+        counts = registry.status_counts(record.id)
+        report.tiles, report.skipped = sum(counts.values()), counts[TileStatus.SKIPPED]
+        if report.skipped == report.tiles:
+            registry.delete_raster(record.id)
+            raise AllNodataError(f"{record.path}: every tile is entirely nodata; there is nothing to label")
+        self.reconcile()
+        self.create_missing_tasks()
+        registry.set_raster_status(record.id, RasterStatus.COMPLETE)
+        return report
+
+    def create_missing_tasks(self) -> None:
+        """Create tasks for rendered tiles that have none, recording ids after each batch."""
+        missing = self.registry.tiles(self.record.id, status=TileStatus.RENDERED)
+        if not missing:
+            return
+        self.progress.start(f"creating tasks for {self.record.name}", len(missing))
+        for start in range(0, len(missing), IMPORT_BATCH):
+            batch = missing[start : start + IMPORT_BATCH]
+            payloads = [task_payload(self.record, t, self.options) for t in batch]
+            ids = self.client.import_tasks(self.project_id, payloads)
+            self.registry.set_task_ids({tile.id: task_id for tile, task_id in zip(batch, ids, strict=True)})
+            self.report.tasks_created += len(batch)
+            self.progress.advance(len(batch))
+
+    def reconcile(self) -> None:
+        """Make the registry agree with the tasks Label Studio has for this raster's tiles."""
+        states = self.client.tasks(self.project_id)
+        shown = {s.task_id: s.tile_id for s in states}
+        tiles = self.registry.tiles(self.record.id)
+        own = {t.id for t in tiles}
+        by_tile: dict[str, int] = {}
+        extra: list[int] = []
+        for state in sorted(states, key=lambda s: s.task_id):
+            if state.tile_id in own:
+                if state.tile_id in by_tile:
+                    extra.append(state.task_id)
+                by_tile.setdefault(state.tile_id, state.task_id)
+        lost = [t.id for t in tiles if t.task_id is not None and shown.get(t.task_id) != t.id]
+        self._note_lost_and_extra(lost, extra)
+        adopt = {
+            t.id: by_tile[t.id]
+            for t in tiles
+            if t.id in by_tile and (t.task_id is None or t.id in lost) and t.image_path is not None
+        }
+        self.registry.set_task_ids(adopt)
+        self.report.tasks_adopted = len(adopt)
+        if self.record.project_id != self.project_id:
+            self.registry.set_raster_project(self.record.id, self.project_id)
+
+    def _note_lost_and_extra(self, lost: list[str], extra: list[int]) -> None:
+        if lost:
+            self.registry.reset_tasks(lost)
+            self.report.tasks_lost = len(lost)
+            self.report.notes.append(
+                f"{len(lost)} tasks were deleted in Label Studio (or show other tiles now); "
+                "they are created again"
+            )
+        if extra:
+            self.report.notes.append(
+                f"{len(extra)} tasks duplicate tiles of this raster (ids {extra[:10]}); geolabel uses the "
+                "oldest task of each tile. Delete the duplicates in Label Studio if they hold no labels"
+            )
 
 
 def task_payload(record: RasterRecord, tile: TileRecord, options: ImportOptions) -> dict[str, Any]:
