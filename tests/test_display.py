@@ -13,7 +13,7 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from georef.grid import PixelWindow
-from importers.display import choose_bands, compute_stretch, read_display, to_uint8
+from importers.display import _stretch_band, choose_bands, compute_stretch, read_display, to_uint8
 from importers.errors import AllNodataError, TileWriteError, UnsupportedRasterError
 from importers.raster import inspect_raster
 from importers.render import RenderJob, TileTask, render_chunk, render_tiles
@@ -238,3 +238,26 @@ def test_a_tile_that_cannot_be_written_is_a_clear_error(make_geotiff: GeoTiffFac
     with pytest.raises(TileWriteError, match="cannot write display tile"):
         render_chunk(job, [TileTask("t", PixelWindow(0, 0, 64, 64), "tiles/t.png")])
     assert list(tmp_path.glob("**/*.tmp")) == []
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_lookup_table_stretch_equals_the_arithmetic_one(dtype: str) -> None:
+    rng = np.random.default_rng(3)
+    top = 255 if dtype == "uint8" else 65535
+    pixels = rng.integers(0, top + 1, size=(40, 30, 3)).astype(dtype)
+    stretch = ((10.0, 200.0), (0.0, 255.0), (3.5, 250.25)) if dtype == "uint8" else ((100.0, 40000.0),) * 3
+    expected = np.stack([_stretch_band(pixels[..., i], *stretch[i]) for i in range(3)], axis=2)
+    assert np.array_equal(to_uint8(pixels, stretch), expected)
+
+
+def test_a_pixel_is_nodata_only_when_every_display_band_is(
+    make_geotiff: GeoTiffFactory, tmp_path: Path
+) -> None:
+    data = synthetic(3, 32, 32, "uint8")
+    data[0, :, :8] = 0  # red is 0 there, green and blue are not: a dark but valid pixel
+    data[:, :, 24:] = 0  # every band is 0: nodata
+    raster = make_geotiff(data=data, nodata=0)
+    render_one(raster, PixelWindow(0, 0, 32, 32), tmp_path)
+    alpha = png(tmp_path / "tile.png")[:, :, 3]
+    assert (alpha[:, :24] == 255).all()
+    assert (alpha[:, 24:] == 0).all()
