@@ -419,16 +419,13 @@ def run_geolabel(raster: Path, work: Path, args: argparse.Namespace) -> ToolResu
     ]
     if rendered != pngs:
         notes.append(f"rendered {rendered} tiles but found {pngs} PNG files")
-    return ToolResult(
-        tool="geolabel",
-        tiles=pngs,
-        seconds=done - start,
-        cpu_seconds=cpu,
-        peak_rss_tree_mb=sampler.peak_tree / MB,
-        peak_rss_single_mb=sampler.peak_single / MB,
-        peak_pss_tree_mb=sampler.peak_pss_tree / MB,
-        processes=sampler.peaks_by_role(),
-        output_mb=size_mb,
+    return tool_result(
+        "geolabel",
+        pngs,
+        done - start,
+        cpu,
+        sampler,
+        size_mb,
         phases_s={
             "inspect+hash": hashed - start,
             "register (stretch, plan, add_raster)": registered - hashed,
@@ -534,17 +531,30 @@ def run_gdal_retile(raster: Path, work: Path, args: argparse.Namespace) -> ToolR
     notes = [" ".join(command)]
     if side_files:
         notes.append(f"{side_files} non-PNG side files (.aux.xml) not counted in the output size")
+    return tool_result("gdal_retile", pngs, seconds, cpu, sampler, size_mb, notes=notes)
+
+
+def tool_result(
+    tool: str,
+    tiles: int,
+    seconds: float,
+    cpu: float,
+    sampler: TreeRssSampler,
+    output_mb: float,
+    **extra: Any,
+) -> ToolResult:
+    """One tool's measurements, with the memory peaks its sampler saw."""
     return ToolResult(
-        tool="gdal_retile",
-        tiles=pngs,
+        tool=tool,
+        tiles=tiles,
         seconds=seconds,
         cpu_seconds=cpu,
         peak_rss_tree_mb=sampler.peak_tree / MB,
         peak_rss_single_mb=sampler.peak_single / MB,
         peak_pss_tree_mb=sampler.peak_pss_tree / MB,
         processes=sampler.peaks_by_role(),
-        output_mb=size_mb,
-        notes=notes,
+        output_mb=output_mb,
+        **extra,
     )
 
 
