@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= demo/geolabel.toml
 
-.PHONY: install demo serve test lint typecheck pytest bench bench-import gdal clean
+.PHONY: install demo serve test lint typecheck pytest browser bench bench-import gdal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: install  ## start Label Studio, import the sample orthophoto, print URL/lo
 serve: install  ## start only the local Label Studio of the demo project
 	$(BIN)/geolabel --config $(DEMO_CONFIG) serve
 
-test: install lint typecheck pytest  ## everything CI runs
+test: install lint typecheck browser pytest  ## everything CI runs
 
 lint: install
 	$(BIN)/ruff check .
@@ -32,6 +32,10 @@ typecheck: install
 
 pytest: install
 	$(BIN)/pytest
+
+browser:  ## Debian's chromium for the browser test (needs root; the test is skipped without it)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "note: chromium could not be installed; the browser test will be skipped"
 
 gdal:  ## Debian's GDAL command-line tools, the outside judges used by bench/ (needs root)
 	command -v gdal_retile.py >/dev/null || (apt-get update -qq && apt-get install -y -qq gdal-bin python3-gdal)

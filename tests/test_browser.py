@@ -1,0 +1,133 @@
+"""A polygon drawn with the mouse in Label Studio's real labelling page lands where it should on Earth.
+
+Runs headless Debian chromium through Playwright against the test run's Label Studio; skipped with a
+reason where chromium or Playwright is missing (``make test`` installs both when it can).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.transform
+
+from georef.labelstudio import ImageSize, parse_result, region_to_world
+from georef.registry import TileRegistry
+from importers.pipeline import ImportOptions, import_raster
+from tests.conftest import CLASSES, GeoTiffFactory, LabelStudioServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.labelstudio,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)"
+    ),
+]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UI_TIMEOUT_MS = 120_000  # generous: a wait for the page to be ready, never a timed assert
+CLICK_GAP_MS = 600  # separate clicks, not a double click (Konva's double-click window is 400 ms)
+
+
+def test_polygon_drawn_with_the_mouse_is_georeferenced(
+    make_geotiff: GeoTiffFactory, label_studio: LabelStudioServer, ls_data_dir: Path
+) -> None:
+    options = ImportOptions(
+        project="browser test",
+        classes=CLASSES,
+        data_dir=ls_data_dir,
+        document_root=label_studio.document_root,
+        tile_size=256,
+        overlap=0,
+        workers=1,
+    )
+    client = label_studio.client()
+    registry = TileRegistry(ls_data_dir / "registry.sqlite")
+    raster = make_geotiff(width=512, height=256)
+    report = import_raster(raster, options, registry, client)
+    tile = registry.tiles()[1]  # the right-hand tile: col_off 256
+    creds = _credentials(label_studio)
+    clicks_pct = [(20.0, 20.0), (70.0, 25.0), (45.0, 80.0)]
+
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        _log_in(page, label_studio.url, *creds)
+        page.goto(f"{label_studio.url}/projects/{report.project_id}/data?task={tile.task_id}")
+        page.get_by_text("Outline (polygon)").wait_for()
+        page.get_by_text("water", exact=True).nth(1).click()  # the "water" of the polygon group
+        box = _labelling_image_box(page)  # measured after the click: choosing a label may scroll
+        points = [
+            (box["x"] + x / 100 * box["width"], box["y"] + y / 100 * box["height"]) for x, y in clicks_pct
+        ]
+        for x, y in [*points, points[0]]:
+            page.mouse.click(x, y)
+            page.wait_for_timeout(CLICK_GAP_MS)
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_function(
+            "([url, id]) => fetch(url + '/api/tasks/' + id + '/')"
+            ".then(r => r.json()).then(t => t.total_annotations > 0)",
+            arg=[label_studio.url, tile.task_id],
+        )
+        browser.close()
+
+    (annotation,) = client.annotations(tile.task_id or 0)
+    results = [r for r in annotation["result"] if r["type"] == "polygonlabels"]
+    assert len(results) == 1, annotation["result"]
+    result = results[0]
+    region = parse_result(result, ImageSize.of(tile.grid))
+    assert region.labels == ("water",)
+    world = region_to_world(region, registry.grid(tile.id))
+    pct = np.array(clicks_pct)
+    cols = pct[:, 0] / 100 * tile.window.width + tile.window.col_off  # source-raster pixel positions
+    rows = pct[:, 1] / 100 * tile.window.height + tile.window.row_off
+    with rasterio.open(raster) as src:
+        xs, ys = rasterio.transform.xy(src.transform, rows, cols, offset="ul")
+    expected = np.column_stack([xs, ys])
+    # a click lands within one screen pixel; the image is displayed at box["width"] pixels for 256
+    tolerance = max(tile.grid.resolution) * 256 / box["width"] * 1.5
+    np.testing.assert_allclose(world, expected, atol=tolerance)
+
+
+def _labelling_image_box(page: Page) -> dict[str, float]:
+    """Screen box of the image in the labelling area (Label Studio shows it from a blob: URL)."""
+    script = (
+        "() => [...document.querySelectorAll('img')]"
+        ".find(i => i.src.startsWith('blob:') && i.naturalWidth > 0)"
+    )
+    page.wait_for_function(script)
+    handle = page.evaluate_handle(script)
+    box: dict[str, float] = handle.as_element().bounding_box()
+    return box
+
+
+def _credentials(label_studio: LabelStudioServer) -> tuple[str, str]:
+    from geolabel.stack import read_credentials
+
+    creds = read_credentials(label_studio.state_dir)
+    assert creds is not None
+    return creds.username, creds.password
+
+
+def _log_in(page: Page, url: str, username: str, password: str) -> None:
+    page.goto(f"{url}/user/login/")
+    page.fill("input[name=email]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit], input[type=submit]")
+    page.wait_for_url(lambda current: "/user/login" not in current)
