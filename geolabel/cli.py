@@ -252,6 +252,7 @@ def serve(ctx: click.Context) -> None:
     """Start the local Label Studio (SQLite, data in paths.data_dir) until Ctrl-C."""
     from geolabel.local import serve_forever
 
+    _ensure_config(ctx)
     serve_forever(_config(ctx), console)
 
 
@@ -265,11 +266,15 @@ def demo(ctx: click.Context, rasters: tuple[Path, ...]) -> None:
     """Create the config if needed, start Label Studio, import the sample orthophoto; Ctrl-C stops."""
     from geolabel.local import run_demo
 
+    _ensure_config(ctx)
+    run_demo(_config(ctx), list(rasters), console)
+
+
+def _ensure_config(ctx: click.Context) -> None:
     path: Path = ctx.obj["config_path"]
     if not path.exists():
         write_default_config(path)
-        console.print(f"wrote {path}")
-    run_demo(_config(ctx), list(rasters), console)
+        console.print(f"wrote {path} (default settings; edit it and restart to change them)")
 
 
 def main() -> None:
