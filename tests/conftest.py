@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from rasterio.enums import ColorInterp
 
 from geolabel.lsclient import LabelStudioClient
 from geolabel.stack import LocalLabelStudio, load_or_create_credentials
+from georef.registry import TileRegistry
 from importers.labelconfig import LabelClass
+from importers.pipeline import ImportOptions
 
 # Tests never depend on timing: no per-example deadline.
 settings.register_profile("geolabel", deadline=None, max_examples=100)
@@ -151,3 +154,32 @@ def ls_data_dir(label_studio: LabelStudioServer, request: pytest.FixtureRequest)
     path = label_studio.document_root / "projects" / request.node.name.replace("[", "_").replace("]", "")
     path.mkdir(parents=True)
     return path
+
+
+_titles = itertools.count()
+
+
+@pytest.fixture
+def options(label_studio: LabelStudioServer, ls_data_dir: Path) -> ImportOptions:
+    """Import settings for a fresh project whose data folder is inside the server's document root."""
+    return ImportOptions(
+        project=f"test project {next(_titles)}",
+        classes=CLASSES,
+        data_dir=ls_data_dir,
+        document_root=label_studio.document_root,
+        tile_size=256,
+        overlap=32,
+        workers=1,
+    )
+
+
+@pytest.fixture
+def registry(ls_data_dir: Path) -> TileRegistry:
+    """The test's tile registry."""
+    return TileRegistry(ls_data_dir / "registry.sqlite")
+
+
+@pytest.fixture
+def client(label_studio: LabelStudioServer) -> LabelStudioClient:
+    """A client of the test run's Label Studio."""
+    return label_studio.client()

@@ -6,8 +6,8 @@ reason where chromium or Playwright is missing (``make test`` installs both when
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,10 +15,11 @@ import pytest
 import rasterio
 import rasterio.transform
 
+from geolabel.lsclient import LabelStudioClient
 from georef.labelstudio import ImageSize, parse_result, region_to_world
 from georef.registry import TileRegistry
 from importers.pipeline import ImportOptions, import_raster
-from tests.conftest import CLASSES, GeoTiffFactory, LabelStudioServer
+from tests.conftest import GeoTiffFactory, LabelStudioServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -45,21 +46,14 @@ CLICK_GAP_MS = 600  # separate clicks, not a double click (Konva's double-click 
 
 
 def test_polygon_drawn_with_the_mouse_is_georeferenced(
-    make_geotiff: GeoTiffFactory, label_studio: LabelStudioServer, ls_data_dir: Path
+    make_geotiff: GeoTiffFactory,
+    label_studio: LabelStudioServer,
+    options: ImportOptions,
+    registry: TileRegistry,
+    client: LabelStudioClient,
 ) -> None:
-    options = ImportOptions(
-        project="browser test",
-        classes=CLASSES,
-        data_dir=ls_data_dir,
-        document_root=label_studio.document_root,
-        tile_size=256,
-        overlap=0,
-        workers=1,
-    )
-    client = label_studio.client()
-    registry = TileRegistry(ls_data_dir / "registry.sqlite")
     raster = make_geotiff(width=512, height=256)
-    report = import_raster(raster, options, registry, client)
+    report = import_raster(raster, dataclasses.replace(options, overlap=0), registry, client)
     tile = registry.tiles()[1]  # the right-hand tile: col_off 256
     creds = _credentials(label_studio)
     clicks_pct = [(20.0, 20.0), (70.0, 25.0), (45.0, 80.0)]

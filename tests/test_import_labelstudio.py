@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import httpx
@@ -31,30 +30,6 @@ from importers.pipeline import ImportOptions, import_raster
 from tests.conftest import CLASSES, GeoTiffFactory, LabelStudioServer, free_port, synthetic
 
 pytestmark = pytest.mark.labelstudio
-_titles = itertools.count()
-
-
-@pytest.fixture
-def options(label_studio: LabelStudioServer, ls_data_dir: Path) -> ImportOptions:
-    return ImportOptions(
-        project=f"test project {next(_titles)}",
-        classes=CLASSES,
-        data_dir=ls_data_dir,
-        document_root=label_studio.document_root,
-        tile_size=256,
-        overlap=32,
-        workers=1,
-    )
-
-
-@pytest.fixture
-def registry(ls_data_dir: Path) -> TileRegistry:
-    return TileRegistry(ls_data_dir / "registry.sqlite")
-
-
-@pytest.fixture
-def client(label_studio: LabelStudioServer) -> LabelStudioClient:
-    return label_studio.client()
 
 
 def project_tasks(client: LabelStudioClient, project_id: int) -> list[dict]:
