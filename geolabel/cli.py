@@ -249,11 +249,11 @@ def tiles(ctx: click.Context) -> None:
 @click.pass_context
 @handle_errors
 def serve(ctx: click.Context) -> None:
-    """Start the local Label Studio (SQLite, data in paths.data_dir) until Ctrl-C."""
+    """Start the local Label Studio (SQLite) and the ML backend, connected, until Ctrl-C."""
     from geolabel.local import serve_forever
 
     _ensure_config(ctx)
-    serve_forever(_config(ctx), console)
+    serve_forever(_config(ctx), ctx.obj["config_path"], console)
 
 
 @cli.command()
@@ -267,7 +267,22 @@ def demo(ctx: click.Context, rasters: tuple[Path, ...]) -> None:
     from geolabel.local import run_demo
 
     _ensure_config(ctx)
-    run_demo(_config(ctx), list(rasters), console)
+    run_demo(_config(ctx), ctx.obj["config_path"], list(rasters), console)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), help="Tiles to embed (default: sam.precompute).")
+@click.option("--follow", is_flag=True, help="Keep the next tiles embedded until stopped (Ctrl-C).")
+@click.pass_context
+@handle_errors
+def embed(ctx: click.Context, limit: int | None, follow: bool) -> None:
+    """Compute SAM embeddings for the tiles next in the annotation queue, so clicks are fast."""
+    from geolabel.embedding import embed_queue
+
+    config = _config(ctx)
+    embed_queue(
+        config, client_for(config), limit or config.sam.precompute or 1, follow, console, progress_bar
+    )
 
 
 def _ensure_config(ctx: click.Context) -> None:
@@ -280,3 +295,7 @@ def _ensure_config(ctx: click.Context) -> None:
 def main() -> None:
     """Entry point of the ``geolabel`` command."""
     cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -21,10 +21,12 @@ from pydantic import (
 )
 
 from geolabel.errors import ConfigError
+from geolabel.stack import BasicAuth, ml_backend_auth
 from importers.labelconfig import LabelClass
 
 CONFIG_NAME = "geolabel.toml"
 TOKEN_ENV = "GEOLABEL_LABEL_STUDIO_TOKEN"  # noqa: S105 (a variable name, not a secret)
+ML_PASSWORD_ENV = "GEOLABEL_ML_BACKEND_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 
 
 class _Section(BaseModel):
@@ -89,6 +91,28 @@ class LabelStudioSection(_Section):
     document_root: str = ""
 
 
+class MLBackendSection(_Section):
+    """``[ml_backend]``."""
+
+    url: str = Field(default="http://127.0.0.1:9090", pattern=r"^https?://[^/\s]+")
+    username: str = Field(default="geolabel", min_length=1, pattern=r"^[^:\s]+$")
+    password: SecretStr = SecretStr("")
+    workers: int = Field(default=1, ge=1, le=32)
+    threads: int = Field(default=4, ge=1, le=64)
+
+
+class SamSection(_Section):
+    """``[sam]``."""
+
+    model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    checkpoint: str = ""
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    cache_dir: str = ""
+    memory_cache: int = Field(default=32, ge=1, le=4096)
+    precompute: int = Field(default=16, ge=0, le=10000)
+    precompute_interval: float = Field(default=30.0, gt=0)
+
+
 class PathsSection(_Section):
     """``[paths]``."""
 
@@ -109,6 +133,8 @@ class Config(_Section):
     tiling: TilingSection = TilingSection()
     display: DisplaySection = DisplaySection()
     label_studio: LabelStudioSection = LabelStudioSection()
+    ml_backend: MLBackendSection = MLBackendSection()
+    sam: SamSection = SamSection()
     paths: PathsSection = PathsSection()
     import_: ImportSection = Field(default=ImportSection(), alias="import")
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -143,6 +169,31 @@ class Config(_Section):
         """Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT``: display tile URLs are relative to it."""
         root = self.label_studio.document_root
         return (self.base_dir / root).resolve() if root else self.data_dir
+
+    @property
+    def models_dir(self) -> Path:
+        """Model versions written by the trainer and served by the ML backend."""
+        return self.data_dir / "models"
+
+    @property
+    def embedding_cache_dir(self) -> Path:
+        """SAM embedding cache (``sam.cache_dir``, default ``<data_dir>/embeddings``)."""
+        folder = self.sam.cache_dir
+        return (self.base_dir / folder).resolve() if folder else self.data_dir / "embeddings"
+
+    @property
+    def sam_checkpoint(self) -> Path | None:
+        """The SAM checkpoint file, or None when ``sam.checkpoint`` is empty (SAM off)."""
+        return (self.base_dir / self.sam.checkpoint).resolve() if self.sam.checkpoint else None
+
+    def ml_backend_auth(self) -> BasicAuth:
+        """The ML backend's basic-auth login.
+
+        The password comes from the file, else ``$GEOLABEL_ML_BACKEND_PASSWORD``, else it is generated
+        once and kept in ``<data_dir>/ml-backend/credentials.json`` (mode 0600).
+        """
+        password = self.ml_backend.password.get_secret_value() or os.environ.get(ML_PASSWORD_ENV, "")
+        return ml_backend_auth(self.data_dir / "ml-backend", self.ml_backend.username, password)
 
     def token(self) -> str:
         """The API token from the file, else ``$GEOLABEL_LABEL_STUDIO_TOKEN``; empty if neither is set."""
@@ -252,6 +303,33 @@ token = ""
 username = "admin@geolabel.local"
 # Label Studio's LOCAL_FILES_DOCUMENT_ROOT as seen from here; empty = paths.data_dir.
 document_root = ""
+
+[ml_backend]
+# Where Label Studio reaches the ML backend (SAM clicks, pre-annotations); `geolabel serve` listens here.
+url = "http://127.0.0.1:9090"
+# HTTP basic auth of the backend. Empty password: $GEOLABEL_ML_BACKEND_PASSWORD, else one generated
+# on first use and kept in <data_dir>/ml-backend/credentials.json.
+username = "geolabel"
+password = ""
+# gunicorn worker processes (each loads SAM: about 0.4 GB for vit_b) and threads per worker.
+workers = 1
+threads = 4
+
+[sam]
+# Segment Anything for click-to-mask. The checkpoint is not downloaded for you: get
+# sam_vit_b_01ec64.pth (or vit_l / vit_h) from the segment-anything releases. Empty = SAM off.
+model_type = "vit_b"
+checkpoint = ""
+# "auto" (CUDA when available, else CPU), "cpu" or "cuda:0".
+device = "auto"
+# Embedding cache folder, shared by all backend workers; empty = <data_dir>/embeddings.
+cache_dir = ""
+# Embeddings kept in memory per worker (about 2 MB each).
+memory_cache = 32
+# Tiles next in the annotation queue whose embeddings are computed in the background (0 = off),
+# and seconds between two looks at the queue.
+precompute = 16
+precompute_interval = 30.0
 
 [paths]
 # Registry, display tiles and the local Label Studio's data live here.

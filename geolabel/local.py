@@ -1,4 +1,4 @@
-"""``geolabel serve`` and ``geolabel demo``: the local Label Studio stack in the foreground."""
+"""``geolabel serve`` and ``geolabel demo``: the local stack (Label Studio + ML backend) in the foreground."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console
 
 from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
-from geolabel.stack import Credentials, LocalLabelStudio, is_up, load_or_create_credentials
+from geolabel.stack import Credentials, LocalLabelStudio, LocalMLBackend, is_up, load_or_create_credentials
 from georef.registry import TileRegistry
 from importers.errors import ImportFailedError
 
@@ -40,19 +42,34 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def serve_forever(config: Config, console: Console) -> None:
-    """Start the local Label Studio and keep it running until Ctrl-C (or SIGTERM)."""
+def local_backend(config: Config, config_path: Path) -> LocalMLBackend:
+    """The local ML backend (gunicorn) and embedding job described by the config."""
+    auth = config.ml_backend_auth()
+    return LocalMLBackend(
+        config.ml_backend.url,
+        config_path,
+        config.data_dir / "ml-backend",
+        workers=config.ml_backend.workers,
+        threads=config.ml_backend.threads,
+        precompute=config.sam.precompute > 0 and config.sam_checkpoint is not None,
+        secrets_to_mask=(auth.password, config.token()),
+    )
+
+
+def serve_forever(config: Config, config_path: Path, console: Console) -> None:
+    """Start the local Label Studio and the ML backend, connect them, run until Ctrl-C (or SIGTERM)."""
     stack = local_stack(config)
     if _already_serving(stack, console):
         return
     console.print(f"starting Label Studio at {stack.url} (the first start migrates its database: ~1 min)")
-    with stop_on_signals(), stack:
+    with stop_on_signals(), stack, start_backend(config, config_path, console) as backend:
+        connect_backend(config, LabelStudioClient(stack.url, stack.credentials.token), backend, console)
         print_access(stack.url, stack.credentials, console)
         _wait(stack, console)
 
 
-def run_demo(config: Config, rasters: list[Path], console: Console) -> None:
-    """Start the local Label Studio, import ``rasters`` (default: the sample orthophoto), wait for Ctrl-C."""
+def run_demo(config: Config, config_path: Path, rasters: list[Path], console: Console) -> None:
+    """Start Label Studio and the ML backend, import ``rasters`` (default: the sample), wait for Ctrl-C."""
     stack = local_stack(config)
     reuse = is_up(stack.url) and _token_works(stack)
     with stop_on_signals():
@@ -62,13 +79,74 @@ def run_demo(config: Config, rasters: list[Path], console: Console) -> None:
                     f"starting Label Studio at {stack.url} (the first start migrates its database: ~1 min)"
                 )
                 stack.start()
-            _import_and_wait(stack, reuse, config, rasters, console)
+            _import_and_wait(stack, reuse, config, config_path, rasters, console)
         finally:
             stack.stop()  # only stops a server this call started
 
 
+@contextmanager
+def start_backend(config: Config, config_path: Path, console: Console) -> Iterator[LocalMLBackend | None]:
+    """Start the local ML backend unless one already answers at ``ml_backend.url`` (then it is reused)."""
+    backend = local_backend(config, config_path)
+    if ml_backend_health(config.ml_backend.url) is not None:
+        console.print(f"an ML backend already answers at {backend.url}; using it")
+        yield None
+        return
+    console.print(f"starting the ML backend at {backend.url} (loading SAM if configured)")
+    with backend:
+        yield backend
+
+
+def ml_backend_health(url: str) -> dict[str, Any] | None:
+    """The backend's ``/health`` answer, or None if nothing answers."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/health", timeout=5.0)
+        data = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def connect_backend(
+    config: Config, client: LabelStudioClient, backend: LocalMLBackend | None, console: Console
+) -> None:
+    """Connect the ML backend to the project and say what it serves (SAM, model version)."""
+    with TileRegistry(config.registry_path) as registry:
+        project_id = registry.project_id(config.project.name)
+    if project_id is None:
+        console.print("ML backend: no project yet; import a raster, then restart to connect it")
+        return
+    auth = config.ml_backend_auth()
+    ref = client.connect_ml_backend(
+        project_id, config.ml_backend.url, "geolabel", auth.username, auth.password
+    )
+    health = ml_backend_health(config.ml_backend.url) or {}
+    sam = health.get("sam") or {}
+    model = health.get("model") or {}
+    sam_text = (
+        f"SAM {sam.get('model_type')} on {sam.get('device')}"
+        if sam.get("enabled")
+        else f"SAM off ({sam.get('reason')})"
+    )
+    model_text = model.get("active_version") or "no trained model yet"
+    console.print(
+        f"ML backend {config.ml_backend.url} connected to project {project_id} (id {ref.id}): "
+        f"{sam_text}; model: {model_text}"
+    )
+    if backend is not None and backend.precompute:
+        console.print(
+            f"  embeddings of the next {config.sam.precompute} tiles are computed in the background "
+            f"({backend.embed_log_path})"
+        )
+
+
 def _import_and_wait(
-    stack: LocalLabelStudio, reuse: bool, config: Config, rasters: list[Path], console: Console
+    stack: LocalLabelStudio,
+    reuse: bool,
+    config: Config,
+    config_path: Path,
+    rasters: list[Path],
+    console: Console,
 ) -> None:
     from geolabel.cli import import_options, print_report, progress_bar
     from importers.pipeline import import_raster
@@ -82,11 +160,13 @@ def _import_and_wait(
                     print_report(import_raster(raster, options, registry, client, bar))
             except ImportFailedError as exc:
                 console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    print_access(stack.url, stack.credentials, console)
-    if reuse:
-        console.print("Label Studio was already running; it keeps running.")
-        return
-    _wait(stack, console)
+    with start_backend(config, config_path, console) as backend:
+        connect_backend(config, client, backend, console)
+        print_access(stack.url, stack.credentials, console)
+        if reuse:
+            console.print("Label Studio was already running; it keeps running (the ML backend stops now).")
+            return
+        _wait(stack, console)
 
 
 def print_access(url: str, creds: Credentials, console: Console) -> None:

@@ -6,6 +6,7 @@ message says what failed and what to do; the API token never appears in it.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,13 @@ from geolabel.errors import LabelStudioAuthError, LabelStudioError, LabelStudioU
 T = TypeVar("T")
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+#: Webhook actions the ML backend records for the trainer.
+ANNOTATION_ACTIONS = (
+    "ANNOTATION_CREATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_DELETED",
+)
 IMPORT_BATCH = 500
 PAGE_SIZE = 1000
 #: Regex that matches no file: the local storage only grants Label Studio the
@@ -37,6 +45,24 @@ class ProjectRef:
     created: bool
     label_config: str
     sampling: str
+
+
+@dataclass(frozen=True)
+class MLBackendRef:
+    """An ML backend connected to a project: its id in Label Studio, URL and connection state."""
+
+    id: int
+    url: str
+    state: str
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """An unlabelled task in the order Label Studio's uncertainty sampling serves it."""
+
+    task_id: int
+    tile_id: str | None
+    score: float | None
 
 
 @dataclass(frozen=True)
@@ -246,6 +272,135 @@ class LabelStudioClient:
         """Every annotation of a task as plain dicts."""
         items = self._call("list annotations", lambda: self._sdk.annotations.list(id=task_id))
         return [a.model_dump() for a in items]
+
+    # ML backend ---------------------------------------------------------------
+
+    def connect_ml_backend(
+        self, project_id: int, url: str, title: str, username: str, password: str
+    ) -> MLBackendRef:
+        """Connect (or re-connect) the ML backend at ``url`` to a project, interactive and with basic auth.
+
+        Also gives the backend's webhook the same basic-auth header (Label Studio creates it without)
+        and limits it to annotation events, and turns on "use predictions to pre-label" so a task opened
+        without predictions asks the backend.
+
+        Raises:
+            LabelStudioError: if Label Studio cannot reach the backend or refuses the settings.
+        """
+        ml = self._sdk.ml
+        url = url.rstrip("/")
+        settings: dict[str, Any] = {
+            "url": url,
+            "title": title,
+            "is_interactive": True,
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": username,
+            "basic_auth_pass": password,
+        }
+        existing = self._call("list ML backends", lambda: list(ml.list(project=project_id)))
+        same = [b for b in existing if str(b.url or "").rstrip("/") == url]
+        what = "connect the ML backend (does Label Studio reach it at ml_backend.url?)"
+        if same:
+            backend = self._call(what, lambda: ml.update(id=int(same[0].id or 0), **settings))
+        else:
+            backend = self._call(what, lambda: ml.create(project=project_id, **settings))
+        self._authorize_webhook(project_id, f"{url}/webhook", _basic_header(username, password))
+        self._call(
+            "turn on pre-annotations",
+            lambda: self._sdk.projects.update(
+                id=project_id, show_collab_predictions=True, evaluate_predictions_automatically=False
+            ),
+        )
+        return MLBackendRef(int(backend.id or 0), url, str(backend.state or ""))
+
+    def _authorize_webhook(self, project_id: int, url: str, authorization: str) -> None:
+        hooks = self._sdk.webhooks
+        existing = self._call("list webhooks", lambda: list(hooks.list(project=str(project_id))))
+        settings: dict[str, Any] = {
+            "url": url,
+            "headers": {"Authorization": authorization},
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "actions": list(ANNOTATION_ACTIONS),
+            "is_active": True,
+        }
+        match = [h for h in existing if str(h.url or "").rstrip("/") == url]
+        if match:
+            self._call(
+                "set the ML webhook's auth header", lambda: hooks.update(id=int(match[0].id or 0), **settings)
+            )
+        else:
+            self._call("create the ML webhook", lambda: hooks.create(project=project_id, **settings))
+
+    def ml_backend(self, backend_id: int) -> MLBackendRef:
+        """State of a connected ML backend (Label Studio re-checks its health)."""
+        backend = self._call("read the ML backend", lambda: self._sdk.ml.get(id=backend_id))
+        return MLBackendRef(int(backend.id or 0), str(backend.url or ""), str(backend.state or ""))
+
+    def interactive(self, backend_id: int, task_id: int, context: dict[str, Any]) -> dict[str, Any]:
+        """Ask Label Studio for an interactive prediction (what a smart-tool click does); return its data."""
+        return self._call(
+            "run an interactive prediction",
+            lambda: self._raw_post(
+                f"/api/ml/{backend_id}/interactive-annotating", {"task": task_id, "context": context}
+            ),
+        )
+
+    def retrieve_predictions(self, project_id: int, task_ids: Sequence[int]) -> None:
+        """Run the ``retrieve_tasks_predictions`` action: Label Studio asks the backend for these tasks."""
+        self._call(
+            "retrieve predictions",
+            lambda: self._sdk.actions.create(
+                id="retrieve_tasks_predictions",
+                project=project_id,
+                selected_items={"all": False, "included": list(task_ids)},
+            ),
+        )
+
+    def predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """Every prediction of a task as plain dicts."""
+        items = self._call("list predictions", lambda: self._sdk.predictions.list(task=task_id))
+        return [p.model_dump() for p in items]
+
+    def queue(self, project_id: int) -> list[QueuedTask]:
+        """Unlabelled tasks in serving order: lowest prediction score first (uncertainty sampling), then id.
+
+        Tasks without a prediction come after scored ones, by id, as Label Studio serves them.
+        """
+
+        def fetch() -> list[QueuedTask]:
+            pager: Any = self._sdk.tasks.list(
+                project=project_id,
+                page_size=PAGE_SIZE,
+                fields="all",
+                include="id,data,total_annotations,predictions_score",
+            )
+            return [
+                QueuedTask(int(t.id or 0), _tile_id(t.data), _score(getattr(t, "predictions_score", None)))
+                for t in pager
+                if not int(t.total_annotations or 0)
+            ]
+
+        tasks = self._call("list the annotation queue", fetch)
+        return sorted(tasks, key=lambda t: (t.score is None, t.score or 0.0, t.task_id))
+
+    def _raw_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self._sdk._client_wrapper.httpx_client.request(path, method="POST", json=body)
+        if response.status_code >= 400:
+            raise ApiError(
+                status_code=response.status_code, body=response.text, headers=dict(response.headers)
+            )
+        data = response.json()
+        return data if isinstance(data, dict) else {"data": data}
+
+
+def _basic_header(username: str, password: str) -> str:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return f"Basic {token}"
+
+
+def _score(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _tile_id(data: object) -> str | None:

@@ -43,13 +43,52 @@ def load_or_create_credentials(state_dir: Path, username: str) -> Credentials:
     existing = read_credentials(state_dir)
     if existing is not None:
         return existing
-    file = state_dir / "credentials.json"
-    state_dir.mkdir(parents=True, exist_ok=True)
     creds = Credentials(username, secrets.token_urlsafe(12), secrets.token_hex(20))
+    _write_private_json(
+        state_dir / "credentials.json",
+        {"username": creds.username, "password": creds.password, "token": creds.token},
+    )
+    return creds
+
+
+def _write_private_json(file: Path, data: dict[str, str]) -> None:
+    """Create ``file`` readable by its owner only (mode 0600) holding ``data``."""
+    file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"username": creds.username, "password": creds.password, "token": creds.token}, handle)
-    return creds
+        json.dump(data, handle)
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """User and password of HTTP basic auth (the ML backend's)."""
+
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"BasicAuth(username={self.username!r}, password=***)"
+
+
+def ml_backend_auth(state_dir: Path, username: str, password: str = "") -> BasicAuth:
+    """The ML backend's basic-auth login.
+
+    The password is ``password`` if given (from ``geolabel.toml`` or the environment), else the one
+    generated on first use and kept (mode 0600) in ``<state_dir>/credentials.json``.
+
+    Raises:
+        StackError: if the saved file exists but cannot be read.
+    """
+    if password:
+        return BasicAuth(username, password)
+    file = state_dir / "credentials.json"
+    if not file.is_file():
+        _write_private_json(file, {"password": secrets.token_urlsafe(18)})
+    try:
+        saved = str(json.loads(file.read_text(encoding="utf-8"))["password"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StackError(f"{file} is damaged or unreadable; delete it to generate a new password") from None
+    return BasicAuth(username, saved)
 
 
 def read_credentials(state_dir: Path) -> Credentials | None:
@@ -131,6 +170,10 @@ class LocalLabelStudio:
                 "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
                 "LOCAL_FILES_SERVING_ENABLED": "true",
                 "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+                # Label Studio refuses ML backends and webhooks on loopback addresses by default; this
+                # server only listens on loopback and its backend runs beside it.
+                "ML_BLOCK_LOCAL_IP": "false",
+                "SSRF_PROTECTION_ENABLED": "false",
                 "COLLECT_ANALYTICS": "false",
                 "LATEST_VERSION_CHECK": "false",
                 "SENTRY_DSN": "",
@@ -162,15 +205,7 @@ class LocalLabelStudio:
             "--port",
             str(self.port),
         ]
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                env=self.environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._process = spawn(command, self.environment(), self.log_path)
         self._wait_until_up(timeout)
 
     def _wait_until_up(self, timeout: float) -> None:
@@ -190,12 +225,7 @@ class LocalLabelStudio:
 
     def log_tail(self, lines: int = 15) -> str:
         """Last lines of the server log, with the password and token masked."""
-        if not self.log_path.is_file():
-            return ""
-        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        for secret in (self.credentials.password, self.credentials.token):
-            tail = tail.replace(secret, "***")
-        return tail
+        return tail(self.log_path, lines, (self.credentials.password, self.credentials.token))
 
     @property
     def running(self) -> bool:
@@ -211,13 +241,167 @@ class LocalLabelStudio:
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server and its children (SIGTERM, then SIGKILL after ``timeout``)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
+        terminate(process, timeout)
+
+
+def spawn(command: list[str], env: dict[str, str], log_path: Path, nice: int = 0) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session (its children stop with it), output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def lower_priority() -> None:  # runs in the child before exec
+        if nice:
+            os.nice(nice)
+
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lower_priority if nice else None,
+        )
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    """Stop a process started by :func:`spawn` and its children (SIGTERM, then SIGKILL after ``timeout``)."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int, secrets_to_mask: tuple[str, ...]) -> str:
+    """Last ``lines`` of a log file with every secret replaced by ``***``."""
+    if not path.is_file():
+        return ""
+    text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    for secret in secrets_to_mask:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class LocalMLBackend:
+    """The ML backend (gunicorn serving ``ml_backend.app:create_app()``) and the embedding job, as children.
+
+    Args:
+        url: ``http://127.0.0.1:PORT`` to listen on (loopback only).
+        config_path: the project's ``geolabel.toml`` (passed as ``$GEOLABEL_CONFIG``).
+        log_dir: where ``ml-backend.log`` and ``embed.log`` are written.
+        workers: gunicorn worker processes; threads: threads per worker.
+        precompute: run ``geolabel embed --follow`` beside it (at low CPU priority).
+        secrets_to_mask: strings never shown from the logs.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        config_path: Path,
+        log_dir: Path,
+        workers: int = 1,
+        threads: int = 4,
+        precompute: bool = True,
+        secrets_to_mask: tuple[str, ...] = (),
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
+            raise StackError(
+                f"the local ML backend listens on loopback with a port, e.g. http://127.0.0.1:9090; got {url}"
+            )
+        self.url = url.rstrip("/")
+        self.bind = f"127.0.0.1:{parts.port}"
+        self.config_path = config_path.resolve()
+        self.log_path = log_dir / "ml-backend.log"
+        self.embed_log_path = log_dir / "embed.log"
+        self.workers, self.threads, self.precompute = workers, threads, precompute
+        self.secrets_to_mask = secrets_to_mask
+        self._server: subprocess.Popen[bytes] | None = None
+        self._embed: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LocalMLBackend:
         try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:
-            pass
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start gunicorn and wait until ``/health`` answers (SAM loads first); then the embedding job.
+
+        Raises:
+            StackError: if the port is taken, or the server exits or does not answer in time.
+        """
+        if _answers(f"{self.url}/health"):
+            raise StackError(
+                f"something already answers at {self.url}; stop it or set another port in ml_backend.url"
+            )
+        env = {**os.environ, "GEOLABEL_CONFIG": str(self.config_path)}
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--bind", self.bind,
+            "--workers", str(self.workers),
+            "--threads", str(self.threads),
+            "--timeout", "600",  # a cold click runs SAM's image encoder: seconds to minutes on a CPU
+            "--graceful-timeout", "10",
+            "ml_backend.app:create_app()",
+        ]  # fmt: skip
+        self._server = spawn(command, env, self.log_path)
+        self._wait_until_up(timeout)
+        if self.precompute:
+            embed = [
+                sys.executable,
+                "-m",
+                "geolabel.cli",
+                "--config",
+                str(self.config_path),
+                "embed",
+                "--follow",
+            ]
+            self._embed = spawn(embed, env, self.embed_log_path, nice=10)
+
+    def _wait_until_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._server is not None and time.monotonic() < deadline:
+            if self._server.poll() is not None:
+                raise StackError(
+                    f"the ML backend exited with code {self._server.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{tail(self.log_path, 15, self.secrets_to_mask)}"
+                )
+            if _answers(f"{self.url}/health"):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise StackError(f"the ML backend did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._server is not None and self._server.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the embedding job and the server."""
+        embed, self._embed = self._embed, None
+        server, self._server = self._server, None
+        terminate(embed, timeout)
+        terminate(server, timeout)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -7,7 +7,9 @@ through the standard library's ``sqlite3``, with three tables:
 - ``rasters``: source rasters (path, content hash, CRS, transform, size,
   bands, dtype, nodata, display bands and stretch, tiling parameters);
 - ``tiles``: one row per planned tile (window in its raster, tile transform,
-  CRS, display image path, Label Studio task id, status).
+  CRS, display image path, Label Studio task id, status);
+- ``annotation_events``: annotations created, updated or deleted in Label Studio,
+  recorded by the ML backend's webhook for the trainer (a queue read by id).
 
 Transforms are stored as the six affine coefficients ``[a, b, c, d, e, f]``.
 """
@@ -105,6 +107,24 @@ class TileRecord:
     crs_text: str
 
 
+@dataclass(frozen=True)
+class AnnotationEvent:
+    """An annotation created, updated or deleted in Label Studio (``action`` as Label Studio names it)."""
+
+    project_id: int
+    task_id: int | None
+    annotation_id: int | None
+    action: str
+
+
+@dataclass(frozen=True)
+class RecordedEvent(AnnotationEvent):
+    """An annotation event as stored: with its queue position ``id`` and reception time."""
+
+    id: int
+    received_at: str
+
+
 def raster_uid(path: str, content_hash: str) -> str:
     """Deterministic short id of a raster file: 12 hex digits of SHA-256 over its path and content hash."""
     return hashlib.sha256(f"{path}\0{content_hash}".encode()).hexdigest()[:12]
@@ -148,6 +168,7 @@ class TileRegistry:
             self.conn.execute(_PROJECTS_DDL)
             self.conn.execute(_RASTERS_DDL)
             self.conn.execute(_TILES_DDL)
+            self.conn.execute(_EVENTS_DDL)
             self.conn.execute("CREATE INDEX IF NOT EXISTS tiles_raster ON tiles (raster_id, status)")
             self.conn.execute("CREATE INDEX IF NOT EXISTS tiles_task ON tiles (task_id)")
         version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
@@ -378,6 +399,39 @@ class TileRegistry:
         names = [col[0] for col in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    # annotation events --------------------------------------------------------
+
+    def record_annotation_events(self, events: Iterable[AnnotationEvent]) -> int:
+        """Append annotation events; returns how many were recorded."""
+        rows = [(e.project_id, e.task_id, e.annotation_id, e.action, _now()) for e in events]
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO annotation_events (project_id, task_id, annotation_id, action, received_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def annotation_events(self, project_id: int, after_id: int = 0) -> list[RecordedEvent]:
+        """Events of a project recorded after event ``after_id``, oldest first."""
+        rows = self._all(
+            "SELECT * FROM annotation_events WHERE project_id = ? AND id > ? ORDER BY id",
+            [project_id, after_id],
+        )
+        return [
+            RecordedEvent(
+                r["project_id"], r["task_id"], r["annotation_id"], r["action"], int(r["id"]), r["received_at"]
+            )
+            for r in rows
+        ]
+
+    def count_annotation_events(self, project_id: int, after_id: int = 0) -> int:
+        """Number of events of a project recorded after event ``after_id``."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM annotation_events WHERE project_id = ? AND id > ?", [project_id, after_id]
+        ).fetchone()
+        return int(row[0])
+
     def iter_tile_ids(self, raster_id: int) -> Iterator[str]:
         """Ids of a raster's tiles, in row-major order."""
         for (tile_id,) in self.conn.execute(
@@ -431,6 +485,17 @@ CREATE TABLE IF NOT EXISTS tiles (
     image_path TEXT,
     task_id INTEGER UNIQUE,
     status TEXT NOT NULL
+)"""
+
+
+_EVENTS_DDL = """
+CREATE TABLE IF NOT EXISTS annotation_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id INTEGER NOT NULL,
+    task_id INTEGER,
+    annotation_id INTEGER,
+    action TEXT NOT NULL,
+    received_at TEXT NOT NULL
 )"""
 
 

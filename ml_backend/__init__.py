@@ -1,0 +1,1 @@
+"""The Label Studio ML backend: Segment Anything clicks and current-model pre-annotations."""

@@ -1,0 +1,141 @@
+"""The Flask app: Label Studio's ML-backend protocol over :class:`~ml_backend.service.Backend`.
+
+Routes: ``GET /health`` (open: Label Studio polls it), ``POST /setup``, ``POST /predict``,
+``POST /webhook`` and ``GET /versions`` (HTTP basic auth). Errors are JSON
+``{"error": "..."}`` with the status of their :class:`~ml_backend.errors.BackendError`;
+clients never see a traceback, and request bodies (``/setup`` carries Label
+Studio's API token) are never logged.
+
+Run it with gunicorn: ``gunicorn 'ml_backend.app:create_app()'`` reads the
+config named by ``$GEOLABEL_CONFIG`` (default ``./geolabel.toml``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from geolabel.config import CONFIG_NAME, Config, load_config
+from ml_backend.errors import BackendError, BadRequestError
+from ml_backend.protocol import PredictRequest, SetupRequest, WebhookEvent, parse_body
+from ml_backend.service import Backend, BackendSettings
+
+log = logging.getLogger("geolabel.ml_backend")
+CONFIG_ENV = "GEOLABEL_CONFIG"
+OPEN_ROUTES = ("/", "/health")
+
+
+def settings_from_config(config: Config) -> BackendSettings:
+    """The backend's settings from ``geolabel.toml``."""
+    return BackendSettings(
+        data_dir=config.data_dir,
+        project_title=config.project.name,
+        cache_dir=config.embedding_cache_dir,
+        models_dir=config.models_dir,
+        sam_model_type=config.sam.model_type,
+        sam_checkpoint=config.sam_checkpoint,
+        sam_device=config.sam.device,
+        memory_cache_items=config.sam.memory_cache,
+    )
+
+
+def create_app(config: Config | None = None, *, backend: Backend | None = None) -> Flask:
+    """Build the ML backend app for a project.
+
+    Args:
+        config: the project config; default: the file named by ``$GEOLABEL_CONFIG`` or ``./geolabel.toml``.
+        backend: an already built backend (tests and benches inject one with a random-weight SAM).
+
+    Raises:
+        ConfigError: if the config file is missing or invalid.
+    """
+    if config is None:
+        config = load_config(os.environ.get(CONFIG_ENV, CONFIG_NAME))
+    service = backend or Backend(settings_from_config(config))
+    auth = config.ml_backend_auth()
+    app = Flask("ml_backend")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["geolabel_backend"] = service
+    _install_auth(app, auth.username, auth.password)
+    _install_errors(app)
+    _install_routes(app, service)
+    return app
+
+
+def _install_routes(app: Flask, service: Backend) -> None:
+    @app.get("/")
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(service.health())
+
+    @app.post("/setup")
+    def setup() -> Response:
+        return jsonify(service.setup(parse_body(SetupRequest, _json())))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        return jsonify(service.predict(parse_body(PredictRequest, _json())))
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        return jsonify(service.webhook(parse_body(WebhookEvent, _json())))
+
+    @app.get("/versions")
+    def versions() -> Response:
+        return jsonify({"versions": service.models.store.versions()})
+
+
+def _install_auth(app: Flask, username: str, password: str) -> None:
+    expected_user, expected_password = username.encode(), password.encode()
+
+    @app.before_request
+    def check_auth() -> Response | None:
+        g.started = time.perf_counter()
+        if request.path in OPEN_ROUTES:
+            return None
+        auth = request.authorization
+        given_user = (auth.username or "").encode() if auth and auth.type == "basic" else b""
+        given_password = (auth.password or "").encode() if auth and auth.type == "basic" else b""
+        user_ok = hmac.compare_digest(given_user, expected_user)
+        password_ok = hmac.compare_digest(given_password, expected_password)
+        if user_ok and password_ok:
+            return None
+        response = jsonify({"error": "authentication required: HTTP basic auth with the ML backend's user"})
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="geolabel ML backend"'
+        return response
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        log.info("%s %s %s %.0f ms", request.method, request.path, response.status_code, elapsed)
+        return response
+
+
+def _install_errors(app: Flask) -> None:
+    @app.errorhandler(BackendError)
+    def backend_error(exc: BackendError) -> tuple[Response, int]:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return jsonify({"error": str(exc)}), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify({"error": exc.description or exc.name}), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("%s %s failed", request.method, request.path)  # the traceback stays in the log
+        return jsonify({"error": f"internal error ({type(exc).__name__}); see the ML backend's log"}), 500
+
+
+def _json() -> Any:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequestError("the request body must be JSON (Content-Type: application/json)")
+    return body

@@ -1,0 +1,202 @@
+"""Label Studio's ML-backend protocol: request bodies as pydantic models, prompts from the click context.
+
+Label Studio sends (``label_studio/ml/api_connector.py``):
+
+- ``POST /setup``: ``{"project": "<id>.<created timestamp>", "schema": <label config>, "hostname",
+  "access_token", "extra_params"}``; the answer carries ``model_version``;
+- ``POST /predict``: ``{"tasks": [...], "project", "label_config", "params": {"context": ...}}``;
+  ``context`` is absent for pre-annotations and holds the smart-tool regions for a click;
+- ``POST /webhook``: ``{"action": "ANNOTATION_CREATED", "annotation": {...}, "task": {...}, ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from georef.labelstudio import ImageSize, PercentRect, percent_to_pixel, rect_to_pixel_corners
+from ml_backend.errors import BadRequestError
+from ml_backend.sam import Prompt
+from ml_backend.schema import ProjectSchema
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TaskIn(_Body):
+    """A task as Label Studio sends it (only what the backend reads)."""
+
+    id: int
+    project: int | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContextRegion(_Body):
+    """One smart-tool region of the click context (a key point or a box)."""
+
+    type: str
+    from_name: str = ""
+    original_width: int | None = None
+    original_height: int | None = None
+    is_positive: bool | None = None
+    value: dict[str, Any]
+
+
+class Context(_Body):
+    """The interactive context: the smart regions drawn so far on the task."""
+
+    result: list[ContextRegion] = Field(default_factory=list)
+
+
+class Params(_Body):
+    """``params`` of a predict request."""
+
+    context: Context | None = None
+
+
+class PredictRequest(_Body):
+    """Body of ``POST /predict``."""
+
+    tasks: list[TaskIn] = Field(min_length=1)
+    project: str | None = None
+    label_config: str | None = None
+    params: Params = Params()
+
+
+class SetupRequest(_Body):
+    """Body of ``POST /setup`` (``access_token`` is read by nobody and never logged)."""
+
+    project: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+
+
+class WebhookEvent(_Body):
+    """Body of ``POST /webhook``."""
+
+    action: str
+    project: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    annotation: dict[str, Any] | None = None
+    annotations: list[dict[str, Any]] | None = None
+
+
+def parse_body(model: type[M], body: object) -> M:
+    """Validate a JSON body.
+
+    Raises:
+        BadRequestError: naming the first invalid field.
+    """
+    if not isinstance(body, dict):
+        raise BadRequestError("the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        raise BadRequestError(f"{where}: {error['msg']}") from None
+
+
+def project_id(project: str | None) -> int | None:
+    """Label Studio's ``"<id>.<timestamp>"`` project key -> the project id (None if absent).
+
+    Raises:
+        BadRequestError: if the key is not of that form.
+    """
+    if not project:
+        return None
+    head = project.split(".", 1)[0]
+    if not head.isdigit():
+        raise BadRequestError(f"project {project!r} is not of the form '<id>.<timestamp>'")
+    return int(head)
+
+
+class ClassPrompt(_Body):
+    """A SAM prompt for one class, in tile pixels."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    label: str
+    prompt: Prompt
+
+
+def prompt_from_context(context: Context, schema: ProjectSchema, size: ImageSize) -> ClassPrompt:
+    """Turn the click context into one SAM prompt.
+
+    The class is the label of the latest region; every point and box of that class drawn so far on
+    the task is used, so further clicks refine the same object (negative points remove parts).
+
+    Raises:
+        BadRequestError: no usable region, an unknown class, or regions drawn on an image of another size.
+    """
+    regions = [r for r in context.result if r.type in ("keypointlabels", "rectanglelabels")]
+    if not regions:
+        raise BadRequestError("the context has no key point or rectangle from a smart tool")
+    label = _label(regions[-1])
+    if label not in schema.labels:
+        raise BadRequestError(f"class {label!r} is not in the project's brush labels {list(schema.labels)}")
+    points: list[tuple[float, float]] = []
+    labels: list[int] = []
+    box: tuple[float, float, float, float] | None = None
+    for region in regions:
+        if _label(region) != label:
+            continue
+        _check_size(region, size)
+        if region.type == "keypointlabels":
+            points.append(_point(region, size))
+            labels.append(0 if _negative(region) else 1)
+        else:
+            box = _box(region, size)  # the latest box wins
+    return ClassPrompt(
+        label=label,
+        prompt=Prompt(np.asarray(points, dtype=np.float64).reshape(-1, 2), np.asarray(labels), box),
+    )
+
+
+def _label(region: ContextRegion) -> str:
+    names = region.value.get(region.type)
+    if not isinstance(names, list) or not names or not isinstance(names[0], str):
+        raise BadRequestError(f"a {region.type} region has no class in value.{region.type}")
+    return names[0]
+
+
+def _negative(region: ContextRegion) -> bool:
+    flag = region.is_positive if region.is_positive is not None else region.value.get("is_positive", True)
+    return flag is False
+
+
+def _check_size(region: ContextRegion, size: ImageSize) -> None:
+    drawn = (region.original_width, region.original_height)
+    if None not in drawn and drawn != (size.width, size.height):
+        raise BadRequestError(
+            f"the click was made on a {drawn[0]}x{drawn[1]} image but the tile is {size.width}x{size.height}"
+        )
+
+
+def _number(region: ContextRegion, key: str) -> float:
+    value = region.value.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise BadRequestError(f"a {region.type} region needs a number in value.{key}")
+    return float(value)
+
+
+def _point(region: ContextRegion, size: ImageSize) -> tuple[float, float]:
+    col, row = percent_to_pixel([[_number(region, "x"), _number(region, "y")]], size)[0]
+    return float(col), float(row)
+
+
+def _box(region: ContextRegion, size: ImageSize) -> tuple[float, float, float, float]:
+    rect = PercentRect(
+        _number(region, "x"),
+        _number(region, "y"),
+        _number(region, "width"),
+        _number(region, "height"),
+        float(region.value.get("rotation", 0.0) or 0.0),
+    )
+    corners = rect_to_pixel_corners(rect, size)
+    (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+    return float(x0), float(y0), float(x1), float(y1)

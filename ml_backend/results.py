@@ -1,0 +1,66 @@
+"""Masks -> Label Studio results (a brush region, and simplified polygons when the project has them)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from rasterio.features import shapes
+from shapely.geometry import Polygon, shape
+
+from georef.labelstudio import ImageSize, brush_result, polygon_result
+from ml_backend.schema import ProjectSchema
+
+#: Polygon simplification tolerance in tile pixels (Douglas-Peucker, topology preserved).
+SIMPLIFY_PX = 1.0
+#: Connected parts smaller than this many pixels get no polygon (they stay in the brush mask).
+MIN_POLYGON_PX = 16
+
+
+def region_id() -> str:
+    """A fresh region id (10 hex digits)."""
+    return secrets.token_hex(5)
+
+
+def mask_results(mask: npt.NDArray[np.bool_], label: str, schema: ProjectSchema) -> list[dict[str, Any]]:
+    """Results for one class mask on a tile: a brush region, plus a polygon per part if the project has them.
+
+    An empty mask gives no result.
+    """
+    if not mask.any():
+        return []
+    results = [_with_id(brush_result(mask, label, schema.brush, schema.image))]
+    if schema.polygon is not None:
+        size = ImageSize(int(mask.shape[1]), int(mask.shape[0]))
+        for ring in mask_polygons(mask):
+            results.append(_with_id(polygon_result(ring, size, label, schema.polygon, schema.image)))
+    return results
+
+
+def mask_polygons(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
+    """Outer rings ``(N, 2)`` in pixel ``(col, row)`` of the mask's parts, simplified, largest first.
+
+    Rings follow pixel edges before simplification (so a one-pixel shift would show), holes are dropped:
+    Label Studio polygons have none (the brush region keeps them).
+    """
+    parts: list[Polygon] = []
+    for geometry, value in shapes(mask.astype(np.uint8), mask=mask, connectivity=8):
+        if value != 1:
+            continue
+        polygon = Polygon(shape(geometry).exterior)
+        if polygon.area >= MIN_POLYGON_PX:
+            parts.append(polygon)
+    parts.sort(key=lambda p: p.area, reverse=True)
+    rings = []
+    for polygon in parts:
+        simple = polygon.simplify(SIMPLIFY_PX, preserve_topology=True)
+        coords = np.asarray(simple.exterior.coords, dtype=np.float64)[:-1]  # drop the closing point
+        if len(coords) >= 3:
+            rings.append(coords)
+    return rings
+
+
+def _with_id(result: dict[str, object]) -> dict[str, Any]:
+    return {"id": region_id(), **result}

@@ -1,0 +1,381 @@
+"""The backend's work, independent of HTTP: health, setup, SAM clicks, pre-annotations, webhooks."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from georef.labelstudio import ImageSize, brush_result
+from georef.registry import AnnotationEvent, RasterRecord, TileRecord, TileRegistry
+from ml_backend.embeddings import EmbeddingCache
+from ml_backend.errors import (
+    BadRequestError,
+    ModelUnavailableError,
+    SamUnavailableError,
+    TileImageMissingError,
+    UnknownTaskError,
+)
+from ml_backend.protocol import (
+    Context,
+    PredictRequest,
+    SetupRequest,
+    TaskIn,
+    WebhookEvent,
+    project_id,
+    prompt_from_context,
+)
+from ml_backend.results import mask_results, region_id
+from ml_backend.sam import SamEngine, load_sam
+from ml_backend.schema import ProjectSchema, read_schema
+from trainer.errors import TrainerError
+from trainer.inference import LoadedModel, TilePrediction, load_version, predict, read_input
+from trainer.versions import ModelStore
+
+#: Webhook actions recorded for the trainer; every other action is acknowledged and ignored.
+ANNOTATION_ACTIONS = (
+    "ANNOTATION_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATIONS_DELETED",
+)
+NO_MODEL = "no trained model yet: pre-annotations stay empty until the first training round promotes one"
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """What the backend reads from ``geolabel.toml`` (see :func:`ml_backend.app.settings_from_config`)."""
+
+    data_dir: Path
+    project_title: str
+    cache_dir: Path
+    models_dir: Path
+    sam_model_type: str
+    sam_checkpoint: Path | None
+    sam_device: str = "auto"
+    memory_cache_items: int = 32
+
+    @property
+    def registry_path(self) -> Path:
+        """The tile registry database."""
+        return self.data_dir / "registry.sqlite"
+
+
+class Backend:
+    """Serves one geolabel project.
+
+    Args:
+        settings: folders, project and SAM settings.
+        sam: an already built SAM engine (tests and benches); by default it is loaded from
+            ``settings.sam_checkpoint``, and a failure only turns SAM off (the reason is in ``health``).
+    """
+
+    def __init__(self, settings: BackendSettings, sam: SamEngine | None = None) -> None:
+        self.settings = settings
+        self.sam_error: str | None = None
+        self.sam = sam if sam is not None else self._load_sam()
+        self.cache = (
+            EmbeddingCache(settings.cache_dir, self.sam.identity, settings.memory_cache_items)
+            if self.sam is not None
+            else None
+        )
+        self.models = ActiveModel(ModelStore(settings.models_dir))
+        self._local = threading.local()
+
+    def _load_sam(self) -> SamEngine | None:
+        checkpoint = self.settings.sam_checkpoint
+        if checkpoint is None:
+            self.sam_error = (
+                "no checkpoint configured: set sam.checkpoint in geolabel.toml to enable SAM clicks"
+            )
+            return None
+        try:
+            return load_sam(self.settings.sam_model_type, checkpoint, self.settings.sam_device)
+        except SamUnavailableError as exc:
+            self.sam_error = str(exc)
+            return None
+
+    @property
+    def registry(self) -> TileRegistry:
+        """This thread's registry connection (SQLite connections are not shared between threads)."""
+        registry: TileRegistry | None = getattr(self._local, "registry", None)
+        if registry is None:
+            registry = self._local.registry = TileRegistry(self.settings.registry_path)
+        return registry
+
+    # health and setup ------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Status of SAM, of the active model version and of the embedding cache."""
+        return {
+            "status": "UP",
+            "model_class": "geolabel",
+            "sam": self._sam_health(),
+            "model": self._model_health(),
+            "embedding_cache": self._cache_health(),
+        }
+
+    def _sam_health(self) -> dict[str, Any]:
+        settings = self.settings
+        info: dict[str, Any] = {
+            "enabled": self.sam is not None,
+            "model_type": self.sam.model_type if self.sam else settings.sam_model_type,
+            "checkpoint": str(settings.sam_checkpoint) if settings.sam_checkpoint else None,
+        }
+        if self.sam is not None:
+            info.update(device=str(self.sam.device), identity=self.sam.identity)
+        else:
+            info["reason"] = self.sam_error
+        return info
+
+    def _model_health(self) -> dict[str, Any]:
+        try:
+            loaded = self.models.current()
+        except TrainerError as exc:
+            return {"active_version": None, "reason": str(exc)}
+        if loaded is None:
+            return {"active_version": None, "reason": NO_MODEL}
+        manifest = loaded.manifest
+        return {
+            "active_version": manifest.version,
+            "classes": [c.name for c in manifest.classes],
+            "bands": manifest.input.bands,
+            "metrics": manifest.metrics,
+        }
+
+    def _cache_health(self) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        stats = self.cache.stats()
+        return {
+            "folder": str(self.cache.folder),
+            "files": stats.files,
+            "bytes": stats.bytes,
+            "memory_items": self.settings.memory_cache_items,
+            "memory_hits": stats.memory_hits,
+            "disk_hits": stats.disk_hits,
+            "computed": stats.computed,
+            "hit_rate": stats.hit_rate,
+        }
+
+    def setup(self, request: SetupRequest) -> dict[str, Any]:
+        """Check the project and its labelling config; answer the model version predictions carry.
+
+        Raises:
+            UnknownTaskError: if the project is not the one this backend serves.
+            LabelConfigError: if the labelling config lacks the tags the backend needs.
+        """
+        self._check_project(project_id(request.project))
+        if request.schema_ is not None:
+            read_schema(request.schema_)
+        return {"model_version": self.model_version()}
+
+    def model_version(self) -> str:
+        """The active model version's name, else ``"none"`` (no prediction is ever made under it)."""
+        try:
+            loaded = self.models.current()
+        except TrainerError:
+            return "none"
+        return loaded.manifest.version if loaded is not None else "none"
+
+    # predict ---------------------------------------------------------------------
+
+    def predict(self, request: PredictRequest) -> dict[str, Any]:
+        """A SAM mask for a click (a context is given), else pre-annotations of the active model.
+
+        Raises:
+            BackendError: a subclass naming what is wrong (unknown task, bad prompt, SAM off...).
+        """
+        served = self._check_project(project_id(request.project))
+        if not request.label_config:
+            raise BadRequestError("label_config is missing from the request")
+        schema = read_schema(request.label_config)
+        tiles = [self._tile(task, served) for task in request.tasks]
+        context = request.params.context
+        if context is not None and context.result:
+            if len(tiles) != 1:
+                raise BadRequestError("an interactive request carries exactly one task")
+            return {"results": [self.click(tiles[0], context, schema)]}
+        return {"results": self.pre_annotations(tiles, schema)}
+
+    def click(self, tile: TileRecord, context: Context, schema: ProjectSchema) -> dict[str, Any]:
+        """SAM's mask for the prompts of ``context`` on ``tile``, as brush (and polygon) regions.
+
+        Raises:
+            SamUnavailableError: if SAM is off.
+        """
+        sam, cache = self.sam, self.cache
+        if sam is None or cache is None:
+            raise SamUnavailableError(f"SAM is off: {self.sam_error}")
+        size = ImageSize(tile.grid.width, tile.grid.height)
+        request = prompt_from_context(context, schema, size)
+        image = self.image_path(tile)
+        rgb, valid = load_rgb(image)
+        embedding = cache.get_or_compute(cache.key(tile.id, image), lambda: sam.embed(rgb))
+        segmentation = sam.segment(embedding, request.prompt)
+        mask = segmentation.mask & valid
+        return {
+            "result": mask_results(mask, request.label, schema),
+            "score": segmentation.score,
+            "model_version": f"sam-{sam.identity}",
+        }
+
+    def pre_annotations(self, tiles: list[TileRecord], schema: ProjectSchema) -> list[dict[str, Any]]:
+        """Per-class masks of the active model for each tile, with confidence and model version.
+
+        Returns an empty list when no model has been trained yet: the backend never invents labels.
+
+        Raises:
+            ModelUnavailableError: if the active version or a tile's source raster cannot be read.
+        """
+        try:
+            loaded = self.models.current()
+        except TrainerError as exc:
+            raise ModelUnavailableError(str(exc)) from None
+        if loaded is None:
+            return []
+        return [self._pre_annotation(loaded, tile, schema) for tile in tiles]
+
+    def _pre_annotation(self, loaded: LoadedModel, tile: TileRecord, schema: ProjectSchema) -> dict[str, Any]:
+        raster = self.registry.raster(tile.raster_id)
+        try:
+            prediction = predict(loaded, read_input(raster, tile, loaded.manifest))
+        except TrainerError as exc:
+            raise ModelUnavailableError(str(exc)) from None
+        return {
+            "result": _class_results(loaded, prediction, schema),
+            "score": prediction.confidence,
+            "model_version": loaded.manifest.version,
+        }
+
+    # webhook ---------------------------------------------------------------------
+
+    def webhook(self, event: WebhookEvent) -> dict[str, Any]:
+        """Record annotation events for the trainer (training never runs inside a request)."""
+        if event.action not in ANNOTATION_ACTIONS:
+            return {"status": "ignored", "action": event.action}
+        served = self._check_project(_int((event.project or {}).get("id")))
+        annotations = event.annotations or ([event.annotation] if event.annotation else [{}])
+        task_id = _int((event.task or {}).get("id"))
+        events = [
+            AnnotationEvent(served, _int(a.get("task")) or task_id, _int(a.get("id")), event.action)
+            for a in annotations
+        ]
+        recorded = self.registry.record_annotation_events(events)
+        return {"status": "recorded", "action": event.action, "events": recorded}
+
+    # helpers ---------------------------------------------------------------------
+
+    def _check_project(self, requested: int | None) -> int:
+        served = self.registry.project_id(self.settings.project_title)
+        if served is None:
+            raise UnknownTaskError(
+                f"no project {self.settings.project_title!r} in the registry yet; run `geolabel import` first"
+            )
+        if requested is not None and requested != served:
+            raise UnknownTaskError(
+                f"this backend serves project {served} ({self.settings.project_title!r}), "
+                f"not project {requested}"
+            )
+        return served
+
+    def _tile(self, task: TaskIn, served: int) -> TileRecord:
+        if task.project is not None and task.project != served:
+            raise UnknownTaskError(
+                f"task {task.id} belongs to project {task.project}, this backend serves {served}"
+            )
+        try:
+            tile = self.registry.tile_by_task(task.id)
+        except LookupError:
+            raise UnknownTaskError(f"task {task.id} is not a geolabel tile of project {served}") from None
+        claimed = _claimed_tile(task)
+        if claimed is not None and claimed != tile.id:
+            raise UnknownTaskError(
+                f"task {task.id} shows tile {claimed} but the registry has {tile.id} for it"
+            )
+        raster: RasterRecord = self.registry.raster(tile.raster_id)
+        if raster.project_id != served:
+            raise UnknownTaskError(f"task {task.id} is a tile of project {raster.project_id}, not {served}")
+        return tile
+
+    def image_path(self, tile: TileRecord) -> Path:
+        """The tile's display image on disk.
+
+        Raises:
+            TileImageMissingError: if the tile has no image or the file is gone.
+        """
+        if tile.image_path is None:
+            raise TileImageMissingError(f"tile {tile.id} has no display image (it was skipped as nodata)")
+        path = self.settings.data_dir / tile.image_path
+        if not path.is_file():
+            raise TileImageMissingError(
+                f"display image of tile {tile.id} is missing ({tile.image_path}); "
+                "run `geolabel import` again on its raster to re-render it"
+            )
+        return path
+
+
+class ActiveModel:
+    """The active model version, loaded once and reloaded when the trainer promotes another."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> LoadedModel | None:
+        """The loaded active version, or None before the first promotion.
+
+        Raises:
+            TrainerError: if the active version cannot be read.
+        """
+        name = self.store.active_name()
+        if name is None:
+            return None
+        with self._lock:
+            if self._loaded is None or self._loaded.manifest.version != name:
+                self._loaded = load_version(self.store, name)
+            return self._loaded
+
+
+def _class_results(
+    loaded: LoadedModel, prediction: TilePrediction, schema: ProjectSchema
+) -> list[dict[str, Any]]:
+    results = []
+    for entry in loaded.manifest.classes:
+        if entry.name not in schema.labels:
+            continue  # a class the project no longer has: nothing to draw it with
+        mask = prediction.classes == entry.id
+        if mask.any():
+            results.append({"id": region_id(), **brush_result(mask, entry.name, schema.brush, schema.image)})
+    return results
+
+
+def load_rgb(path: Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    """A display tile as ``(H, W, 3)`` RGB and its valid mask (transparent = nodata)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgba = np.asarray(image.convert("RGBA"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise TileImageMissingError(f"display image {path.name} cannot be read ({exc})") from None
+    valid = rgba[..., 3] > 0
+    rgb = np.where(valid[..., None], rgba[..., :3], 0).astype(np.uint8)
+    return rgb, valid
+
+
+def _claimed_tile(task: TaskIn) -> str | None:
+    geo = task.data.get("geo")
+    if isinstance(geo, dict) and isinstance(geo.get("tile_id"), str):
+        return str(geo["tile_id"])
+    tile_id = task.data.get("tile_id")
+    return tile_id if isinstance(tile_id, str) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,1 @@
+"""Active learning: the segmentation model, its versions and inference on tiles."""

@@ -1,0 +1,116 @@
+"""Running a model version on tiles: source-raster input, class probabilities, confidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+import torch
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from georef.registry import RasterRecord, TileRecord
+from importers.display import valid_mask
+from trainer.errors import ModelInputError, ModelStoreError
+from trainer.model import build_model
+from trainer.versions import ModelManifest, ModelStore
+
+
+@dataclass(frozen=True)
+class TileInput:
+    """Normalised ``(bands, height, width)`` float32 model input and the mask of valid pixels."""
+
+    pixels: npt.NDArray[np.float32]
+    valid: npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class TilePrediction:
+    """Per-pixel class ids (0 = background), the winning probability, and the tile's confidence."""
+
+    classes: npt.NDArray[np.uint8]
+    probability: npt.NDArray[np.float32]
+    valid: npt.NDArray[np.bool_]
+
+    @property
+    def confidence(self) -> float:
+        """Mean winning probability over valid pixels (0 when the tile has none): low = uncertain."""
+        return float(self.probability[self.valid].mean()) if self.valid.any() else 0.0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model version ready to predict."""
+
+    manifest: ModelManifest
+    network: torch.nn.Module
+
+
+def load_version(store: ModelStore, name: str) -> LoadedModel:
+    """Rebuild version ``name`` from its manifest and weights, in eval mode on the CPU.
+
+    Raises:
+        ModelStoreError: if the files are missing or the weights do not fit the manifest.
+    """
+    manifest = store.manifest(name)
+    network = build_model(manifest)
+    try:
+        network.load_state_dict(store.weights(name))
+    except RuntimeError:
+        raise ModelStoreError(f"model version {name}: weights do not match its manifest") from None
+    return LoadedModel(manifest, network.eval())
+
+
+def read_input(raster: RasterRecord, tile: TileRecord, manifest: ModelManifest) -> TileInput:
+    """Read the model's bands of ``tile`` from its source raster and normalise them.
+
+    Raises:
+        ModelInputError: if the raster is missing or has fewer bands than the model reads.
+    """
+    bands = manifest.input.bands
+    if max(bands) > raster.band_count:
+        raise ModelInputError(
+            f"model {manifest.version} reads bands {bands} but {raster.path} has {raster.band_count}"
+        )
+    window = Window(tile.window.col_off, tile.window.row_off, tile.window.width, tile.window.height)
+    try:
+        with rasterio.open(raster.path) as src:
+            data = src.read(bands, window=window)
+            valid = valid_mask(src, bands, data, window)
+    except RasterioIOError as exc:
+        raise ModelInputError(f"cannot read {raster.path} for tile {tile.id}: {exc}") from None
+    mean = np.asarray(manifest.input.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(manifest.input.std, dtype=np.float32)[:, None, None]
+    pixels = (np.nan_to_num(data.astype(np.float32)) - mean) / std
+    pixels[:, ~valid] = 0.0
+    return TileInput(pixels, valid)
+
+
+def predict(model: LoadedModel, tile_input: TileInput) -> TilePrediction:
+    """Class probabilities of one tile; the input is padded to a multiple of 32 and cropped back."""
+    _, height, width = tile_input.pixels.shape
+    padded = _pad32(tile_input.pixels)
+    with torch.inference_mode():
+        logits = model.network(torch.from_numpy(padded)[None])[0, :, :height, :width]
+        probabilities = torch.softmax(logits, dim=0)
+        best, classes = probabilities.max(dim=0)
+    ids = np.asarray([0] + [c.id for c in model.manifest.classes], dtype=np.uint8)
+    class_ids = ids[classes.numpy()]
+    class_ids[~tile_input.valid] = 0
+    return TilePrediction(class_ids, best.numpy().astype(np.float32), tile_input.valid)
+
+
+def _pad32(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    _, height, width = pixels.shape
+    pad_h, pad_w = -height % 32, -width % 32
+    if pad_h == 0 and pad_w == 0:
+        return pixels
+    return np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+
+
+def raster_path_exists(raster: RasterRecord) -> bool:
+    """True if the source raster is still where it was imported from."""
+    return Path(raster.path).is_file()
