@@ -332,6 +332,16 @@ class LabelStudioClient:
         else:
             self._call("create the ML webhook", lambda: hooks.create(project=project_id, **settings))
 
+    def set_model_version(self, project_id: int, version: str) -> None:
+        """Make ``version`` the project's model version: uncertainty sampling only ranks its predictions.
+
+        Label Studio refuses a version that no prediction or ML backend carries yet.
+        """
+        self._call(
+            f"set the project's model version to {version!r}",
+            lambda: self._sdk.projects.update(id=project_id, model_version=version),
+        )
+
     def ml_backend(self, backend_id: int) -> MLBackendRef:
         """State of a connected ML backend (Label Studio re-checks its health)."""
         backend = self._call("read the ML backend", lambda: self._sdk.ml.get(id=backend_id))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from geolabel.errors import LabelStudioError
 from geolabel.lsclient import LabelStudioClient, QueuedTask
+from georef.errors import RegistryError
 from georef.registry import TileRecord
 from ml_backend.errors import BackendError, SamUnavailableError
 from ml_backend.service import Backend, load_rgb
@@ -50,7 +51,7 @@ def next_tiles(backend: Backend, queue: Sequence[QueuedTask], limit: int) -> lis
             break
         try:
             tiles.append(backend.registry.tile_by_task(task.task_id))
-        except LookupError:
+        except RegistryError:
             log.debug("task %s is not a geolabel tile; skipped", task.task_id)
     return tiles
 

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from georef.labelstudio import ImageSize, brush_result
+from georef.errors import RegistryError
 from georef.registry import AnnotationEvent, RasterRecord, TileRecord, TileRegistry
 from ml_backend.embeddings import EmbeddingCache
 from ml_backend.errors import (
@@ -291,7 +292,7 @@ class Backend:
             )
         try:
             tile = self.registry.tile_by_task(task.id)
-        except LookupError:
+        except RegistryError:
             raise UnknownTaskError(f"task {task.id} is not a geolabel tile of project {served}") from None
         claimed = _claimed_tile(task)
         if claimed is not None and claimed != tile.id:

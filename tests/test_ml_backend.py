@@ -1,0 +1,422 @@
+"""The ML backend served over HTTP and driven by a real Label Studio.
+
+SAM is the real vit_b architecture with random weights (loaded from a checkpoint
+file written by a fixture); the segmentation model is a real U-Net with random
+weights. Masks are therefore arbitrary, so each answer is checked against the
+same network called directly with the prompt the test expects: a swapped axis,
+a shifted point or a wrong class gives another mask.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from segment_anything import sam_model_registry
+from werkzeug.serving import make_server
+
+from geolabel.config import Config, parse_config
+from geolabel.lsclient import LabelStudioClient
+from georef.brush import rle_to_mask
+from georef.registry import TileRecord, TileRegistry
+from importers.pipeline import ImportOptions, import_raster
+from ml_backend.app import create_app, settings_from_config
+from ml_backend.precompute import PrecomputeBusyError, exclusive, next_tiles, precompute
+from ml_backend.sam import Prompt, SamEngine, load_sam
+from ml_backend.service import Backend, load_rgb
+from tests.conftest import CLASSES, LabelStudioServer, free_port
+from trainer.inference import load_version, predict, read_input
+from trainer.model import build_model
+from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore
+
+pytestmark = pytest.mark.labelstudio
+PASSWORD = "test-ml-password"
+
+
+@pytest.fixture(scope="session")
+def sam_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A vit_b checkpoint file with random weights (seeded)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth"
+    torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sam_engine(sam_checkpoint: Path) -> SamEngine:
+    return load_sam("vit_b", sam_checkpoint, "cpu")
+
+
+@dataclass
+class Served:
+    config: Config
+    backend: Backend
+    url: str
+    client: LabelStudioClient
+    project_id: int
+    tiles: list[TileRecord]
+    ml_id: int
+
+    def post(
+        self, path: str, body: object, auth: tuple[str, str] | None = ("geolabel", PASSWORD)
+    ) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, auth=auth, timeout=120)
+
+    def registry(self) -> TileRegistry:
+        return TileRegistry(self.config.registry_path)
+
+
+@pytest.fixture(scope="module")
+def served(
+    label_studio: LabelStudioServer,
+    sam_engine: SamEngine,
+    sam_checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    """A project of 2 tiles (256 px) in the real Label Studio, and the backend on a free port, connected."""
+    import rasterio
+
+    from tests.conftest import LAMBERT93_20CM, synthetic
+
+    data_dir = label_studio.document_root / "projects" / "ml_backend"
+    raster = tmp_path_factory.mktemp("ml_rasters") / "ortho.tif"
+    with rasterio.open(
+        raster, "w", driver="GTiff", width=480, height=256, count=3, dtype="uint8",
+        crs="EPSG:2154", transform=LAMBERT93_20CM,
+    ) as dst:  # fmt: skip
+        dst.write(synthetic(3, 256, 480, "uint8", seed=7))
+    title = "ml backend project"
+    client = label_studio.client()
+    options = ImportOptions(
+        title, CLASSES, data_dir, label_studio.document_root, tile_size=256, overlap=32, workers=1
+    )
+    with TileRegistry(data_dir / "registry.sqlite") as registry:
+        report = import_raster(raster, options, registry, client)
+        tiles = sorted(registry.tiles(), key=lambda t: t.task_id or 0)
+    url = f"http://127.0.0.1:{free_port()}"
+    config = parse_config(
+        {
+            "project": {"name": title},
+            "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in CLASSES],
+            "label_studio": {"url": label_studio.url},
+            "ml_backend": {"url": url, "password": PASSWORD},
+            "sam": {"checkpoint": str(sam_checkpoint), "device": "cpu"},
+            "paths": {"data_dir": str(data_dir)},
+        },
+        base_dir=data_dir,
+    )
+    backend = Backend(settings_from_config(config), sam=sam_engine)
+    server = make_server(
+        "127.0.0.1", int(url.rsplit(":", 1)[1]), create_app(config, backend=backend), threaded=True
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ref = client.connect_ml_backend(report.project_id, url, "geolabel", "geolabel", PASSWORD)
+        yield Served(config, backend, url, client, report.project_id, tiles, ref.id)
+    finally:
+        server.shutdown()
+
+
+def keypoint(x: float, y: float, positive: bool = True, label: str = "building") -> dict:
+    return {
+        "type": "keypointlabels",
+        "from_name": "sam_point",
+        "to_name": "image",
+        "original_width": 256,
+        "original_height": 256,
+        "image_rotation": 0,
+        "is_positive": positive,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]},
+    }
+
+
+def expected_mask(served: Served, tile: TileRecord, prompt: Prompt) -> np.ndarray:
+    """SAM called directly on the cached embedding with the prompt the test expects."""
+    assert served.backend.cache is not None and served.backend.sam is not None
+    image = served.backend.image_path(tile)
+    embedding = served.backend.cache.get(served.backend.cache.key(tile.id, image))
+    assert embedding is not None
+    _, valid = load_rgb(image)
+    return served.backend.sam.segment(embedding, prompt).mask & valid
+
+
+def brush_mask(results: list[dict], width: int = 256, height: int = 256) -> np.ndarray:
+    (brush,) = [r for r in results if r["type"] == "brushlabels"]
+    assert (brush["original_width"], brush["original_height"]) == (width, height)
+    assert (brush["from_name"], brush["to_name"], brush["value"]["format"]) == ("label_brush", "image", "rle")
+    return rle_to_mask(brush["value"]["rle"], width, height)
+
+
+# connection and health ---------------------------------------------------------------
+
+
+def test_label_studio_connects_the_backend_with_auth_and_webhook_header(served: Served) -> None:
+    assert served.client.ml_backend(served.ml_id).state == "CO"  # Label Studio passed /health and /setup
+    project = served.client.project(served.project_id)
+    assert project["show_collab_predictions"] is True
+    hooks = [h for h in served.client._sdk.webhooks.list(project=str(served.project_id))]
+    (hook,) = [h for h in hooks if h.url == f"{served.url}/webhook"]
+    expected = "Basic " + base64.b64encode(f"geolabel:{PASSWORD}".encode()).decode()
+    assert hook.headers == {"Authorization": expected}
+    assert served.post("/setup", {"project": f"{served.project_id}.0"}, auth=None).status_code == 401
+    assert (
+        served.post("/setup", {"project": f"{served.project_id}.0"}, auth=("geolabel", "wrong")).status_code
+        == 401
+    )
+
+
+def test_health_is_open_and_reports_sam_model_and_cache(served: Served) -> None:
+    health = httpx.get(f"{served.url}/health").json()
+    assert health["status"] == "UP"
+    assert health["sam"]["enabled"] is True and health["sam"]["model_type"] == "vit_b"
+    assert health["sam"]["checkpoint"].endswith("sam_vit_b_random.pth")
+    assert health["model"]["active_version"] is None or "metrics" in health["model"]
+    assert {"files", "bytes", "hit_rate", "computed"} <= set(health["embedding_cache"])
+
+
+# SAM clicks through Label Studio ----------------------------------------------------------
+
+
+def test_click_returns_the_sam_mask_of_the_class_and_a_second_click_reuses_the_embedding(
+    served: Served,
+) -> None:
+    tile = served.tiles[0]
+    cache = served.backend.cache
+    assert cache is not None
+    before = cache.stats()
+    data = served.client.interactive(served.ml_id, tile.task_id, {"result": [keypoint(25, 75)]})["data"]
+    assert cache.stats().computed == before.computed + 1
+    mask = brush_mask(data["result"])
+    (brush,) = [r for r in data["result"] if r["type"] == "brushlabels"]
+    assert brush["value"]["brushlabels"] == ["building"]
+    assert data["model_version"].startswith("sam-vit_b-")
+    # 25 % / 75 % of a 256-px tile is the pixel point (64, 192): x is the column.
+    one_point = Prompt(np.array([[64.0, 192.0]]), np.array([1]))
+    assert np.array_equal(mask, expected_mask(served, tile, one_point))
+    assert mask.any(), "random-weight SAM gave an empty mask: the format check would be vacuous"
+    for polygon in (r for r in data["result"] if r["type"] == "polygonlabels"):
+        assert polygon["value"]["polygonlabels"] == ["building"]
+        assert all(0 <= x <= 100 and 0 <= y <= 100 for x, y in polygon["value"]["points"])
+
+    after_first = cache.stats()
+    refine = {"result": [keypoint(25, 75), keypoint(60, 30, positive=False)]}
+    data = served.client.interactive(served.ml_id, tile.task_id, refine)["data"]
+    after_second = cache.stats()
+    assert after_second.computed == after_first.computed  # the encoder did not run again
+    assert after_second.memory_hits == after_first.memory_hits + 1
+    two_points = Prompt(np.array([[64.0, 192.0], [153.6, 76.8]]), np.array([1, 0]))
+    assert np.array_equal(brush_mask(data["result"]), expected_mask(served, tile, two_points))
+
+    worker = Backend(settings_from_config(served.config), sam=served.backend.sam)  # another worker
+    assert worker.cache is not None
+    key = worker.cache.key(tile.id, worker.image_path(tile))
+    assert worker.cache.get(key) is not None and worker.cache.stats().disk_hits == 1
+
+
+def test_box_and_box_with_points(served: Served) -> None:
+    tile = served.tiles[0]
+    rectangle = {
+        "type": "rectanglelabels",
+        "from_name": "sam_box",
+        "to_name": "image",
+        "original_width": 256,
+        "original_height": 256,
+        "value": {"x": 10, "y": 20, "width": 50, "height": 25, "rotation": 0, "rectanglelabels": ["water"]},
+    }
+    data = served.client.interactive(served.ml_id, tile.task_id, {"result": [rectangle]})["data"]
+    box = Prompt(np.zeros((0, 2)), np.zeros(0, dtype=int), (25.6, 51.2, 153.6, 115.2))
+    mask = brush_mask(data["result"])
+    assert np.array_equal(mask, expected_mask(served, tile, box))
+    assert all(r["value"].get("brushlabels", ["water"]) == ["water"] for r in data["result"])
+
+    context = {"result": [rectangle, keypoint(20, 30, label="water")]}
+    data = served.client.interactive(served.ml_id, tile.task_id, context)["data"]
+    both = Prompt(np.array([[51.2, 76.8]]), np.array([1]), (25.6, 51.2, 153.6, 115.2))
+    assert np.array_equal(brush_mask(data["result"]), expected_mask(served, tile, both))
+
+
+# pre-annotations ----------------------------------------------------------------------------
+
+
+def test_no_model_means_no_prediction_then_the_active_model_predicts(served: Served) -> None:
+    tile = served.tiles[1]
+    served.client.task(tile.task_id)  # opening a task asks the backend (pre-label on)
+    assert served.client.predictions(tile.task_id) == []
+    health = httpx.get(f"{served.url}/health").json()
+    assert health["model"]["active_version"] is None and "no trained model" in health["model"]["reason"]
+
+    manifest = ModelManifest(
+        version="v-test-1",
+        created="2026-11-22T00:00:00+00:00",
+        classes=[ClassEntry(id=c.id, name=c.name, color=c.color) for c in CLASSES],
+        input=InputSpec(bands=[1, 2, 3], mean=[120.0, 120.0, 120.0], std=[40.0, 40.0, 40.0]),
+    )
+    torch.manual_seed(1)
+    store = ModelStore(served.config.models_dir)
+    store.save(manifest, build_model(manifest).state_dict())
+    store.activate("v-test-1")
+
+    served.client.retrieve_predictions(served.project_id, [t.task_id for t in served.tiles])
+    loaded = load_version(store, "v-test-1")
+    with served.registry() as registry:
+        for tile in served.tiles:
+            (prediction,) = served.client.predictions(tile.task_id)
+            assert prediction["model_version"] == "v-test-1"
+            expected = predict(loaded, read_input(registry.raster(tile.raster_id), tile, manifest))
+            assert prediction["score"] == pytest.approx(expected.confidence, abs=1e-6)
+            assert 0.0 < prediction["score"] <= 1.0
+            labels = set()
+            for region in prediction["result"]:
+                (name,) = region["value"]["brushlabels"]
+                labels.add(name)
+                class_id = next(c.id for c in CLASSES if c.name == name)
+                got = rle_to_mask(region["value"]["rle"], tile.grid.width, tile.grid.height)
+                assert np.array_equal(got, expected.classes == class_id)
+            assert labels == {c.name for c in CLASSES if (expected.classes == c.id).any()}
+    served.client.set_model_version(served.project_id, "v-test-1")  # what the trainer does after a round
+    queue = served.client.queue(served.project_id)
+    scores = [t.score for t in queue]
+    assert None not in scores and scores == sorted(scores)  # most uncertain first
+
+
+# webhooks ------------------------------------------------------------------------------------
+
+
+def test_annotations_are_recorded_for_the_trainer(served: Served) -> None:
+    tile = served.tiles[1]
+    square = np.zeros((256, 256), dtype=bool)
+    square[10:20, 10:20] = True
+    from georef.labelstudio import brush_result
+
+    annotation_id = served.client.create_annotation(
+        tile.task_id, [brush_result(square, "water", "label_brush", "image")]
+    )
+    deadline = time.monotonic() + 30
+    with served.registry() as registry:
+        while time.monotonic() < deadline:
+            events = registry.annotation_events(served.project_id)
+            if any(e.annotation_id == annotation_id for e in events):
+                break
+            time.sleep(0.2)
+        (event,) = [e for e in events if e.annotation_id == annotation_id]
+    assert (event.task_id, event.action) == (tile.task_id, "ANNOTATION_CREATED")
+
+
+# bad input -------------------------------------------------------------------------------------
+
+
+def predict_body(served: Served, task_id: int, context: object = None, project: str | None = None) -> dict:
+    body: dict = {
+        "tasks": [{"id": task_id, "data": {}}],
+        "project": project or f"{served.project_id}.1700000000",
+        "label_config": served.client.project(served.project_id)["label_config"],
+    }
+    if context is not None:
+        body["params"] = {"context": context}
+    return body
+
+
+def test_bad_requests_get_clear_json_errors_and_the_server_keeps_serving(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    tile = served.tiles[0]
+    cases = [
+        (predict_body(served, 999_999), 404, "task 999999 is not a geolabel tile"),
+        (predict_body(served, tile.task_id, project="424242.1"), 404, "not project 424242"),
+        (predict_body(served, tile.task_id, {"result": [keypoint(150, 20)]}), 400, "outside"),
+        (predict_body(served, tile.task_id, {"result": "nope"}), 400, "params.context.result"),
+        (predict_body(served, tile.task_id, {"result": [keypoint(5, 5, label="forest")]}), 400, "forest"),
+        ({**predict_body(served, tile.task_id), "label_config": "<View/>"}, 422, "no <Image>"),
+        ({"tasks": []}, 400, "tasks"),
+        ([1, 2], 400, "JSON object"),
+    ]
+    for body, status, message in cases:
+        response = served.post("/predict", body)
+        assert response.status_code == status, (body, response.text)
+        assert message in response.json()["error"]
+        assert "Traceback" not in response.text
+
+    response = httpx.post(f"{served.url}/predict", content=b"{not json", auth=("geolabel", PASSWORD))
+    assert response.status_code == 400 and "JSON" in response.json()["error"]
+    assert httpx.get(f"{served.url}/nowhere", auth=("geolabel", PASSWORD)).status_code == 404
+
+    image = served.backend.image_path(tile)
+    moved = image.with_suffix(".moved")
+    image.rename(moved)
+    try:
+        response = served.post("/predict", predict_body(served, tile.task_id, {"result": [keypoint(5, 5)]}))
+        assert response.status_code == 410 and "missing" in response.json()["error"]
+    finally:
+        moved.rename(image)
+
+    secret = "SECRET-token-that-must-not-leak"
+    with caplog.at_level(logging.DEBUG):
+        response = served.post(
+            "/setup", {"project": f"{served.project_id}.1", "schema": "<View/>", "access_token": secret}
+        )
+    assert response.status_code == 422
+    assert secret not in response.text and secret not in caplog.text
+    assert httpx.get(f"{served.url}/health").status_code == 200
+
+
+# background precompute ------------------------------------------------------------------------
+
+
+def test_precompute_embeds_the_next_tiles_of_the_queue_once(served: Served) -> None:
+    backend = served.backend
+    queue = served.client.queue(served.project_id)
+    tiles = next_tiles(backend, queue, limit=5)
+    assert [t.task_id for t in tiles] == [q.task_id for q in queue if q.tile_id]
+    with exclusive(backend):
+        with pytest.raises(PrecomputeBusyError):
+            with exclusive(backend):
+                pass
+        report = precompute(backend, tiles)
+    assert report.failed == {}
+    assert report.cached + len(report.computed) == len(tiles)
+    again = precompute(backend, tiles)
+    assert again.computed == [] and again.cached == len(tiles)
+
+
+def test_sam_off_or_a_bad_checkpoint_is_explained_and_the_rest_works(served: Served, tmp_path: Path) -> None:
+    def health_with(checkpoint: str, model_type: str = "vit_b") -> dict:
+        config = served.config.model_copy(
+            update={
+                "sam": served.config.sam.model_copy(
+                    update={"checkpoint": checkpoint, "model_type": model_type}
+                )
+            }
+        )
+        app = create_app(config)
+        return app.test_client().get("/health").get_json()["sam"]
+
+    assert "set sam.checkpoint" in health_with("")["reason"]
+    assert "not found" in health_with(str(tmp_path / "missing.pth"))["reason"]
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    assert "not a readable PyTorch checkpoint" in health_with(str(tmp_path / "junk.pth"))["reason"]
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "other.pth")
+    assert "does not hold SAM vit_b weights" in health_with(str(tmp_path / "other.pth"))["reason"]
+
+    config = served.config.model_copy(update={"sam": served.config.sam.model_copy(update={"checkpoint": ""})})
+    client = create_app(config).test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(f"geolabel:{PASSWORD}".encode()).decode()}
+    response = client.post(
+        "/predict",
+        json=predict_body(served, served.tiles[0].task_id, {"result": [keypoint(5, 5)]}),
+        headers=auth,
+    )
+    assert response.status_code == 503 and "SAM is off" in response.get_json()["error"]
+    assert (
+        client.post("/predict", json=predict_body(served, served.tiles[0].task_id), headers=auth).status_code
+        == 200
+    )

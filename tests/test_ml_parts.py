@@ -1,0 +1,232 @@
+"""ML-backend building blocks without a server: brush RLE, polygons, prompts, schema, caches, model store."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from label_studio_sdk.converter import brush as ls_brush
+
+from georef.brush import mask_to_rle, rle_to_mask
+from georef.labelstudio import ImageSize
+from importers.labelconfig import LabelClass, label_config
+from ml_backend.embeddings import EmbeddingCache
+from ml_backend.errors import BadRequestError, LabelConfigError
+from ml_backend.protocol import Context, prompt_from_context
+from ml_backend.results import mask_polygons, mask_results
+from ml_backend.sam import Embedding
+from ml_backend.schema import read_schema
+from trainer.errors import ModelStoreError
+from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore
+
+SCHEMA = read_schema(label_config([LabelClass(1, "building", "#ff0000"), LabelClass(2, "water", "#0000ff")]))
+
+
+# brush RLE ----------------------------------------------------------------------
+
+
+@given(arrays(np.bool_, st.tuples(st.integers(1, 40), st.integers(1, 40))))
+def test_brush_rle_is_byte_for_byte_label_studios(mask: np.ndarray) -> None:
+    reference = [int(v) for v in ls_brush.mask2rle(np.where(mask, 255, 0).astype(np.uint8))]
+    assert mask_to_rle(mask) == reference
+    assert np.array_equal(rle_to_mask(mask_to_rle(mask), mask.shape[1], mask.shape[0]), mask)
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_brush_rle_of_runs_longer_than_65536_bytes(fill: bool) -> None:
+    mask = np.full((512, 512), fill)
+    mask[300, 7] = not fill
+    reference = [int(v) for v in ls_brush.mask2rle(np.where(mask, 255, 0).astype(np.uint8))]
+    assert mask_to_rle(mask) == reference
+
+
+# polygons -----------------------------------------------------------------------
+
+
+def test_mask_polygon_follows_pixel_edges() -> None:
+    mask = np.zeros((64, 80), dtype=bool)
+    mask[10:20, 30:50] = True  # rows 10..19, cols 30..49
+    (ring,) = mask_polygons(mask)
+    assert {tuple(p) for p in ring.tolist()} == {(30.0, 10.0), (50.0, 10.0), (50.0, 20.0), (30.0, 20.0)}
+
+
+def test_mask_results_give_brush_and_polygons_in_percent_of_the_tile() -> None:
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[50:60, 20:40] = True
+    mask[0:2, 0:2] = True  # 4 pixels: brush only, no polygon (below MIN_POLYGON_PX)
+    results = mask_results(mask, "water", SCHEMA)
+    kinds = [r["type"] for r in results]
+    assert kinds == ["brushlabels", "polygonlabels"]
+    brush, polygon = results
+    assert (brush["from_name"], brush["to_name"]) == ("label_brush", "image")
+    assert (brush["original_width"], brush["original_height"]) == (200, 100)
+    assert np.array_equal(rle_to_mask(brush["value"]["rle"], 200, 100), mask)
+    assert polygon["value"]["polygonlabels"] == ["water"]
+    xs = sorted({p[0] for p in polygon["value"]["points"]})
+    ys = sorted({p[1] for p in polygon["value"]["points"]})
+    assert xs == pytest.approx([10.0, 20.0]) and ys == pytest.approx([50.0, 60.0])
+    assert mask_results(np.zeros((4, 4), dtype=bool), "water", SCHEMA) == []
+
+
+# prompts ------------------------------------------------------------------------
+
+
+def keypoint(x: float, y: float, label: str = "building", positive: bool = True) -> dict:
+    return {
+        "type": "keypointlabels",
+        "from_name": "sam_point",
+        "original_width": 400,
+        "original_height": 200,
+        "is_positive": positive,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]},
+    }
+
+
+def box(x: float, y: float, w: float, h: float, label: str = "building") -> dict:
+    return {
+        "type": "rectanglelabels",
+        "from_name": "sam_box",
+        "original_width": 400,
+        "original_height": 200,
+        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [label]},
+    }
+
+
+def parse(*regions: dict):
+    return prompt_from_context(Context.model_validate({"result": list(regions)}), SCHEMA, ImageSize(400, 200))
+
+
+def test_points_are_converted_to_tile_pixels_x_then_y() -> None:
+    request = parse(keypoint(25, 75), keypoint(50, 10, positive=False))
+    assert request.label == "building"
+    assert request.prompt.points.tolist() == [[100.0, 150.0], [200.0, 20.0]]
+    assert request.prompt.labels.tolist() == [1, 0]
+    assert request.prompt.box is None
+
+
+def test_box_and_points_together_and_latest_class_wins() -> None:
+    request = parse(keypoint(1, 1, label="water"), box(10, 20, 50, 40), keypoint(30, 40))
+    assert request.label == "building"
+    assert request.prompt.box == pytest.approx((40.0, 40.0, 240.0, 120.0))
+    assert request.prompt.points.tolist() == [[120.0, 80.0]]  # the water point is another object
+
+
+@pytest.mark.parametrize(
+    ("regions", "message"),
+    [
+        ([], "no key point or rectangle"),
+        ([keypoint(10, 10, label="forest")], "not in the project"),
+        ([{**keypoint(10, 10), "original_width": 512}], "512x200 image"),
+        ([{**keypoint(10, 10), "value": {"y": 3, "keypointlabels": ["building"]}}], "value.x"),
+        ([{**keypoint(10, 10), "value": {"x": 3, "y": 3}}], "no class"),
+    ],
+)
+def test_bad_prompts_are_refused_with_a_reason(regions: list[dict], message: str) -> None:
+    with pytest.raises(BadRequestError, match=message):
+        parse(*regions)
+
+
+def test_schema_needs_an_image_and_brush_labels() -> None:
+    assert (SCHEMA.brush, SCHEMA.polygon, SCHEMA.image) == ("label_brush", "label_polygon", "image")
+    assert SCHEMA.labels == ("building", "water")
+    no_polygon = read_schema(
+        '<View><Image name="img" value="$image"/>'
+        '<BrushLabels name="b" toName="img"><Label value="a"/></BrushLabels></View>'
+    )
+    assert (no_polygon.polygon, no_polygon.image) == (None, "img")
+    with pytest.raises(LabelConfigError, match="BrushLabels"):
+        read_schema(
+            '<View><Image name="img" value="$image"/><PolygonLabels name="p" toName="img">'
+            '<Label value="a"/></PolygonLabels></View>'
+        )
+    with pytest.raises(LabelConfigError):
+        read_schema("<View><oops")
+
+
+# embedding cache ----------------------------------------------------------------
+
+
+def embedding(seed: int) -> Embedding:
+    features = np.random.default_rng(seed).normal(size=(256, 64, 64)).astype(np.float16)
+    return Embedding(features, (200, 300), (683, 1024))
+
+
+def test_cache_round_trip_and_keys_follow_the_image(tmp_path: Path) -> None:
+    image = tmp_path / "tile.png"
+    image.write_bytes(b"one")
+    cache = EmbeddingCache(tmp_path / "cache", "vit_b-test", memory_items=1)
+    key = cache.key("t1", image)
+    stored = cache.get_or_compute(key, lambda: embedding(0))
+    other = EmbeddingCache(tmp_path / "cache", "vit_b-test")  # another worker: reads the file
+    read = other.get(key)
+    assert read is not None and np.array_equal(read.features, stored.features)
+    assert (read.original_size, read.input_size) == ((200, 300), (683, 1024))
+    assert read.features.dtype == np.float16
+    assert other.stats().disk_hits == 1 and other.stats().files == 1
+    image.write_bytes(b"re-rendered")  # a new display image never reuses the old embedding
+    assert cache.key("t1", image) != key
+    assert EmbeddingCache(tmp_path / "cache", "vit_h-other").get(key) is None
+
+
+def test_cache_computes_once_under_concurrency_and_evicts_from_memory(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path, "id", memory_items=2)
+    calls: list[int] = []
+
+    def compute() -> Embedding:
+        calls.append(1)
+        return embedding(1)
+
+    threads = [threading.Thread(target=cache.get_or_compute, args=("k", compute)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    for key in ("a", "b", "c"):
+        cache.get_or_compute(key, lambda: embedding(2))
+    stats = cache.stats()
+    assert stats.computed == 4 and stats.files == 4
+    assert cache.get("k") is not None and cache.stats().disk_hits >= 1  # evicted from memory, read back
+
+
+def test_damaged_cache_file_is_recomputed(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path, "id")
+    cache.path("k").write_bytes(b"truncated")
+    assert cache.get("k") is None
+    assert cache.get_or_compute("k", lambda: embedding(3)).features.shape == (256, 64, 64)
+
+
+# model store --------------------------------------------------------------------
+
+
+def manifest(version: str) -> ModelManifest:
+    return ModelManifest(
+        version=version,
+        created="2026-11-22T00:00:00+00:00",
+        classes=[ClassEntry(id=1, name="building", color="#ff0000")],
+        input=InputSpec(bands=[1, 2, 3], mean=[0.0] * 3, std=[1.0] * 3),
+    )
+
+
+def test_model_store_versions_are_atomic_and_activated_explicitly(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    assert store.versions() == [] and store.active_name() is None
+    store.save(manifest("v1"), {"w": torch.zeros(2)})
+    assert store.versions() == ["v1"] and store.active_name() is None
+    store.activate("v1")
+    assert store.active_name() == "v1"
+    (tmp_path / "models" / ".v2.partial").mkdir()  # a crash mid-write leaves only a hidden folder
+    assert store.versions() == ["v1"]
+    with pytest.raises(ModelStoreError, match="exists already"):
+        store.save(manifest("v1"), {})
+    with pytest.raises(ModelStoreError, match="no such version"):
+        store.activate("v9")
+    (tmp_path / "models" / "v1" / "weights.pt").write_bytes(b"garbage")
+    with pytest.raises(ModelStoreError, match="cannot read"):
+        store.weights("v1")
