@@ -301,7 +301,9 @@ class LabelStudioClient:
         same = [b for b in existing if str(b.url or "").rstrip("/") == url]
         what = "connect the ML backend (does Label Studio reach it at ml_backend.url?)"
         if same:
-            backend = self._call(what, lambda: ml.update(id=int(same[0].id or 0), **settings))
+            backend = self._call(
+                what, lambda: ml.update(id=int(same[0].id or 0), project=project_id, **settings)
+            )
         else:
             backend = self._call(what, lambda: ml.create(project=project_id, **settings))
         self._authorize_webhook(project_id, f"{url}/webhook", _basic_header(username, password))

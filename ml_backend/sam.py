@@ -112,20 +112,28 @@ def load_sam(model_type: str, checkpoint: Path, device: str = "auto") -> SamEngi
         )
     target = resolve_device(device)
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = _read_state(checkpoint)
     except Exception as exc:  # pickle, zip and torch errors all mean: not a checkpoint
         raise SamUnavailableError(
             f"{checkpoint} is not a readable PyTorch checkpoint ({type(exc).__name__})"
         ) from None
     model = sam_model_registry[model_type](checkpoint=None)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)  # the random init is dropped, not kept beside the weights
     except (RuntimeError, TypeError, AttributeError):
         raise SamUnavailableError(
             f"{checkpoint} does not hold SAM {model_type} weights; check sam.model_type "
             "(vit_b: sam_vit_b_01ec64.pth, vit_l: sam_vit_l_0b3195.pth, vit_h: sam_vit_h_4b8939.pth)"
         ) from None
     return SamEngine(model, model_type, checkpoint_identity(model_type, checkpoint), target)
+
+
+def _read_state(checkpoint: Path) -> object:
+    """The checkpoint's tensors, memory-mapped when the file allows (workers then share the pages)."""
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files from torch < 1.6 (not zip) cannot be mapped
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
 
 
 class SamEngine:

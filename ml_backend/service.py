@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from georef.labelstudio import ImageSize, brush_result
 from georef.errors import RegistryError
+from georef.labelstudio import ImageSize, brush_result
 from georef.registry import AnnotationEvent, RasterRecord, TileRecord, TileRegistry
 from ml_backend.embeddings import EmbeddingCache
 from ml_backend.errors import (

@@ -142,7 +142,8 @@ def keypoint(x: float, y: float, positive: bool = True, label: str = "building")
 
 def expected_mask(served: Served, tile: TileRecord, prompt: Prompt) -> np.ndarray:
     """SAM called directly on the cached embedding with the prompt the test expects."""
-    assert served.backend.cache is not None and served.backend.sam is not None
+    assert served.backend.cache is not None
+    assert served.backend.sam is not None
     image = served.backend.image_path(tile)
     embedding = served.backend.cache.get(served.backend.cache.key(tile.id, image))
     assert embedding is not None
@@ -178,7 +179,8 @@ def test_label_studio_connects_the_backend_with_auth_and_webhook_header(served: 
 def test_health_is_open_and_reports_sam_model_and_cache(served: Served) -> None:
     health = httpx.get(f"{served.url}/health").json()
     assert health["status"] == "UP"
-    assert health["sam"]["enabled"] is True and health["sam"]["model_type"] == "vit_b"
+    assert health["sam"]["enabled"] is True
+    assert health["sam"]["model_type"] == "vit_b"
     assert health["sam"]["checkpoint"].endswith("sam_vit_b_random.pth")
     assert health["model"]["active_version"] is None or "metrics" in health["model"]
     assert {"files", "bytes", "hit_rate", "computed"} <= set(health["embedding_cache"])
@@ -220,7 +222,8 @@ def test_click_returns_the_sam_mask_of_the_class_and_a_second_click_reuses_the_e
     worker = Backend(settings_from_config(served.config), sam=served.backend.sam)  # another worker
     assert worker.cache is not None
     key = worker.cache.key(tile.id, worker.image_path(tile))
-    assert worker.cache.get(key) is not None and worker.cache.stats().disk_hits == 1
+    assert worker.cache.get(key) is not None
+    assert worker.cache.stats().disk_hits == 1
 
 
 def test_box_and_box_with_points(served: Served) -> None:
@@ -253,7 +256,8 @@ def test_no_model_means_no_prediction_then_the_active_model_predicts(served: Ser
     served.client.task(tile.task_id)  # opening a task asks the backend (pre-label on)
     assert served.client.predictions(tile.task_id) == []
     health = httpx.get(f"{served.url}/health").json()
-    assert health["model"]["active_version"] is None and "no trained model" in health["model"]["reason"]
+    assert health["model"]["active_version"] is None
+    assert "no trained model" in health["model"]["reason"]
 
     manifest = ModelManifest(
         version="v-test-1",
@@ -286,7 +290,8 @@ def test_no_model_means_no_prediction_then_the_active_model_predicts(served: Ser
     served.client.set_model_version(served.project_id, "v-test-1")  # what the trainer does after a round
     queue = served.client.queue(served.project_id)
     scores = [t.score for t in queue]
-    assert None not in scores and scores == sorted(scores)  # most uncertain first
+    assert None not in scores
+    assert scores == sorted(scores)
 
 
 # webhooks ------------------------------------------------------------------------------------
@@ -347,7 +352,8 @@ def test_bad_requests_get_clear_json_errors_and_the_server_keeps_serving(
         assert "Traceback" not in response.text
 
     response = httpx.post(f"{served.url}/predict", content=b"{not json", auth=("geolabel", PASSWORD))
-    assert response.status_code == 400 and "JSON" in response.json()["error"]
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]
     assert httpx.get(f"{served.url}/nowhere", auth=("geolabel", PASSWORD)).status_code == 404
 
     image = served.backend.image_path(tile)
@@ -355,7 +361,8 @@ def test_bad_requests_get_clear_json_errors_and_the_server_keeps_serving(
     image.rename(moved)
     try:
         response = served.post("/predict", predict_body(served, tile.task_id, {"result": [keypoint(5, 5)]}))
-        assert response.status_code == 410 and "missing" in response.json()["error"]
+        assert response.status_code == 410
+        assert "missing" in response.json()["error"]
     finally:
         moved.rename(image)
 
@@ -365,7 +372,8 @@ def test_bad_requests_get_clear_json_errors_and_the_server_keeps_serving(
             "/setup", {"project": f"{served.project_id}.1", "schema": "<View/>", "access_token": secret}
         )
     assert response.status_code == 422
-    assert secret not in response.text and secret not in caplog.text
+    assert secret not in response.text
+    assert secret not in caplog.text
     assert httpx.get(f"{served.url}/health").status_code == 200
 
 
@@ -378,14 +386,14 @@ def test_precompute_embeds_the_next_tiles_of_the_queue_once(served: Served) -> N
     tiles = next_tiles(backend, queue, limit=5)
     assert [t.task_id for t in tiles] == [q.task_id for q in queue if q.tile_id]
     with exclusive(backend):
-        with pytest.raises(PrecomputeBusyError):
-            with exclusive(backend):
-                pass
+        with pytest.raises(PrecomputeBusyError), exclusive(backend):
+            pass
         report = precompute(backend, tiles)
     assert report.failed == {}
     assert report.cached + len(report.computed) == len(tiles)
     again = precompute(backend, tiles)
-    assert again.computed == [] and again.cached == len(tiles)
+    assert again.computed == []
+    assert again.cached == len(tiles)
 
 
 def test_sam_off_or_a_bad_checkpoint_is_explained_and_the_rest_works(served: Served, tmp_path: Path) -> None:
@@ -415,7 +423,8 @@ def test_sam_off_or_a_bad_checkpoint_is_explained_and_the_rest_works(served: Ser
         json=predict_body(served, served.tiles[0].task_id, {"result": [keypoint(5, 5)]}),
         headers=auth,
     )
-    assert response.status_code == 503 and "SAM is off" in response.get_json()["error"]
+    assert response.status_code == 503
+    assert "SAM is off" in response.get_json()["error"]
     assert (
         client.post("/predict", json=predict_body(served, served.tiles[0].task_id), headers=auth).status_code
         == 200

@@ -70,7 +70,8 @@ def test_mask_results_give_brush_and_polygons_in_percent_of_the_tile() -> None:
     assert polygon["value"]["polygonlabels"] == ["water"]
     xs = sorted({p[0] for p in polygon["value"]["points"]})
     ys = sorted({p[1] for p in polygon["value"]["points"]})
-    assert xs == pytest.approx([10.0, 20.0]) and ys == pytest.approx([50.0, 60.0])
+    assert xs == pytest.approx([10.0, 20.0])
+    assert ys == pytest.approx([50.0, 60.0])
     assert mask_results(np.zeros((4, 4), dtype=bool), "water", SCHEMA) == []
 
 
@@ -165,10 +166,12 @@ def test_cache_round_trip_and_keys_follow_the_image(tmp_path: Path) -> None:
     stored = cache.get_or_compute(key, lambda: embedding(0))
     other = EmbeddingCache(tmp_path / "cache", "vit_b-test")  # another worker: reads the file
     read = other.get(key)
-    assert read is not None and np.array_equal(read.features, stored.features)
+    assert read is not None
+    assert np.array_equal(read.features, stored.features)
     assert (read.original_size, read.input_size) == ((200, 300), (683, 1024))
     assert read.features.dtype == np.float16
-    assert other.stats().disk_hits == 1 and other.stats().files == 1
+    assert other.stats().disk_hits == 1
+    assert other.stats().files == 1
     image.write_bytes(b"re-rendered")  # a new display image never reuses the old embedding
     assert cache.key("t1", image) != key
     assert EmbeddingCache(tmp_path / "cache", "vit_h-other").get(key) is None
@@ -191,8 +194,10 @@ def test_cache_computes_once_under_concurrency_and_evicts_from_memory(tmp_path: 
     for key in ("a", "b", "c"):
         cache.get_or_compute(key, lambda: embedding(2))
     stats = cache.stats()
-    assert stats.computed == 4 and stats.files == 4
-    assert cache.get("k") is not None and cache.stats().disk_hits >= 1  # evicted from memory, read back
+    assert stats.computed == 4
+    assert stats.files == 4
+    assert cache.get("k") is not None
+    assert cache.stats().disk_hits >= 1
 
 
 def test_damaged_cache_file_is_recomputed(tmp_path: Path) -> None:
@@ -216,9 +221,11 @@ def manifest(version: str) -> ModelManifest:
 
 def test_model_store_versions_are_atomic_and_activated_explicitly(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
-    assert store.versions() == [] and store.active_name() is None
+    assert store.versions() == []
+    assert store.active_name() is None
     store.save(manifest("v1"), {"w": torch.zeros(2)})
-    assert store.versions() == ["v1"] and store.active_name() is None
+    assert store.versions() == ["v1"]
+    assert store.active_name() is None
     store.activate("v1")
     assert store.active_name() == "v1"
     (tmp_path / "models" / ".v2.partial").mkdir()  # a crash mid-write leaves only a hidden folder
