@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= demo/geolabel.toml
 
-.PHONY: install demo serve test lint typecheck pytest browser bench bench-import gdal clean
+.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml gdal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,10 @@ gdal:  ## Debian's GDAL command-line tools, the outside judges used by bench/ (n
 bench-import: install gdal  ## tiles/s and peak RSS against gdal_retile.py on a 20000x20000 raster
 	$(BIN)/python bench/bench_import.py
 
-bench: bench-import
+bench-ml: install  ## SAM click latency (cold/warm), embedding throughput, 240-request mixed load test
+	$(BIN)/python bench/bench_ml_backend.py
+
+bench: bench-import bench-ml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

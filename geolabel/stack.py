@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -119,7 +120,32 @@ def is_up(url: str, timeout: float = 2.0) -> bool:
     return response.status_code == 200 and '"UP"' in response.text
 
 
-class LocalLabelStudio:
+class _Service:
+    """A child server, context-managed: entering starts it, leaving (or failing to start) stops it."""
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server (no-op when it is not running)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:  # Ctrl-C or a failure while starting: leave no server behind
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class LocalLabelStudio(_Service):
     """A Label Studio child process, context-managed: leaving the block stops it.
 
     Args:
@@ -143,19 +169,6 @@ class LocalLabelStudio:
         self.credentials = credentials
         self.log_path = state_dir / "label-studio.log"
         self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> LocalLabelStudio:
-        try:
-            self.start()
-        except BaseException:  # Ctrl-C or a failure while starting: leave no server behind
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def environment(self) -> dict[str, str]:
         """Environment of the server process (it holds the password and token: never log it)."""
@@ -289,7 +302,7 @@ def tail(path: Path, lines: int, secrets_to_mask: tuple[str, ...]) -> str:
     return text
 
 
-class LocalMLBackend:
+class LocalMLBackend(_Service):
     """The ML backend (gunicorn serving ``ml_backend.app:create_app()``) and the embedding job, as children.
 
     Args:
@@ -325,19 +338,6 @@ class LocalMLBackend:
         self.secrets_to_mask = secrets_to_mask
         self._server: subprocess.Popen[bytes] | None = None
         self._embed: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> LocalMLBackend:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         """Start gunicorn and wait until ``/health`` answers (SAM loads first); then the embedding job.
