@@ -25,7 +25,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 def write_config(folder: Path, url: str, data_dir: Path, **overrides: str) -> Path:
     text = DEFAULT_CONFIG.replace('url = "http://127.0.0.1:8080"', f'url = "{url}"')
     text = text.replace('data_dir = "geolabel-data"', f'data_dir = "{data_dir}"')
-    text = text.replace('name = "geolabel"', f'name = "cli project {next(_names)}"')
+    text = text.replace('name = "geolabel"', f'name = "cli project {next(_names)}"', 1)
     text = text.replace("size = 512", "size = 256")
     for old, new in overrides.items():
         text = text.replace(old, new)
