@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -120,16 +121,16 @@ def is_up(url: str, timeout: float = 2.0) -> bool:
     return response.status_code == 200 and '"UP"' in response.text
 
 
-class _Service:
+class _Service(ABC):
     """A child server, context-managed: entering starts it, leaving (or failing to start) stops it."""
 
+    @abstractmethod
     def start(self) -> None:
         """Start the server and wait until it answers."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stop(self) -> None:
         """Stop the server (no-op when it is not running)."""
-        raise NotImplementedError
 
     def __enter__(self) -> Self:
         try:

@@ -16,7 +16,6 @@ duplicates: tile ids are deterministic and every task carries its tile id.
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from urllib.parse import quote
 
 import rasterio
 
+from geolabel.locks import exclusive_lock
 from geolabel.lsclient import IMPORT_BATCH, UNCERTAINTY_SAMPLING, LabelStudioClient, ProjectRef
 from georef.registry import RasterRecord, RasterSpec, RasterStatus, TileRecord, TileRegistry, TileStatus
 from georef.taskgeo import TileGeo
@@ -152,18 +152,9 @@ def import_lock(data_dir: Path) -> Iterator[None]:
     Raises:
         ImportFailedError: if another import holds it.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / ".import.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ImportFailedError(
-                f"another geolabel import is running on {data_dir}; wait for it to finish, then run again"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    message = f"another geolabel import is running on {data_dir}; wait for it to finish, then run again"
+    with exclusive_lock(data_dir / ".import.lock", lambda: ImportFailedError(message)):
+        yield
 
 
 def _unless_replaced(

@@ -11,7 +11,6 @@ keep the CPU.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from geolabel.errors import LabelStudioError
+from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient, QueuedTask
 from georef.errors import RegistryError
 from georef.registry import TileRecord
@@ -97,17 +97,9 @@ def exclusive(backend: Backend) -> Iterator[None]:
     """
     if backend.cache is None:
         raise SamUnavailableError(f"SAM is off: {backend.sam_error}")
-    with open(backend.cache.folder / ".precompute.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PrecomputeBusyError(
-                f"another process is already precomputing embeddings into {backend.cache.folder}"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    message = f"another process is already precomputing embeddings into {backend.cache.folder}"
+    with exclusive_lock(backend.cache.folder / ".precompute.lock", lambda: PrecomputeBusyError(message)):
+        yield
 
 
 def follow_queue(
