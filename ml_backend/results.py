@@ -31,7 +31,7 @@ def mask_results(mask: npt.NDArray[np.bool_], label: str, schema: ProjectSchema)
     """
     if not mask.any():
         return []
-    results = [_with_id(brush_result(mask, label, schema.brush, schema.image))]
+    results = [brush_region(mask, label, schema)]
     if schema.polygon is not None:
         size = ImageSize(int(mask.shape[1]), int(mask.shape[0]))
         for ring in mask_polygons(mask):
@@ -60,6 +60,11 @@ def mask_polygons(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
         if len(coords) >= 3:
             rings.append(coords)
     return rings
+
+
+def brush_region(mask: npt.NDArray[np.bool_], label: str, schema: ProjectSchema) -> dict[str, Any]:
+    """One brush region of class ``label`` with a fresh id."""
+    return _with_id(brush_result(mask, label, schema.brush, schema.image))
 
 
 def _with_id(result: dict[str, object]) -> dict[str, Any]:

@@ -11,8 +11,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from geolabel.lsclient import ANNOTATION_ACTIONS
 from georef.errors import RegistryError
-from georef.labelstudio import ImageSize, brush_result
+from georef.labelstudio import ImageSize
 from georef.registry import AnnotationEvent, RasterRecord, TileRecord, TileRegistry
 from ml_backend.embeddings import EmbeddingCache
 from ml_backend.errors import (
@@ -31,20 +32,13 @@ from ml_backend.protocol import (
     project_id,
     prompt_from_context,
 )
-from ml_backend.results import mask_results, region_id
+from ml_backend.results import brush_region, mask_results
 from ml_backend.sam import SamEngine, load_sam
 from ml_backend.schema import ProjectSchema, read_schema
 from trainer.errors import TrainerError
 from trainer.inference import LoadedModel, TilePrediction, load_version, predict, read_input
 from trainer.versions import ModelStore
 
-#: Webhook actions recorded for the trainer; every other action is acknowledged and ignored.
-ANNOTATION_ACTIONS = (
-    "ANNOTATION_CREATED",
-    "ANNOTATION_UPDATED",
-    "ANNOTATIONS_CREATED",
-    "ANNOTATIONS_DELETED",
-)
 NO_MODEL = "no trained model yet: pre-annotations stay empty until the first training round promotes one"
 
 
@@ -216,10 +210,16 @@ class Backend:
         size = ImageSize(tile.grid.width, tile.grid.height)
         request = prompt_from_context(context, schema, size)
         image = self.image_path(tile)
-        rgb, valid = load_rgb(image)
-        embedding = cache.get_or_compute(cache.key(tile.id, image), lambda: sam.embed(rgb))
+        key = cache.key(tile.id, image)
+        embedding = cache.get(key)
+        valid: npt.NDArray[np.bool_] | None = None  # None: every pixel holds data
+        if embedding is None:
+            rgb, valid = load_rgb(image)
+            embedding = cache.get_or_compute(key, lambda: sam.embed(rgb))
+        elif has_transparency(image):  # a warm click decodes the PNG only to mask out nodata
+            _, valid = load_rgb(image)
         segmentation = sam.segment(embedding, request.prompt)
-        mask = segmentation.mask & valid
+        mask = segmentation.mask if valid is None else segmentation.mask & valid
         return {
             "result": mask_results(mask, request.label, schema),
             "score": segmentation.score,
@@ -353,7 +353,7 @@ def _class_results(
             continue  # a class the project no longer has: nothing to draw it with
         mask = prediction.classes == entry.id
         if mask.any():
-            results.append({"id": region_id(), **brush_result(mask, entry.name, schema.brush, schema.image)})
+            results.append(brush_region(mask, entry.name, schema))
     return results
 
 
@@ -368,6 +368,15 @@ def load_rgb(path: Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
     valid = rgba[..., 3] > 0
     rgb = np.where(valid[..., None], rgba[..., :3], 0).astype(np.uint8)
     return rgb, valid
+
+
+def has_transparency(path: Path) -> bool:
+    """True if a display tile can hold transparent pixels (read from the PNG header, no decoding)."""
+    try:
+        with Image.open(path) as image:
+            return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    except (OSError, UnidentifiedImageError) as exc:
+        raise TileImageMissingError(f"display image {path.name} cannot be read ({exc})") from None
 
 
 def _claimed_tile(task: TaskIn) -> str | None:

@@ -237,3 +237,21 @@ def test_model_store_versions_are_atomic_and_activated_explicitly(tmp_path: Path
     (tmp_path / "models" / "v1" / "weights.pt").write_bytes(b"garbage")
     with pytest.raises(ModelStoreError, match="cannot read"):
         store.weights("v1")
+
+
+def test_nodata_pixels_are_known_from_the_png_without_decoding_opaque_tiles(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from ml_backend.service import has_transparency, load_rgb
+
+    pixels = np.full((4, 6, 4), 200, dtype=np.uint8)
+    pixels[1, 2, 3] = 0  # one transparent (nodata) pixel
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "nodata.png")
+    Image.fromarray(pixels[..., :3], "RGB").save(tmp_path / "full.png")
+    assert has_transparency(tmp_path / "nodata.png")
+    assert not has_transparency(tmp_path / "full.png")
+    rgb, valid = load_rgb(tmp_path / "nodata.png")
+    assert rgb.shape == (4, 6, 3)
+    assert valid.sum() == 23
+    assert not valid[1, 2]
+    assert rgb[1, 2].tolist() == [0, 0, 0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -109,8 +108,3 @@ def _pad32(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     if pad_h == 0 and pad_w == 0:
         return pixels
     return np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
-
-
-def raster_path_exists(raster: RasterRecord) -> bool:
-    """True if the source raster is still where it was imported from."""
-    return Path(raster.path).is_file()
