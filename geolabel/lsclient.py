@@ -222,17 +222,21 @@ class LabelStudioClient:
 
     def tasks(self, project_id: int) -> list[TaskState]:
         """Every task of a project with the tile it shows and its annotation count."""
+        rows = self._task_rows(
+            project_id, "task_only", "id,data,total_annotations", "list the project's tasks"
+        )
+        return [TaskState(int(t.id or 0), _tile_id(t.data), int(t.total_annotations or 0)) for t in rows]
 
-        def fetch() -> list[TaskState]:
+    def _task_rows(self, project_id: int, fields: str, include: str, what: str) -> list[Any]:
+        """Every task of a project, all pages, with the ``include`` fields."""
+
+        def fetch() -> list[Any]:
             pager: Any = self._sdk.tasks.list(
-                project=project_id,
-                page_size=PAGE_SIZE,
-                fields="task_only",
-                include="id,data,total_annotations",
+                project=project_id, page_size=PAGE_SIZE, fields=fields, include=include
             )
-            return [TaskState(int(t.id or 0), _tile_id(t.data), int(t.total_annotations or 0)) for t in pager]
+            return list(pager)
 
-        return self._call("list the project's tasks", fetch)
+        return self._call(what, fetch)
 
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
         """Create ``tasks`` (each ``{"data": {...}}``) in one request; return their ids in order.
@@ -379,21 +383,14 @@ class LabelStudioClient:
 
         Tasks without a prediction come after scored ones, by id, as Label Studio serves them.
         """
-
-        def fetch() -> list[QueuedTask]:
-            pager: Any = self._sdk.tasks.list(
-                project=project_id,
-                page_size=PAGE_SIZE,
-                fields="all",
-                include="id,data,total_annotations,predictions_score",
-            )
-            return [
-                QueuedTask(int(t.id or 0), _tile_id(t.data), _score(getattr(t, "predictions_score", None)))
-                for t in pager
-                if not int(t.total_annotations or 0)
-            ]
-
-        tasks = self._call("list the annotation queue", fetch)
+        rows = self._task_rows(
+            project_id, "all", "id,data,total_annotations,predictions_score", "list the annotation queue"
+        )
+        tasks = [
+            QueuedTask(int(t.id or 0), _tile_id(t.data), _score(getattr(t, "predictions_score", None)))
+            for t in rows
+            if not int(t.total_annotations or 0)
+        ]
         return sorted(tasks, key=lambda t: (t.score is None, t.score or 0.0, t.task_id))
 
     def _raw_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
