@@ -7,15 +7,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from rasterio.features import shapes
-from shapely.geometry import Polygon, shape
+from rasterio.features import shapes, sieve
+from shapely.geometry import Polygon
 
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from ml_backend.schema import ProjectSchema
 
 #: Polygon simplification tolerance in tile pixels (Douglas-Peucker, topology preserved).
 SIMPLIFY_PX = 1.0
-#: Connected parts smaller than this many pixels get no polygon (they stay in the brush mask).
+#: Connected parts of fewer pixels get no polygon (they stay in the brush mask).
 MIN_POLYGON_PX = 16
 
 
@@ -45,21 +45,27 @@ def mask_polygons(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
     Rings follow pixel edges before simplification (so a one-pixel shift would show), holes are dropped:
     Label Studio polygons have none (the brush region keeps them).
     """
-    parts: list[Polygon] = []
-    for geometry, value in shapes(mask.astype(np.uint8), mask=mask, connectivity=8):
-        if value != 1:
-            continue
-        polygon = Polygon(shape(geometry).exterior)
-        if polygon.area >= MIN_POLYGON_PX:
-            parts.append(polygon)
-    parts.sort(key=lambda p: p.area, reverse=True)
+    # Sieving (in GDAL) first drops the specks, which are most of the parts of a noisy mask.
+    sieved = sieve(mask.astype(np.uint8), size=MIN_POLYGON_PX, connectivity=8)
+    parts: list[npt.NDArray[np.float64]] = []
+    for geometry, value in shapes(sieved, mask=sieved.astype(bool), connectivity=8):
+        exterior = np.asarray(geometry["coordinates"][0], dtype=np.float64)  # GeoJSON: exterior first
+        if value == 1 and _ring_area(exterior) >= MIN_POLYGON_PX:
+            parts.append(exterior)
+    parts.sort(key=_ring_area, reverse=True)
     rings = []
-    for polygon in parts:
-        simple = polygon.simplify(SIMPLIFY_PX, preserve_topology=True)
+    for exterior in parts:
+        simple = Polygon(exterior).simplify(SIMPLIFY_PX, preserve_topology=True)
         coords = np.asarray(simple.exterior.coords, dtype=np.float64)[:-1]  # drop the closing point
         if len(coords) >= 3:
             rings.append(coords)
     return rings
+
+
+def _ring_area(ring: npt.NDArray[np.float64]) -> float:
+    """Area enclosed by a closed ``(N, 2)`` ring (shoelace formula)."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
 
 
 def brush_region(mask: npt.NDArray[np.bool_], label: str, schema: ProjectSchema) -> dict[str, Any]:

@@ -1,25 +1,30 @@
 """Segment Anything: image embeddings and prompt -> mask, on top of segment-anything 1.0.
 
 The image encoder is the expensive part (about 15 s for a 512 px tile with
-vit_b on a 2-core CPU); the prompt encoder and mask decoder take about 0.1 s.
-So :meth:`SamEngine.embed` runs once per tile (ahead of the annotator, see
-:mod:`ml_backend.precompute`) and :meth:`SamEngine.segment` runs per click on
-a cached :class:`Embedding`.
+vit_b on a 2-core CPU); the prompt encoder and mask decoder take about 0.1 s
+in PyTorch and half that in ONNX Runtime. So :meth:`SamEngine.embed` runs once
+per tile (ahead of the annotator, see :mod:`ml_backend.precompute`) and
+:meth:`SamEngine.segment` runs per click on a cached :class:`Embedding`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
+import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime
 import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
+from segment_anything.utils.onnx import SamOnnxModel
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ml_backend.errors import BadRequestError, SamUnavailableError
@@ -31,6 +36,8 @@ EMBEDDING_DTYPE = np.float16
 #: geolabel's pixel coordinates are continuous (pixel (0, 0) spans 0..1, centre 0.5); SAM's prompt
 #: encoder takes pixel indices and adds 0.5 itself, so prompts are shifted by half a pixel first.
 PIXEL_CENTRE = 0.5
+#: Point labels of SAM's prompt encoder beyond positive (1) / negative (0): padding, box corners.
+PAD_LABEL, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,10 @@ class SamEngine:
         self.device = device
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self._encoder_lock = threading.Lock()  # one image encoding at a time: it uses every core
+        # On a CPU the decoder runs in ONNX Runtime (about 2x faster than PyTorch); on a GPU PyTorch is fast.
+        self.decoder: PromptDecoder = (
+            OnnxDecoder.export(self.model) if device.type == "cpu" else TorchDecoder(self.model)
+        )
 
     def embed(self, image: npt.NDArray[np.uint8]) -> Embedding:
         """Run the image encoder on an ``(height, width, 3)`` uint8 RGB image.
@@ -183,39 +194,34 @@ class SamEngine:
         """
         height, width = embedding.original_size
         _check_inside(prompt, width, height)
+        coords, labels = self._encode_prompt(prompt, embedding)
+        low_res, iou = self.decoder(embedding.features, coords, labels)
+        # A single point is ambiguous: masks 1..3 are SAM's proposals for it; otherwise mask 0 is the answer.
         multimask = prompt.box is None and len(prompt.points) == 1
+        best = 1 + int(np.argmax(iou[1:])) if multimask else 0
         with torch.inference_mode():
-            sparse, dense = self.model.prompt_encoder(
-                points=self._points(prompt, embedding), boxes=self._box(prompt, embedding), masks=None
-            )
-            features = torch.from_numpy(embedding.features.astype(np.float32)).to(self.device)[None]
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=features,
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
-            best = int(torch.argmax(iou[0]))
-            logits = self._upscale(low_res[0, best], embedding)
-        mask = (logits > self.model.mask_threshold).cpu().numpy()
-        return Segmentation(mask=mask, score=float(iou[0, best]))
+            logits = self._upscale(torch.from_numpy(low_res[best]), embedding)
+        mask = (logits > self.model.mask_threshold).numpy()
+        return Segmentation(mask=mask, score=float(iou[best]))
 
-    def _points(self, prompt: Prompt, embedding: Embedding) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if len(prompt.points) == 0:
-            return None
-        coords = self.transform.apply_coords(prompt.points - PIXEL_CENTRE, embedding.original_size)
-        return (
-            torch.as_tensor(coords, dtype=torch.float32, device=self.device)[None],
-            torch.as_tensor(prompt.labels, dtype=torch.int64, device=self.device)[None],
-        )
+    def _encode_prompt(
+        self, prompt: Prompt, embedding: Embedding
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Points and box corners in SAM's 1024 px input frame, with SAM's point labels.
 
-    def _box(self, prompt: Prompt, embedding: Embedding) -> torch.Tensor | None:
+        With no box, a padding point ends the list, as SAM's prompt encoder does itself.
+        """
+        points = [self.transform.apply_coords(prompt.points - PIXEL_CENTRE, embedding.original_size)]
+        labels = [prompt.labels.astype(np.float32)]
         if prompt.box is None:
-            return None
-        corners = np.asarray([prompt.box], dtype=np.float64) - PIXEL_CENTRE
-        box = self.transform.apply_boxes(corners, embedding.original_size)
-        return torch.as_tensor(box, dtype=torch.float32, device=self.device)
+            points.append(np.zeros((1, 2)))
+            labels.append(np.array([PAD_LABEL], dtype=np.float32))
+        else:
+            corners = np.asarray([prompt.box], dtype=np.float64) - PIXEL_CENTRE
+            box = self.transform.apply_boxes(corners, embedding.original_size)
+            points.append(box.reshape(2, 2))
+            labels.append(np.array([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], dtype=np.float32))
+        return np.concatenate(points).astype(np.float32), np.concatenate(labels)
 
     def _upscale(self, low_res: torch.Tensor, embedding: Embedding) -> torch.Tensor:
         """Low-resolution (256 x 256) logits -> tile-sized logits.
@@ -230,6 +236,108 @@ class SamEngine:
         return torch.nn.functional.interpolate(
             crop[None, None], size=embedding.original_size, mode="bilinear", align_corners=False
         )[0, 0]
+
+
+class PromptDecoder(ABC):
+    """SAM's prompt encoder + mask decoder on one embedding."""
+
+    @abstractmethod
+    def __call__(
+        self,
+        features: npt.NDArray[np.float16],
+        coords: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.float32],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The four ``(256, 256)`` low-resolution mask logits and their four predicted IoUs.
+
+        Args:
+            features: ``(256, 64, 64)`` image embedding.
+            coords: ``(N, 2)`` points in SAM's 1024 px input frame.
+            labels: ``(N,)`` SAM point labels (1, 0, padding, box corners).
+
+        Mask 0 answers several prompts; masks 1..3 are the proposals for one ambiguous point.
+        """
+
+
+class _DecoderGraph(torch.nn.Module):
+    """Points -> all four masks and IoUs, with no mask prompt: the graph both decoders run."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.onnx = SamOnnxModel(model, return_single_mask=False)  # its point/mask embedding is tracing-safe
+        self.model = model
+
+    def forward(
+        self, features: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        sparse = self.onnx._embed_points(coords, labels)
+        dense = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        masks, iou = self.model.mask_decoder.predict_masks(
+            image_embeddings=features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+        return masks, iou
+
+
+class TorchDecoder(PromptDecoder):
+    """The decoder in PyTorch, on the model's device (GPUs)."""
+
+    def __init__(self, model: Sam) -> None:
+        self.graph = _DecoderGraph(model).eval()
+        self.device = next(model.parameters()).device
+
+    def __call__(
+        self,
+        features: npt.NDArray[np.float16],
+        coords: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.float32],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """See :meth:`PromptDecoder.__call__`."""
+        with torch.inference_mode():
+            masks, iou = self.graph(
+                *(torch.from_numpy(a).float()[None].to(self.device) for a in (features, coords, labels))
+            )
+        return masks[0].float().cpu().numpy(), iou[0].float().cpu().numpy()
+
+
+class OnnxDecoder(PromptDecoder):
+    """The decoder exported once (in memory, about 1 s) and run by ONNX Runtime on the CPU."""
+
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self.session = session
+
+    @classmethod
+    def export(cls, model: Sam) -> OnnxDecoder:
+        """Trace ``model``'s prompt encoder and mask decoder to ONNX and open it in ONNX Runtime."""
+        graph = _DecoderGraph(model).eval()
+        sample = (torch.zeros(1, 256, 64, 64), torch.zeros(1, 2, 2), torch.tensor([[1.0, PAD_LABEL]]))
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # tracer warnings about Python ints in SAM's code: harmless here
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph, sample, buffer, dynamo=False,  # type: ignore[arg-type]  # BytesIO works
+                opset_version=17,
+                input_names=["features", "coords", "labels"], output_names=["masks", "iou"],
+                dynamic_axes={"coords": {1: "points"}, "labels": {1: "points"}},
+            )  # fmt: skip
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3  # errors only
+        session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        return cls(session)
+
+    def __call__(
+        self,
+        features: npt.NDArray[np.float16],
+        coords: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.float32],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """See :meth:`PromptDecoder.__call__`."""
+        feed = {"features": features.astype(np.float32)[None], "coords": coords[None], "labels": labels[None]}
+        masks, iou = self.session.run(None, feed)
+        return masks[0], iou[0]
 
 
 def _check_inside(prompt: Prompt, width: int, height: int) -> None:

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from segment_anything import sam_model_registry
+from segment_anything import SamPredictor, sam_model_registry
 from werkzeug.serving import make_server
 
 from geolabel.config import Config, parse_config
@@ -31,7 +31,7 @@ from georef.registry import TileRecord, TileRegistry
 from importers.pipeline import ImportOptions, import_raster
 from ml_backend.app import create_app, settings_from_config
 from ml_backend.precompute import PrecomputeBusyError, exclusive, next_tiles, precompute
-from ml_backend.sam import Prompt, SamEngine, load_sam
+from ml_backend.sam import PIXEL_CENTRE, Embedding, OnnxDecoder, Prompt, SamEngine, TorchDecoder, load_sam
 from ml_backend.service import Backend, load_rgb
 from tests.conftest import CLASSES, LabelStudioServer, free_port
 from trainer.inference import load_version, predict, read_input
@@ -156,6 +156,46 @@ def brush_mask(results: list[dict], width: int = 256, height: int = 256) -> np.n
     assert (brush["original_width"], brush["original_height"]) == (width, height)
     assert (brush["from_name"], brush["to_name"], brush["value"]["format"]) == ("label_brush", "image", "rle")
     return rle_to_mask(brush["value"]["rle"], width, height)
+
+
+# SAM decoder ----------------------------------------------------------------------
+
+
+PROMPTS = {
+    "one point": Prompt(np.array([[30.0, 200.5]]), np.array([1])),
+    "positive and negative": Prompt(np.array([[30.0, 200.5], [300.25, 12.0]]), np.array([1, 0])),
+    "box": Prompt(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), box=(10.0, 20.0, 200.0, 120.0)),
+    "box and point": Prompt(np.array([[50.0, 60.0]]), np.array([0]), box=(10.0, 20.0, 200.0, 120.0)),
+}
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_onnx_and_torch_decoders_give_segment_anythings_own_answer(sam_engine: SamEngine, name: str) -> None:
+    """Both decoders against SamPredictor (the reference) on one embedding of a 320x240 tile."""
+    prompt = PROMPTS[name]
+    rng = np.random.default_rng(1)
+    embedding = Embedding(rng.normal(size=(256, 64, 64)).astype(np.float16), (240, 320), (768, 1024))
+    predictor = SamPredictor(sam_engine.model)
+    predictor.features = torch.from_numpy(embedding.features.astype(np.float32))[None]
+    predictor.original_size, predictor.input_size = embedding.original_size, embedding.input_size
+    predictor.is_image_set = True
+    multimask = prompt.box is None and len(prompt.points) == 1
+    _, scores, low_res = predictor.predict(
+        point_coords=prompt.points - PIXEL_CENTRE if len(prompt.points) else None,
+        point_labels=prompt.labels if len(prompt.points) else None,
+        box=np.asarray(prompt.box) - PIXEL_CENTRE if prompt.box else None,
+        multimask_output=multimask,
+    )
+    coords, labels = sam_engine._encode_prompt(prompt, embedding)
+    for decoder in (sam_engine.decoder, TorchDecoder(sam_engine.model)):
+        masks, iou = decoder(embedding.features, coords, labels)
+        chosen = slice(1, 4) if multimask else slice(0, 1)
+        np.testing.assert_allclose(iou[chosen], scores, atol=1e-4)
+        np.testing.assert_allclose(masks[chosen], low_res, atol=1e-3)
+    assert isinstance(sam_engine.decoder, OnnxDecoder)  # on a CPU clicks run in ONNX Runtime
+    segmentation = sam_engine.segment(embedding, prompt)
+    assert segmentation.mask.shape == (240, 320)
+    assert segmentation.score == pytest.approx(float(scores.max()), abs=1e-4)
 
 
 # connection and health ---------------------------------------------------------------

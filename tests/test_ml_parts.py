@@ -56,6 +56,18 @@ def test_mask_polygon_follows_pixel_edges() -> None:
     assert {tuple(p) for p in ring.tolist()} == {(30.0, 10.0), (50.0, 10.0), (50.0, 20.0), (30.0, 20.0)}
 
 
+def test_parts_under_the_minimum_size_get_no_polygon_largest_part_first() -> None:
+    mask = np.zeros((64, 80), dtype=bool)
+    mask[0:4, 0:4] = True  # 16 px: kept
+    mask[40:43, 60:65] = True  # 15 px: dropped
+    mask[50, 10] = True  # a speck: dropped
+    mask[20:30, 20:30] = True  # 100 px: first
+    mask[24:26, 24:26] = False  # a hole: Label Studio polygons have none
+    big, small = mask_polygons(mask)
+    assert {tuple(p) for p in big.tolist()} == {(20.0, 20.0), (30.0, 20.0), (30.0, 30.0), (20.0, 30.0)}
+    assert {tuple(p) for p in small.tolist()} == {(0.0, 0.0), (4.0, 0.0), (4.0, 4.0), (0.0, 4.0)}
+
+
 def test_mask_results_give_brush_and_polygons_in_percent_of_the_tile() -> None:
     mask = np.zeros((100, 200), dtype=bool)
     mask[50:60, 20:40] = True
