@@ -91,7 +91,7 @@ def read_input(raster: RasterRecord, tile: TileRecord, manifest: ModelManifest) 
 def predict(model: LoadedModel, tile_input: TileInput) -> TilePrediction:
     """Class probabilities of one tile; the input is padded to a multiple of 32 and cropped back."""
     _, height, width = tile_input.pixels.shape
-    padded = _pad32(tile_input.pixels)
+    padded = pad_to_32(tile_input.pixels)
     with torch.inference_mode():
         logits = model.network(torch.from_numpy(padded)[None])[0, :, :height, :width]
         probabilities = torch.softmax(logits, dim=0)
@@ -102,7 +102,8 @@ def predict(model: LoadedModel, tile_input: TileInput) -> TilePrediction:
     return TilePrediction(class_ids, best.numpy().astype(np.float32), tile_input.valid)
 
 
-def _pad32(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def pad_to_32(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``(bands, height, width)`` reflect-padded bottom and right to multiples of 32 (U-Net strides)."""
     _, height, width = pixels.shape
     pad_h, pad_w = -height % 32, -width % 32
     if pad_h == 0 and pad_w == 0:

@@ -17,6 +17,8 @@ def build_model(manifest: ModelManifest) -> torch.nn.Module:
     network: torch.nn.Module = architecture(
         encoder_name=manifest.encoder,
         encoder_weights=None,
+        encoder_depth=manifest.encoder_depth,
+        decoder_channels=manifest.decoder_channels,
         in_channels=manifest.channels,
         classes=manifest.outputs,
     )

@@ -1,0 +1,257 @@
+"""Active-learning benchmark: does uncertainty ordering save labels?
+
+A simulated annotator labels real chips (its answer is the ground-truth mask).
+From the same few labelled chips, each strategy adds a batch per round until the
+budget is spent; the model is warm-started from the previous round, exactly as
+the trainer does. Test chips are fixed and never labelled.
+
+Strategies (same budget, same seeds, same initial chips):
+- ``uncertainty``: the trainer's selection: mean entropy, greedy farthest-point
+  diversity in the model's feature space (``trainer.selection.select_batch``);
+- ``random``: random order;
+- ``random-skip-empty``: random order, skipping chips the model predicts empty.
+
+Reports the learning curves (table + ``bench/results/active_learning.png``) and
+the label saving: how many labelled chips the uncertainty ordering needs to reach
+the final IoU of random ordering. Any folder of ``images/<name>.tif`` and
+``masks/<name>.tif`` (0 = background, 1..K = classes) pairs works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+import torch
+from rasterio.enums import Resampling
+
+from trainer.fit import Sample, TrainSettings, evaluate, train
+from trainer.model import build_model
+from trainer.selection import score_tiles, select_batch
+from trainer.versions import ClassEntry, InputSpec, ModelManifest
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fair_hotosm"
+STRATEGIES = ("uncertainty", "random", "random-skip-empty")
+
+
+@dataclass(frozen=True)
+class Chips:
+    """All chips in memory: normalised images, masks, names."""
+
+    names: list[str]
+    images: npt.NDArray[np.float32]  # (N, bands, H, W)
+    masks: npt.NDArray[np.uint8]  # (N, H, W)
+    spec: InputSpec
+    classes: int  # including background
+
+
+def load_chips(folder: Path, scale: int) -> Chips:
+    """Read every ``images/<name>.tif`` with its ``masks/<name>.tif``, ``scale`` times coarser."""
+    names = sorted(p.stem for p in (folder / "images").glob("*.tif") if (folder / "masks" / p.name).is_file())
+    if not names:
+        raise SystemExit(f"{folder}: no images/<name>.tif with a matching masks/<name>.tif")
+    images, masks = [], []
+    for name in names:
+        with rasterio.open(folder / "images" / f"{name}.tif") as src:
+            shape = (src.count, src.height // scale, src.width // scale)
+            images.append(src.read(out_shape=shape, resampling=Resampling.average).astype(np.float32))
+        with rasterio.open(folder / "masks" / f"{name}.tif") as src:
+            masks.append(src.read(1, out_shape=shape[1:], resampling=Resampling.mode))
+    stack = np.stack(images)
+    mean, std = stack.mean(axis=(0, 2, 3)), stack.std(axis=(0, 2, 3)) + 1e-6
+    spec = InputSpec(bands=list(range(1, stack.shape[1] + 1)), mean=mean.tolist(), std=std.tolist())
+    normalised = (stack - mean[None, :, None, None]) / std[None, :, None, None]
+    labels = np.stack(masks)
+    return Chips(names, normalised.astype(np.float32), labels, spec, int(labels.max()) + 1)
+
+
+@dataclass
+class Run:
+    """One strategy with one seed: labelled chip indices and the learning curve."""
+
+    strategy: str
+    seed: int
+    labelled: list[int]
+    curve: list[tuple[int, float, float]]  # (labelled chips, test mIoU, share of empty chips labelled)
+
+
+def manifest(chips: Chips) -> ModelManifest:
+    """The trainer's default model for the chips (one class entry per non-background class)."""
+    classes = [ClassEntry(id=i, name=f"class{i}", color="#ff0000") for i in range(1, chips.classes)]
+    return ModelManifest(version="bench", created="", classes=classes, input=chips.spec)
+
+
+def run_strategy(chips: Chips, args: argparse.Namespace, strategy: str, seed: int, test: list[int]) -> Run:
+    """Label ``args.initial`` chips, then a batch per round up to ``args.budget``."""
+    rng = np.random.default_rng(seed)
+    pool = [i for i in range(len(chips.names)) if i not in set(test)]
+    labelled = [int(i) for i in rng.choice(pool, args.initial, replace=False)]
+    torch.manual_seed(seed)
+    network = build_model(manifest(chips))
+    test_samples = [Sample(chips.images[i], chips.masks[i]) for i in test]
+    run = Run(strategy, seed, labelled, [])
+    order = [int(i) for i in rng.permutation(pool)]  # the random strategies' order
+    while True:
+        samples = [Sample(chips.images[i], chips.masks[i]) for i in labelled]
+        settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, seed=seed + len(labelled))
+        train(network, samples, settings)
+        miou = evaluate(network, test_samples, chips.classes).miou
+        empty = float(np.mean([not chips.masks[i].any() for i in labelled]))
+        run.curve.append((len(labelled), miou, empty))
+        print(f"  {strategy:18s} seed {seed}  {len(labelled):4d} chips  mIoU {miou:.3f}  empty {empty:.0%}")
+        if len(labelled) >= args.budget:
+            return run
+        size = min(args.batch, args.budget - len(labelled))
+        labelled += next_batch(network, chips, strategy, labelled, pool, order, size, args.diversity)
+
+
+def next_batch(
+    network: torch.nn.Module,
+    chips: Chips,
+    strategy: str,
+    labelled: list[int],
+    pool: list[int],
+    order: list[int],
+    size: int,
+    diversity: float,
+) -> list[int]:
+    """The chips a strategy labels next."""
+    done = set(labelled)
+    candidates = [i for i in pool if i not in done]
+    if strategy == "random":
+        return [i for i in order if i not in done][:size]
+    everywhere = np.ones(chips.masks.shape[1:], dtype=bool)
+    scored = list(
+        score_tiles(network, [chips.images[i] for i in candidates], [everywhere] * len(candidates), "entropy")
+    )
+    if strategy == "random-skip-empty":
+        predicted_empty = {i for i, s in zip(candidates, scored, strict=True) if s.foreground == 0}
+        return [i for i in order if i not in done and i not in predicted_empty][:size]
+    labelled_scores = score_tiles(
+        network, [chips.images[i] for i in labelled], [everywhere] * len(labelled), "entropy"
+    )
+    uncertainty = np.array([s.uncertainty for s in scored])
+    if sum(s.foreground > 0 for s in scored) >= 4 * size:  # predicted-empty chips last
+        uncertainty[[s.foreground == 0 for s in scored]] *= 0.1
+    picks = select_batch(
+        uncertainty,
+        np.stack([s.features for s in scored]),
+        np.stack([s.features for s in labelled_scores]),
+        size,
+        diversity,
+    )
+    return [candidates[p] for p in picks]
+
+
+def labels_to_reach(curve: list[tuple[int, float, float]], target: float) -> float:
+    """Labelled chips at which ``curve`` first reaches ``target`` (linear between rounds; inf if never)."""
+    for (n0, v0, _), (n1, v1, _) in itertools.pairwise(curve):
+        if v1 >= target:
+            return n0 + (n1 - n0) * (target - v0) / (v1 - v0) if v1 > v0 and v0 < target else n1
+    return float("inf") if curve[-1][1] < target else curve[0][0]
+
+
+def summarise(runs: list[Run], seeds: list[int]) -> dict[str, object]:
+    """Mean curves, per-seed label need, and the saving against random."""
+    curves = {s: np.array([[v for _, v, _ in r.curve] for r in runs if r.strategy == s]) for s in STRATEGIES}
+    counts = [n for n, _, _ in runs[0].curve]
+    by = {(r.strategy, r.seed): r for r in runs}
+    per_seed = []
+    for seed in seeds:
+        random_final = by[("random", seed)].curve[-1][1]
+        need = labels_to_reach(by[("uncertainty", seed)].curve, random_final)
+        per_seed.append(
+            {
+                "seed": seed,
+                "random_final_miou": random_final,
+                "uncertainty_final_miou": by[("uncertainty", seed)].curve[-1][1],
+                "skip_empty_final_miou": by[("random-skip-empty", seed)].curve[-1][1],
+                "uncertainty_labels_to_reach_random_final": need,
+                "label_share": need / counts[-1],
+            }
+        )
+    mean_curves = {s: curves[s].mean(axis=0) for s in STRATEGIES}
+    mean_curve = [(n, float(v), 0.0) for n, v in zip(counts, mean_curves["uncertainty"], strict=True)]
+    mean_need = labels_to_reach(mean_curve, float(mean_curves["random"][-1]))
+    empty = {s: float(np.mean([r.curve[-1][2] for r in runs if r.strategy == s])) for s in STRATEGIES}
+    return {
+        "labelled": counts,
+        "mean_miou": {s: mean_curves[s].round(4).tolist() for s in STRATEGIES},
+        "std_miou": {s: curves[s].std(axis=0).round(4).tolist() for s in STRATEGIES},
+        "empty_share_at_budget": empty,
+        "per_seed": per_seed,
+        "mean_curve_labels_to_reach_random_final": mean_need,
+        "mean_curve_label_share": mean_need / counts[-1],
+    }
+
+
+def plot(summary: dict[str, object], path: Path) -> None:
+    """Learning curves, mean with a band of one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = summary["labelled"]
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for strategy in STRATEGIES:
+        mean = np.array(summary["mean_miou"][strategy])  # type: ignore[index]
+        std = np.array(summary["std_miou"][strategy])  # type: ignore[index]
+        axes.plot(counts, mean, marker="o", label=strategy)
+        axes.fill_between(counts, mean - std, mean + std, alpha=0.15)  # type: ignore[arg-type]
+    axes.set_xlabel("labelled chips")
+    axes.set_ylabel("test IoU (foreground classes)")
+    axes.set_title("Active learning on the real labelled chips")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with images/ and masks/")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--initial", type=int, default=8, help="chips labelled before the first round")
+    parser.add_argument("--batch", type=int, default=16, help="chips labelled per round")
+    parser.add_argument("--budget", type=int, default=120, help="labelled chips at the end")
+    parser.add_argument("--test-share", type=float, default=0.2, help="fixed test chips, never labelled")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per round (warm start)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--scale", type=int, default=2, help="read chips this many times coarser (1: full)")
+    parser.add_argument("--diversity", type=float, default=1.0, help="distance exponent (0: plain entropy)")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    start = time.perf_counter()
+    chips = load_chips(args.data, args.scale)
+    count = len(chips.names)
+    test = sorted(
+        int(i)
+        for i in np.random.default_rng(1234).choice(count, round(count * args.test_share), replace=False)
+    )
+    print(f"{len(chips.names)} chips, {len(test)} fixed test chips, {chips.classes - 1} class(es)")
+    seeds = list(range(args.seeds))
+    runs = [run_strategy(chips, args, s, seed, test) for seed in seeds for s in STRATEGIES]
+    summary = summarise(runs, seeds)
+    summary["settings"] = {k: str(v) for k, v in vars(args).items()}
+    summary["runtime_s"] = round(time.perf_counter() - start, 1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "active_learning.json").write_text(json.dumps(summary, indent=2))
+    plot(summary, OUT / "active_learning.png")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Training and evaluating the segmentation network on in-memory samples.
+
+A :class:`Sample` is one labelled tile: normalised model input and a target of
+class *indices* (0 = background, ``i`` = the manifest's ``i``-th class,
+:data:`~trainer.metrics.IGNORE` = nobody labelled this pixel). The functions
+here know nothing of Label Studio or rasters, so the active-learning benchmark
+and the rounds run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import segmentation_models_pytorch as smp
+import torch
+
+from trainer.inference import pad_to_32
+from trainer.metrics import IGNORE, Metrics, confusion, metrics_from_confusion
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled tile: ``(bands, height, width)`` float32 input and ``(height, width)`` uint8 target."""
+
+    image: npt.NDArray[np.float32]
+    target: npt.NDArray[np.uint8]
+
+    def __post_init__(self) -> None:
+        if self.image.shape[1:] != self.target.shape:
+            raise ValueError(f"image {self.image.shape[1:]} and target {self.target.shape} differ in size")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How long and how hard to train.
+
+    Attributes:
+        epochs: passes over the labelled tiles.
+        batch_size: tiles per optimisation step.
+        learning_rate: AdamW learning rate (cosine-annealed to zero over the run).
+        seed: seeds batch order and augmentation (runs are repeatable on one machine).
+    """
+
+    epochs: int = 10
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+
+def train(
+    network: torch.nn.Module,
+    samples: Sequence[Sample],
+    settings: TrainSettings,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``network`` in place on ``samples``; returns the mean loss of each epoch.
+
+    Loss: cross-entropy plus Dice, both ignoring unlabelled pixels. Every batch is augmented with a
+    random flip and a random multiple of 90 degrees (aerial images have no "up").
+
+    Args:
+        network: the model, trained from its current weights (warm start).
+        samples: labelled tiles, all of one size.
+        settings: epochs, batch size, learning rate, seed.
+        progress: called with ``(epoch, mean loss)`` after each epoch.
+
+    Raises:
+        ValueError: if there are no samples.
+    """
+    if not samples:
+        raise ValueError("no labelled tiles to train on")
+    rng = np.random.default_rng(settings.seed)
+    steps = settings.epochs * -(-len(samples) // settings.batch_size)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate, total_steps=steps)
+    cross_entropy = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE)
+    network.train()
+    losses = []
+    for epoch in range(settings.epochs):
+        total = 0.0
+        for images, targets in _batches(samples, settings.batch_size, rng):
+            logits = network(images)
+            loss = cross_entropy(logits, targets) + dice(logits, targets)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += loss.item() * len(images)
+        losses.append(total / len(samples))
+        if progress is not None:
+            progress(epoch + 1, losses[-1])
+    network.eval()
+    return losses
+
+
+def _batches(
+    samples: Sequence[Sample], size: int, rng: np.random.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled, augmented, padded batches."""
+    order = rng.permutation(len(samples))
+    for start in range(0, len(order), size):
+        pairs = [_augment(samples[i], rng) for i in order[start : start + size]]
+        images = torch.from_numpy(np.stack([pad_to_32(image) for image, _ in pairs]))
+        targets = torch.from_numpy(np.stack([_pad_target(target) for _, target in pairs]).astype(np.int64))
+        yield images, targets
+
+
+def _augment(
+    sample: Sample, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """One of the 8 symmetries of the square, at random: a quarter-turn count and a flip."""
+    turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+    image, target = np.rot90(sample.image, turns, (1, 2)), np.rot90(sample.target, turns)
+    if flip:
+        image, target = image[:, :, ::-1], target[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+
+def _pad_target(target: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    height, width = target.shape
+    return np.pad(target, ((0, -height % 32), (0, -width % 32)), constant_values=IGNORE)
+
+
+def probabilities(
+    network: torch.nn.Module, images: Sequence[npt.NDArray[np.float32]]
+) -> Iterator[torch.Tensor]:
+    """Softmax ``(classes, height, width)`` of each image, one image at a time."""
+    network.eval()
+    with torch.inference_mode():
+        for image in images:
+            _, height, width = image.shape
+            logits = network(torch.from_numpy(pad_to_32(image))[None])[0, :, :height, :width]
+            yield torch.softmax(logits, dim=0)
+
+
+def evaluate(network: torch.nn.Module, samples: Sequence[Sample], classes: int) -> Metrics:
+    """Scores of ``network`` on ``samples`` (``classes`` includes background)."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    for sample, probability in zip(samples, probabilities(network, [s.image for s in samples]), strict=True):
+        matrix += confusion(probability.argmax(dim=0).numpy(), sample.target, classes)
+    return metrics_from_confusion(matrix)
