@@ -113,6 +113,23 @@ class SamSection(_Section):
     precompute_interval: float = Field(default=30.0, gt=0)
 
 
+class TrainerSection(_Section):
+    """``[trainer]``."""
+
+    threshold: int = Field(default=20, ge=1)
+    check_interval: float = Field(default=300.0, gt=0)
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=8, ge=1, le=256)
+    learning_rate: float = Field(default=2e-3, gt=0, lt=1)
+    crop: int = Field(default=256, ge=32, le=4096, multiple_of=32)
+    validation_share: float = Field(default=0.2, gt=0, lt=1)
+    block_tiles: int = Field(default=4, ge=1, le=1000)
+    uncertainty: Literal["entropy", "margin"] = "entropy"
+    diversity: float = Field(default=1.0, ge=0, le=10)
+    batch: int = Field(default=16, ge=1, le=10000)
+    seed: int = 0
+
+
 class PathsSection(_Section):
     """``[paths]``."""
 
@@ -135,6 +152,7 @@ class Config(_Section):
     label_studio: LabelStudioSection = LabelStudioSection()
     ml_backend: MLBackendSection = MLBackendSection()
     sam: SamSection = SamSection()
+    trainer: TrainerSection = TrainerSection()
     paths: PathsSection = PathsSection()
     import_: ImportSection = Field(default=ImportSection(), alias="import")
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -330,6 +348,30 @@ memory_cache = 32
 # and seconds between two looks at the queue.
 precompute = 16
 precompute_interval = 30.0
+
+[trainer]
+# A new active-learning round starts when this many annotations were created, updated or deleted
+# since the last one; the scheduler (started by `geolabel serve`) looks every check_interval seconds.
+threshold = 20
+check_interval = 300.0
+# Training: epochs per round (warm start from the active version), tiles per batch, AdamW
+# learning rate, and the random crop side in pixels (multiple of 32) tiles are trained on.
+epochs = 10
+batch_size = 8
+learning_rate = 0.002
+crop = 256
+# Validation: this share of the labelled tiles, taken as whole spatial blocks of block_tiles x
+# block_tiles tiles so that neighbours of training tiles do not leak into validation.
+validation_share = 0.2
+block_tiles = 4
+# Ranking of unlabelled tiles: "entropy" or "margin", and the diversity weight of the next
+# batch (0 = plain uncertainty; 1 = uncertainty x distance to the labelled and picked tiles).
+uncertainty = "entropy"
+diversity = 1.0
+# Tiles in the next batch frozen in the round's record and served first by Label Studio.
+batch = 16
+# Seed of the split, batch order and augmentation.
+seed = 0
 
 [paths]
 # Registry, display tiles and the local Label Studio's data live here.

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
-from label_studio_sdk.types import ImportApiRequest
+from label_studio_sdk.types import ImportApiRequest, PredictionRequest
 
 from geolabel.errors import LabelStudioAuthError, LabelStudioError, LabelStudioUnreachableError
 
@@ -377,6 +377,33 @@ class LabelStudioClient:
         """Every prediction of a task as plain dicts."""
         items = self._call("list predictions", lambda: self._sdk.predictions.list(task=task_id))
         return [p.model_dump() for p in items]
+
+    def labelled_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task with at least one annotation (submitted or skipped): ``{"id", "annotations"}``.
+
+        The task listing only names annotation ids, so each labelled task's annotations are read in full.
+        """
+        rows = self._task_rows(
+            project_id, "task_only", "id,total_annotations,cancelled_annotations", "harvest annotations"
+        )
+        labelled = [
+            int(t.id or 0) for t in rows if int(t.total_annotations or 0) or int(t.cancelled_annotations or 0)
+        ]
+        return [{"id": task_id, "annotations": self.annotations(task_id)} for task_id in labelled]
+
+    def import_predictions(
+        self, project_id: int, predictions: Sequence[dict[str, Any]], batch: int = 200
+    ) -> int:
+        """Add predictions (task, result, score, model_version each) in batches; return how many."""
+        for start in range(0, len(predictions), batch):
+            chunk = list(predictions[start : start + batch])
+            self._call(
+                "import predictions",
+                lambda chunk=chunk: self._sdk.projects.import_predictions(  # type: ignore[misc]
+                    id=project_id, request=cast(list[PredictionRequest], chunk)
+                ),
+            )
+        return len(predictions)
 
     def queue(self, project_id: int) -> list[QueuedTask]:
         """Unlabelled tasks in serving order: lowest prediction score first (uncertainty sampling), then id.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from shapely.geometry import Polygon
 
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from ml_backend.schema import ProjectSchema
+from trainer.versions import ClassEntry
 
 #: Polygon simplification tolerance in tile pixels (Douglas-Peucker, topology preserved).
 SIMPLIFY_PX = 1.0
@@ -66,6 +68,21 @@ def _ring_area(ring: npt.NDArray[np.float64]) -> float:
     """Area enclosed by a closed ``(N, 2)`` ring (shoelace formula)."""
     x, y = ring[:, 0], ring[:, 1]
     return 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
+
+
+def class_results(
+    classes: Sequence[ClassEntry], class_ids: npt.NDArray[np.uint8], schema: ProjectSchema
+) -> list[dict[str, Any]]:
+    """One brush region per class present in a map of class ids (0 = background), for a prediction.
+
+    Classes the project's labelling config no longer has are left out: nothing can draw them.
+    """
+    results = []
+    for entry in classes:
+        mask = class_ids == entry.id
+        if entry.name in schema.labels and mask.any():
+            results.append(brush_region(mask, entry.name, schema))
+    return results
 
 
 def brush_region(mask: npt.NDArray[np.bool_], label: str, schema: ProjectSchema) -> dict[str, Any]:

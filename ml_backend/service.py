@@ -32,11 +32,11 @@ from ml_backend.protocol import (
     project_id,
     prompt_from_context,
 )
-from ml_backend.results import brush_region, mask_results
+from ml_backend.results import class_results, mask_results
 from ml_backend.sam import SamEngine, load_sam
 from ml_backend.schema import ProjectSchema, read_schema
 from trainer.errors import TrainerError
-from trainer.inference import LoadedModel, TilePrediction, load_version, predict, read_input
+from trainer.inference import LoadedModel, load_version, predict, read_input
 from trainer.versions import ModelStore
 
 NO_MODEL = "no trained model yet: pre-annotations stay empty until the first training round promotes one"
@@ -249,7 +249,7 @@ class Backend:
         except TrainerError as exc:
             raise ModelUnavailableError(str(exc)) from None
         return {
-            "result": _class_results(loaded, prediction, schema),
+            "result": class_results(loaded.manifest.classes, prediction.classes, schema),
             "score": prediction.confidence,
             "model_version": loaded.manifest.version,
         }
@@ -342,19 +342,6 @@ class ActiveModel:
             if self._loaded is None or self._loaded.manifest.version != name:
                 self._loaded = load_version(self.store, name)
             return self._loaded
-
-
-def _class_results(
-    loaded: LoadedModel, prediction: TilePrediction, schema: ProjectSchema
-) -> list[dict[str, Any]]:
-    results = []
-    for entry in loaded.manifest.classes:
-        if entry.name not in schema.labels:
-            continue  # a class the project no longer has: nothing to draw it with
-        mask = prediction.classes == entry.id
-        if mask.any():
-            results.append(brush_region(mask, entry.name, schema))
-    return results
 
 
 def load_rgb(path: Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:

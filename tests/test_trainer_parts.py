@@ -36,6 +36,10 @@ def test_a_class_absent_everywhere_does_not_count_in_the_mean() -> None:
     metrics = metrics_from_confusion(confusion(np.zeros((4, 4)), np.zeros((4, 4)), 3))
     assert math.isnan(metrics.per_class[1].iou)
     assert math.isnan(metrics.miou)
+    assert metrics.flat(["background", "building", "water"]) == {
+        "accuracy": 1.0, "background_iou": 1.0, "background_f1": 1.0, "background_precision": 1.0,
+        "background_recall": 1.0,
+    }  # fmt: skip
 
 
 def grid_footprints(columns: int, rows: int, side: float = 100.0) -> list[Footprint]:

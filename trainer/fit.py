@@ -42,12 +42,15 @@ class TrainSettings:
         batch_size: tiles per optimisation step.
         learning_rate: AdamW learning rate (cosine-annealed to zero over the run).
         seed: seeds batch order and augmentation (runs are repeatable on one machine).
+        crop: side of the random square each tile is cropped to per step (tiles smaller are used whole);
+            a 512 px tile trains four times faster as 256 px crops and still shows all of itself.
     """
 
     epochs: int = 10
     batch_size: int = 8
     learning_rate: float = 2e-3
     seed: int = 0
+    crop: int = 256
 
 
 def train(
@@ -82,7 +85,7 @@ def train(
     losses = []
     for epoch in range(settings.epochs):
         total = 0.0
-        for images, targets in _batches(samples, settings.batch_size, rng):
+        for images, targets in _batches(samples, settings, rng):
             logits = network(images)
             loss = cross_entropy(logits, targets) + dice(logits, targets)
             optimiser.zero_grad(set_to_none=True)
@@ -98,15 +101,26 @@ def train(
 
 
 def _batches(
-    samples: Sequence[Sample], size: int, rng: np.random.Generator
+    samples: Sequence[Sample], settings: TrainSettings, rng: np.random.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled, augmented, padded batches."""
+    """Shuffled, cropped, augmented, padded batches."""
     order = rng.permutation(len(samples))
+    size = settings.batch_size
     for start in range(0, len(order), size):
-        pairs = [_augment(samples[i], rng) for i in order[start : start + size]]
+        pairs = [_augment(_crop(samples[i], settings.crop, rng), rng) for i in order[start : start + size]]
         images = torch.from_numpy(np.stack([pad_to_32(image) for image, _ in pairs]))
         targets = torch.from_numpy(np.stack([_pad_target(target) for _, target in pairs]).astype(np.int64))
         yield images, targets
+
+
+def _crop(sample: Sample, side: int, rng: np.random.Generator) -> Sample:
+    _, height, width = sample.image.shape
+    if height <= side and width <= side:
+        return sample
+    row = int(rng.integers(0, max(height - side, 0) + 1))
+    col = int(rng.integers(0, max(width - side, 0) + 1))
+    window = (slice(row, row + side), slice(col, col + side))
+    return Sample(sample.image[(slice(None), *window)], sample.target[window])
 
 
 def _augment(

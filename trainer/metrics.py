@@ -50,12 +50,16 @@ class Metrics:
         return float(np.mean(values)) if values else float("nan")
 
     def flat(self, names: list[str]) -> dict[str, float]:
-        """``{"miou", "accuracy", "<name>_iou", "<name>_f1", ...}`` with ``names`` per class index."""
+        """``{"miou", "accuracy", "<name>_iou", "<name>_f1", ...}`` with ``names`` per class index.
+
+        Undefined scores (NaN: a class absent from both target and prediction) are left out, so the
+        result is plain JSON.
+        """
         flat = {"miou": self.miou, "accuracy": self.accuracy}
         for name, scores in zip(names, self.per_class, strict=True):
             for key in ("iou", "f1", "precision", "recall"):
                 flat[f"{name}_{key}"] = getattr(scores, key)
-        return flat
+        return {key: value for key, value in flat.items() if not np.isnan(value)}
 
 
 def metrics_from_confusion(matrix: npt.NDArray[np.int64]) -> Metrics:

@@ -159,18 +159,24 @@ class ModelStore:
         """Write a new version (manifest and weights) atomically; it is not activated.
 
         Raises:
-            ModelStoreError: if the version exists already.
+            ModelStoreError: if the version exists already, or cannot be written (then nothing of it is left).
         """
         final = self.root / manifest.version
         if final.exists():
             raise ModelStoreError(f"model version {manifest.version} exists already in {self.root}")
         staging = self.root / f".{manifest.version}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        torch.save(state, staging / WEIGHTS)
-        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-        _fsync_dir_files(staging)
-        os.replace(staging, final)
+        try:
+            staging.mkdir(parents=True)
+            torch.save(state, staging / WEIGHTS)
+            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+            _fsync_dir_files(staging)
+            os.replace(staging, final)
+        except OSError as exc:  # disk full, permissions: nothing half-written stays behind
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelStoreError(
+                f"cannot write model version {manifest.version} in {self.root}: {exc.strerror or exc}"
+            ) from None
         return final
 
     def activate(self, name: str) -> None:

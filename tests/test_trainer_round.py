@@ -1,0 +1,262 @@
+"""Harvesting annotations and a whole active-learning round against a real Label Studio."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from geolabel.config import Config, parse_config
+from geolabel.lsclient import LabelStudioClient
+from georef.labelstudio import ImageSize, brush_result, polygon_result
+from georef.registry import TileRecord, TileRegistry
+from importers.pipeline import ImportOptions, import_raster
+from tests.conftest import CLASSES, LAMBERT93_20CM, LabelStudioServer, free_port
+from trainer.errors import TrainerError
+from trainer.harvest import harvest
+from trainer.loop import HarvestError, Retry, run_round
+from trainer.metrics import IGNORE
+from trainer.rounds import RoundStatus, RoundStore
+from trainer.versions import ClassEntry, ModelStore
+
+CATALOGUE = [ClassEntry(id=c.id, name=c.name, color=c.color) for c in CLASSES]
+SIZE = ImageSize(256, 256)
+
+
+def brush(mask: np.ndarray, label: str = "building") -> dict:
+    return brush_result(mask, label, "label_brush", "image")
+
+
+def polygon(points: list[tuple[float, float]], label: str = "water") -> dict:
+    return polygon_result(np.asarray(points, dtype=float), SIZE, label, "label_polygon", "image")
+
+
+def fake_tile(task_id: int) -> TileRecord:
+    from georef.grid import Grid, PixelWindow
+    from georef.registry import TileStatus
+
+    grid = Grid(256, 256, LAMBERT93_20CM, "EPSG:2154")  # type: ignore[arg-type]
+    return TileRecord(
+        f"t{task_id}",
+        1,
+        0,
+        0,
+        PixelWindow(0, 0, 256, 256),
+        grid,
+        None,
+        task_id,
+        TileStatus.IMPORTED,
+        "EPSG:2154",
+    )
+
+
+# harvest, without Label Studio ------------------------------------------------------------------
+
+
+def test_brush_and_polygon_land_on_the_right_pixels_and_unlabelled_pixels_are_ignored() -> None:
+    building = np.zeros((256, 256), dtype=bool)
+    building[10:20, 30:50] = True  # rows 10..19, columns 30..49
+    # polygon over columns 100..109, rows 200..204 (pixel edges): centres inside are exactly those pixels
+    water = polygon([(100, 200), (110, 200), (110, 205), (100, 205)])
+    task = {"id": 1, "annotations": [{"id": 11, "completed_by": 5, "result": [brush(building), water]}]}
+    found = harvest([task], {1: fake_tile(1)}, CATALOGUE)
+    (tile,) = found.tiles
+    expected = np.full((256, 256), IGNORE, dtype=np.uint8)
+    expected[10:20, 30:50] = 1
+    expected[200:205, 100:110] = 2
+    assert np.array_equal(tile.target, expected)  # a one-pixel shift or swapped axis fails here
+    assert found.class_pixels(["background", "building", "water"]) == {
+        "background": 0,
+        "building": 200,
+        "water": 50,
+    }
+    assert tile.annotators == frozenset({"5"})
+    assert found.problems == []
+
+
+def test_annotators_who_disagree_leave_the_pixel_unlabelled() -> None:
+    first = np.zeros((256, 256), dtype=bool)
+    first[0:10, 0:10] = True
+    second = np.zeros((256, 256), dtype=bool)
+    second[5:15, 0:10] = True
+    task = {
+        "id": 2,
+        "annotations": [
+            {"id": 1, "completed_by": 1, "result": [brush(first)]},
+            {"id": 2, "completed_by": 2, "result": [brush(second, "water")]},
+        ],
+    }
+    (tile,) = harvest([task], {2: fake_tile(2)}, CATALOGUE).tiles
+    assert (tile.target[0:5, 0:10] == 1).all()
+    assert (tile.target[5:10, 0:10] == IGNORE).all()  # building for one, water for the other
+    assert (tile.target[10:15, 0:10] == 2).all()
+    assert tile.annotators == frozenset({"1", "2"})
+
+
+def test_bad_annotations_are_reported_and_repaired_never_silently_dropped() -> None:
+    ok = np.zeros((256, 256), dtype=bool)
+    ok[40:44, 10:14] = True  # inside the bow-tie's left triangle
+    bowtie = polygon([(0, 0), (100, 100), (100, 0), (0, 100)])  # self-intersecting
+    flat = polygon([(0, 0), (50, 0), (100, 0)])  # zero area
+    unknown = polygon([(0, 0), (10, 0), (10, 10)], label="forest")
+    smart_click = {
+        "type": "keypointlabels", "from_name": "sam_point", "to_name": "image", "original_width": 256,
+        "original_height": 256, "value": {"x": 5, "y": 5, "width": 1, "keypointlabels": ["building"]},
+    }  # fmt: skip
+    tasks = [
+        {"id": 1, "annotations": [{"id": 1, "result": [brush(ok), bowtie, flat, unknown, smart_click]}]},
+        {"id": 2, "annotations": [{"id": 2, "result": []}]},
+        {"id": 3, "annotations": [{"id": 3, "result": [brush(ok)], "was_cancelled": True}]},
+        {"id": 99, "annotations": [{"id": 4, "result": [brush(ok)]}]},  # deleted from the registry
+    ]
+    found = harvest(tasks, {1: fake_tile(1), 2: fake_tile(2), 3: fake_tile(3)}, CATALOGUE)
+    messages = [str(p) for p in found.problems]
+    assert any("task 1, annotation 1: self-intersecting polygon repaired" in m for m in messages)
+    assert any("zero area" in m for m in messages)
+    assert any("forest is not in the class catalogue" in m for m in messages)
+    assert any("task 2, annotation 2: the annotation labels no pixel" in m for m in messages)
+    assert any("task 99: no tile in the registry" in m for m in messages)
+    assert not any("keypoint" in m for m in messages)  # SAM prompts are not labels, and not problems
+    assert found.skipped_tasks == [3]
+    (tile,) = found.tiles
+    assert abs(int((tile.target == 2).sum()) - 5000) <= 200  # the repaired bow-tie: two triangles of 2500 px
+    assert (tile.target[40:44, 10:14] == 2).all()  # painted after the brush: the later region wins
+
+
+# a round against Label Studio -------------------------------------------------------------------
+
+
+@dataclass
+class Project:
+    config: Config
+    client: LabelStudioClient
+    project_id: int
+    tiles: list[TileRecord]
+    truth: np.ndarray  # class ids of the whole raster
+
+
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    """A 512 x 768 RGB scene: bright roofs (building), a blue lake (water), dark noisy ground."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(60, 8, (3, 512, 768))
+    truth = np.zeros((512, 768), dtype=np.uint8)
+    for row in range(20, 500, 64):
+        for col in range(20, 760, 72):
+            truth[row : row + 24, col : col + 30] = 1
+    truth[300:480, 500:740] = 2
+    image[:, truth == 1] += 150
+    image[2, truth == 2] += 120
+    image[0, truth == 2] -= 40
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+@pytest.fixture(scope="module")
+def project(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    data_dir = label_studio.document_root / "projects" / "trainer"
+    raster = tmp_path_factory.mktemp("trainer") / "scene.tif"
+    image, truth = scene()
+    with rasterio.open(raster, "w", driver="GTiff", width=768, height=512, count=3, dtype="uint8",
+                       crs="EPSG:2154", transform=LAMBERT93_20CM) as dst:  # fmt: skip
+        dst.write(image)
+    title = "trainer project"
+    client = label_studio.client()
+    options = ImportOptions(
+        title, CLASSES, data_dir, label_studio.document_root, tile_size=256, overlap=0, workers=1
+    )
+    with TileRegistry(data_dir / "registry.sqlite") as registry:
+        report = import_raster(raster, options, registry, client)
+        tiles = sorted(registry.tiles(), key=lambda t: t.task_id or 0)
+    config = parse_config(
+        {
+            "project": {"name": title},
+            "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in CLASSES],
+            "label_studio": {"url": label_studio.url},
+            "trainer": {"epochs": 6, "batch_size": 4, "validation_share": 0.25, "block_tiles": 1, "batch": 2},
+            "paths": {"data_dir": str(data_dir)},
+        },
+        base_dir=data_dir,
+    )
+    labelled = Project(config, client, report.project_id, tiles, truth)
+    for tile in tiles[:4]:  # 4 of the 6 tiles labelled, with the truth
+        answer = tile_truth(labelled, tile)
+        regions = [brush(answer == 1)] + ([brush(answer == 2, "water")] if (answer == 2).any() else [])
+        client.create_annotation(int(tile.task_id or 0), regions)
+    return labelled
+
+
+def tile_truth(project: Project, tile: TileRecord) -> np.ndarray:
+    w = tile.window
+    return project.truth[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width]
+
+
+def test_a_round_trains_promotes_scores_and_records(project: Project) -> None:
+    assert len(project.tiles) == 6
+    labelled = project.tiles[:4]
+    record = run_round(project.config, project.client, retry=Retry(2, 0.01))
+    assert record.status == RoundStatus.PROMOTED, record.error
+    store = ModelStore(project.config.models_dir)
+    assert store.active_name() == record.model_version
+    assert record.labelled_tiles == 4
+    expected_buildings = sum(int((tile_truth(project, t) == 1).sum()) for t in labelled)
+    assert record.class_pixels["building"] == expected_buildings  # no annotation lost
+    assert record.validation_tiles >= 1
+    assert {
+        "miou",
+        "accuracy",
+        "building_iou",
+        "building_f1",
+        "building_precision",
+        "building_recall",
+    } <= set(record.metrics)
+    unlabelled = {int(t.task_id or 0) for t in project.tiles[4:]}
+    for task_id in unlabelled:
+        (prediction,) = [
+            p for p in project.client.predictions(task_id) if p["model_version"] == record.model_version
+        ]
+        assert 0 <= prediction["score"] <= 1
+    assert project.client.project(project.project_id)["model_version"] == record.model_version
+    queue = project.client.queue(project.project_id)
+    assert {q.task_id for q in queue} == unlabelled
+    with RoundStore(project.config.registry_path) as rounds:
+        frozen = rounds.queue(record.id)
+    assert {e.task_id for e in frozen} == unlabelled  # batch of 2 = both unlabelled tiles
+    assert all(0 <= e.uncertainty <= 1 and e.confidence == pytest.approx(1 - e.uncertainty) for e in frozen)
+
+
+def test_label_studio_down_fails_the_round_and_keeps_the_active_version(
+    project: Project, label_studio: LabelStudioServer
+) -> None:
+    store = ModelStore(project.config.models_dir)
+    before = store.active_name()
+    dead = LabelStudioClient(f"http://127.0.0.1:{free_port()}", label_studio.token)
+    with pytest.raises(HarvestError, match="unreachable after 2 attempts"):
+        run_round(project.config, dead, retry=Retry(2, 0.01))
+    assert store.active_name() == before
+    with (
+        TileRegistry(project.config.registry_path) as registry,
+        RoundStore(project.config.registry_path) as rounds,
+    ):
+        last = rounds.rounds(int(registry.project_id(project.config.project.name) or 0))[-1]
+    assert last.status == RoundStatus.FAILED
+    assert "unreachable" in (last.error or "")
+
+
+def test_disk_full_during_the_checkpoint_write_keeps_the_previous_version(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(project.config.models_dir)
+    before, versions = store.active_name(), store.versions()
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("trainer.versions.torch.save", disk_full)
+    with pytest.raises(TrainerError, match="No space left"):
+        run_round(project.config, project.client, retry=Retry(1, 0.01))
+    assert store.active_name() == before
+    assert store.versions() == versions  # no half-written version appears
+    assert not [p for p in Path(project.config.models_dir).iterdir() if p.name.endswith(".partial")]

@@ -1,0 +1,314 @@
+"""One active-learning round: harvest, train, validate, promote, score, push, record.
+
+Only one round runs at a time (a file lock in the data folder). The active
+model version is replaced only after the new one is completely written and
+found not worse on the spatially separated validation tiles; a crash at any
+point leaves the previous version serving and the round marked failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from geolabel.config import Config
+from geolabel.errors import LabelStudioUnreachableError
+from geolabel.locks import exclusive_lock
+from geolabel.lsclient import LabelStudioClient
+from georef.registry import TileRecord, TileRegistry, TileStatus
+from ml_backend.results import class_results
+from ml_backend.schema import read_schema
+from trainer.errors import TrainerError
+from trainer.fit import Sample, TrainSettings, evaluate, train
+from trainer.harvest import Harvest, LabelledTile, harvest
+from trainer.inference import LoadedModel, load_version, read_input
+from trainer.metrics import IGNORE, Metrics
+from trainer.model import build_model
+from trainer.rounds import QueueEntry, RoundRecord, RoundStatus, RoundStore, now
+from trainer.selection import TileScore, score_tiles, select_batch
+from trainer.splits import Footprint, spatial_split
+from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore, new_version_name
+
+logger = logging.getLogger(__name__)
+#: Bands a new model reads when a raster has more than this: its display bands.
+MAX_BANDS = 5
+
+
+class RoundBusyError(TrainerError):
+    """Another round is running."""
+
+
+class HarvestError(TrainerError):
+    """Label Studio could not be read, even after retries."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Retries of Label Studio calls: attempts and the first wait (doubled each time), in seconds."""
+
+    attempts: int = 4
+    wait: float = 2.0
+
+
+def run_round(
+    config: Config, client: LabelStudioClient, trigger: str = "manual", retry: Retry = Retry()
+) -> RoundRecord:
+    """Run one round for the configured project and return its record.
+
+    Raises:
+        RoundBusyError: if another round holds the lock.
+        TrainerError: if the round failed (it is recorded as failed with the reason).
+    """
+    lock = config.data_dir / "trainer" / "round.lock"
+    with (
+        exclusive_lock(lock, lambda: RoundBusyError("a training round is already running")),
+        TileRegistry(config.registry_path) as registry,
+        RoundStore(config.registry_path) as store,
+    ):
+        project_id = registry.project_id(config.project.name)
+        if project_id is None:
+            raise TrainerError(
+                f"project {config.project.name!r} has no tiles yet; run `geolabel import` first"
+            )
+        round_id = store.start(project_id, trigger)
+        try:
+            _round(config, client, registry, store, project_id, round_id, retry)
+        except Exception as exc:
+            store.finish(round_id, RoundStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, TrainerError):
+                raise
+            raise TrainerError(f"round {round_id} failed: {type(exc).__name__}: {exc}") from exc
+        return store.get(round_id)
+
+
+def _round(
+    config: Config,
+    client: LabelStudioClient,
+    registry: TileRegistry,
+    store: RoundStore,
+    project_id: int,
+    round_id: int,
+    retry: Retry,
+) -> None:
+    events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
+    classes = [ClassEntry(id=c.id, name=c.name, color=c.color) for c in config.classes]
+    tiles = {t.task_id: t for t in registry.tiles() if t.task_id is not None}
+    found = _harvest(client, project_id, tiles, classes, retry)
+    names = ["background", *(c.name for c in classes)]
+    store.update(
+        round_id,
+        events_upto=events_upto,
+        labelled_tiles=len(found.tiles),
+        class_pixels=found.class_pixels(names),
+        annotators=_annotators(found.tiles),
+        problems=[str(p) for p in found.problems],
+    )
+    if not found.tiles:
+        raise TrainerError("no annotated tile yet: label a few tiles in Label Studio first")
+    models = ModelStore(config.models_dir)
+    active = _active(models)
+    manifest = _manifest(registry, found.tiles, classes, active)
+    samples = [_sample(registry, labelled, manifest) for labelled in found.tiles]
+    split = spatial_split(
+        [_footprint(t.tile) for t in found.tiles], config.trainer.validation_share, config.trainer.block_tiles
+    )
+    network = build_model(manifest)
+    if active is not None and _compatible(active.manifest, manifest):
+        network.load_state_dict(active.network.state_dict())  # warm start
+    settings = TrainSettings(
+        config.trainer.epochs, config.trainer.batch_size, config.trainer.learning_rate, config.trainer.seed,
+        config.trainer.crop,
+    )  # fmt: skip
+    train(network, [samples[i] for i in split.train] or samples, settings, _log_epoch(round_id))
+    validation = [samples[i] for i in split.validation]
+    new = evaluate(network, validation, manifest.outputs).flat(names) if validation else {}
+    old = _previous_metrics(active, manifest, validation, names)
+    promote = active is None or not validation or _not_worse(new, old)
+    version = manifest.model_copy(update={"metrics": new})
+    models.save(version, network.state_dict())
+    store.update(round_id, model_version=version.version, metrics=new, previous_metrics=old,
+                 validation_tiles=len(validation))  # fmt: skip
+    if not promote:
+        store.finish(round_id, RoundStatus.KEPT)
+        return
+    models.activate(version.version)
+    loaded = LoadedModel(version, network.eval())
+    labelled_ids = {t.tile.id for t in found.tiles}
+    queue = _score_and_push(config, client, registry, project_id, loaded, labelled_ids, samples)
+    store.set_queue(round_id, queue)
+    store.finish(round_id, RoundStatus.PROMOTED)
+
+
+def _harvest(
+    client: LabelStudioClient,
+    project_id: int,
+    tiles: dict[int, TileRecord],
+    classes: list[ClassEntry],
+    retry: Retry,
+) -> Harvest:
+    """Annotations from Label Studio, retried with exponential backoff while it is unreachable."""
+    wait = retry.wait
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            return harvest(client.labelled_tasks(project_id), tiles, classes)
+        except LabelStudioUnreachableError as exc:
+            if attempt == retry.attempts:
+                raise HarvestError(f"Label Studio unreachable after {attempt} attempts: {exc}") from None
+            logger.warning(
+                "Label Studio unreachable (attempt %d/%d); retrying in %.0f s", attempt, retry.attempts, wait
+            )
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _annotators(tiles: Sequence[LabelledTile]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for tile in tiles:
+        for who in tile.annotators:
+            counts[who] = counts.get(who, 0) + 1
+    return counts
+
+
+def _active(models: ModelStore) -> LoadedModel | None:
+    name = models.active_name()
+    return load_version(models, name) if name else None
+
+
+def _manifest(
+    registry: TileRegistry,
+    tiles: Sequence[LabelledTile],
+    classes: list[ClassEntry],
+    active: LoadedModel | None,
+) -> ModelManifest:
+    """The new version's manifest: the active one's input when the classes are the same, else fresh."""
+    if active is not None and active.manifest.classes == classes:
+        return active.manifest.model_copy(update={"version": new_version_name(), "metrics": {}})
+    raster = registry.raster(tiles[0].tile.raster_id)
+    bands = list(range(1, raster.band_count + 1))
+    if len(bands) > MAX_BANDS:
+        bands = list(raster.display_bands)
+    placeholder = InputSpec(bands=bands, mean=[0.0] * len(bands), std=[1.0] * len(bands))
+    draft = ModelManifest(version=new_version_name(), created="", classes=classes, input=placeholder)
+    pixels = np.concatenate(
+        [
+            read_input(registry.raster(t.tile.raster_id), t.tile, draft).pixels.reshape(len(bands), -1)
+            for t in tiles[:64]
+        ],
+        axis=1,
+    )
+    spec = InputSpec(bands=bands, mean=pixels.mean(axis=1).tolist(), std=(pixels.std(axis=1) + 1e-6).tolist())
+    return draft.model_copy(update={"input": spec, "created": now()})
+
+
+def _compatible(old: ModelManifest, new: ModelManifest) -> bool:
+    keys = ("classes", "input", "architecture", "encoder", "encoder_depth", "decoder_channels")
+    return all(getattr(old, k) == getattr(new, k) for k in keys)
+
+
+def _sample(registry: TileRegistry, labelled: LabelledTile, manifest: ModelManifest) -> Sample:
+    tile_input = read_input(registry.raster(labelled.tile.raster_id), labelled.tile, manifest)
+    target = np.where(tile_input.valid, labelled.target, IGNORE).astype(np.uint8)
+    return Sample(tile_input.pixels, target)
+
+
+def _footprint(tile: TileRecord) -> Footprint:
+    transform = tile.grid.transform
+    x, y = transform @ (tile.grid.width / 2, tile.grid.height / 2)
+    side = max(tile.grid.width * abs(transform.a), tile.grid.height * abs(transform.e))
+    return Footprint(tile.crs_text, float(x), float(y), float(side))
+
+
+def _log_epoch(round_id: int) -> Callable[[int, float], None]:
+    def log(epoch: int, loss: float) -> None:
+        logger.info("round %d: epoch %d, loss %.4f", round_id, epoch, loss)
+
+    return log
+
+
+def _previous_metrics(
+    active: LoadedModel | None, manifest: ModelManifest, validation: list[Sample], names: list[str]
+) -> dict[str, float]:
+    """The active version's scores on this round's validation tiles (a fair comparison)."""
+    if active is None or not validation or not _compatible(active.manifest, manifest):
+        return {}
+    result: Metrics = evaluate(active.network, validation, manifest.outputs)
+    return result.flat(names)
+
+
+def _not_worse(new: dict[str, float], old: dict[str, float]) -> bool:
+    """Promote unless the new mean IoU is below the old one (a missing or NaN old score never blocks)."""
+    old_miou, new_miou = old.get("miou", float("nan")), new.get("miou", float("nan"))
+    if np.isnan(old_miou):
+        return True
+    return not np.isnan(new_miou) and new_miou >= old_miou
+
+
+def _score_and_push(
+    config: Config,
+    client: LabelStudioClient,
+    registry: TileRegistry,
+    project_id: int,
+    loaded: LoadedModel,
+    labelled_ids: set[str],
+    samples: list[Sample],
+) -> list[QueueEntry]:
+    """Score every unlabelled tile, push its prediction, set the model version; return the next batch."""
+    schema = read_schema(client.project(project_id)["label_config"])
+    unlabelled = [
+        t
+        for t in registry.tiles(status=TileStatus.IMPORTED)
+        if t.id not in labelled_ids and t.task_id is not None
+    ]
+    ids = np.asarray([0] + [c.id for c in loaded.manifest.classes], dtype=np.uint8)
+    scores: list[TileScore] = []
+    predictions = []
+    for tile in unlabelled:
+        tile_input = read_input(registry.raster(tile.raster_id), tile, loaded.manifest)
+        (score,) = score_tiles(
+            loaded.network, [tile_input.pixels], [tile_input.valid], config.trainer.uncertainty
+        )
+        scores.append(_light(score))
+        class_map = np.where(tile_input.valid, ids[score.probabilities.argmax(axis=0)], 0).astype(np.uint8)
+        predictions.append(
+            {
+                "task": tile.task_id,
+                "result": class_results(loaded.manifest.classes, class_map, schema),
+                "score": score.confidence,
+                "model_version": loaded.manifest.version,
+            }
+        )
+    client.import_predictions(project_id, predictions)
+    client.set_model_version(project_id, loaded.manifest.version)
+    if not unlabelled:
+        return []
+    labelled = score_tiles(
+        loaded.network, [s.image for s in samples], [s.target != IGNORE for s in samples], "entropy"
+    )
+    labelled_features = np.stack([s.features for s in labelled])
+    picks = select_batch(
+        np.array([s.uncertainty for s in scores]),
+        np.stack([s.features for s in scores]),
+        labelled_features,
+        config.trainer.batch,
+        config.trainer.diversity,
+    )
+    return [
+        QueueEntry(
+            rank,
+            unlabelled[i].id,
+            int(unlabelled[i].task_id or 0),
+            scores[i].uncertainty,
+            scores[i].confidence,
+        )
+        for rank, i in enumerate(picks)
+    ]
+
+
+def _light(score: TileScore) -> TileScore:
+    """The score without its probability map (kept small while scoring thousands of tiles)."""
+    return TileScore(score.uncertainty, score.foreground, score.features, np.zeros((0, 0, 0), np.float32))
