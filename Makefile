@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= demo/geolabel.toml
 
-.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml gdal clean
+.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al gdal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-import: install gdal  ## tiles/s and peak RSS against gdal_retile.py on a 
 
 bench-ml: install  ## SAM click latency (cold/warm), embedding throughput, 240-request mixed load test
 	$(BIN)/python bench/bench_ml_backend.py
+
+bench-al: install  ## active learning on ../shared/data/fair_hotosm: uncertainty vs random vs random-skip-empty
+	$(BIN)/python bench/bench_active_learning.py
 
 bench: bench-import bench-ml
 

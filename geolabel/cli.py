@@ -22,6 +22,7 @@ from geolabel.config import CONFIG_NAME, DEFAULT_CONFIG, Config, load_config
 from geolabel.errors import ConfigError, GeolabelError, LabelStudioError, StackError
 from georef.errors import GeorefError
 from importers.errors import ImportFailedError
+from trainer.errors import TrainerError
 
 if TYPE_CHECKING:  # heavy modules are imported by the commands that need them
     from geolabel.lsclient import LabelStudioClient
@@ -40,6 +41,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (LabelStudioError, 4),
     (StackError, 5),
     (GeolabelError, 1),
+    (TrainerError, 7),
     (sqlite3.Error, 6),
     (OSError, 1),
 )
@@ -283,6 +285,47 @@ def embed(ctx: click.Context, limit: int | None, follow: bool) -> None:
     embed_queue(
         config, client_for(config), limit or config.sam.precompute or 1, follow, console, progress_bar
     )
+
+
+@cli.command()
+@click.option("--now", "now_", is_flag=True, required=True, help="Run one round now, whatever the threshold.")
+@click.pass_context
+@handle_errors
+def train(ctx: click.Context, now_: bool) -> None:
+    """Run an active-learning round: harvest, train, validate, promote, score, queue the next tiles."""
+    from trainer.loop import run_round
+
+    config = _config(ctx)
+    with console.status("active-learning round: harvesting, training, scoring..."):
+        record = run_round(config, client_for(config), trigger="manual")
+    verdict = (
+        "promoted (now active)" if record.status == "promoted" else "kept the previous version (not better)"
+    )
+    console.print(
+        f"round {record.id}: {record.labelled_tiles} labelled tiles, version {record.model_version} {verdict}"
+    )
+    shown = {k: v for k, v in record.metrics.items() if k in ("miou", "accuracy") or k.endswith("_iou")}
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
+    console.print(f"validation ({record.validation_tiles} tiles): {scores or 'no validation tiles yet'}")
+    for problem in record.problems:
+        err_console.print(f"[yellow]note:[/] {problem}", highlight=False)
+
+
+@cli.command()
+@click.pass_context
+@handle_errors
+def status(ctx: click.Context) -> None:
+    """Show the active-learning rounds, the active model version and annotations waiting for a round."""
+    from geolabel.status import rounds_table
+
+    config = _config(ctx)
+    if not config.registry_path.is_file():
+        console.print(f"no raster imported yet ({config.registry_path} does not exist); run: geolabel import")
+        return
+    table, lines = rounds_table(config)
+    Console(width=max(console.width, 140)).print(table)
+    for line in lines:
+        console.print(line)
 
 
 def _ensure_config(ctx: click.Context) -> None:
