@@ -234,8 +234,7 @@ def tiles(ctx: click.Context) -> None:
     from geolabel.status import raster_table
 
     config = _config(ctx)
-    if not config.registry_path.is_file():
-        console.print(f"no raster imported yet ({config.registry_path} does not exist); run: geolabel import")
+    if not _has_registry(config):
         return
     try:
         client: LabelStudioClient | None = client_for(config)
@@ -319,13 +318,20 @@ def status(ctx: click.Context) -> None:
     from geolabel.status import rounds_table
 
     config = _config(ctx)
-    if not config.registry_path.is_file():
-        console.print(f"no raster imported yet ({config.registry_path} does not exist); run: geolabel import")
+    if not _has_registry(config):
         return
     table, lines = rounds_table(config)
     Console(width=max(console.width, 140)).print(table)
     for line in lines:
         console.print(line)
+
+
+def _has_registry(config: Config) -> bool:
+    """True when something was imported; else say what to run."""
+    if config.registry_path.is_file():
+        return True
+    console.print(f"no raster imported yet ({config.registry_path} does not exist); run: geolabel import")
+    return False
 
 
 def _ensure_config(ctx: click.Context) -> None:
