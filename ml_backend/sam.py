@@ -239,9 +239,8 @@ class SamEngine:
 
 
 class PromptDecoder(ABC):
-    """SAM's prompt encoder + mask decoder on one embedding."""
+    """SAM's prompt encoder + mask decoder on one embedding; subclasses run one batch of one."""
 
-    @abstractmethod
     def __call__(
         self,
         features: npt.NDArray[np.float16],
@@ -257,6 +256,18 @@ class PromptDecoder(ABC):
 
         Mask 0 answers several prompts; masks 1..3 are the proposals for one ambiguous point.
         """
+        batch = tuple(np.asarray(a, dtype=np.float32)[None] for a in (features, coords, labels))
+        masks, iou = self._run(*batch)
+        return masks[0], iou[0]
+
+    @abstractmethod
+    def _run(
+        self,
+        features: npt.NDArray[np.float32],
+        coords: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.float32],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """``(1, 4, 256, 256)`` logits and ``(1, 4)`` IoUs for float32 inputs with a batch axis of one."""
 
 
 class _DecoderGraph(torch.nn.Module):
@@ -288,18 +299,17 @@ class TorchDecoder(PromptDecoder):
         self.graph = _DecoderGraph(model).eval()
         self.device = next(model.parameters()).device
 
-    def __call__(
+    def _run(
         self,
-        features: npt.NDArray[np.float16],
+        features: npt.NDArray[np.float32],
         coords: npt.NDArray[np.float32],
         labels: npt.NDArray[np.float32],
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """See :meth:`PromptDecoder.__call__`."""
         with torch.inference_mode():
             masks, iou = self.graph(
-                *(torch.from_numpy(a).float()[None].to(self.device) for a in (features, coords, labels))
+                *(torch.from_numpy(a).to(self.device) for a in (features, coords, labels))
             )
-        return masks[0].float().cpu().numpy(), iou[0].float().cpu().numpy()
+        return masks.float().cpu().numpy(), iou.float().cpu().numpy()
 
 
 class OnnxDecoder(PromptDecoder):
@@ -328,16 +338,14 @@ class OnnxDecoder(PromptDecoder):
         session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         return cls(session)
 
-    def __call__(
+    def _run(
         self,
-        features: npt.NDArray[np.float16],
+        features: npt.NDArray[np.float32],
         coords: npt.NDArray[np.float32],
         labels: npt.NDArray[np.float32],
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """See :meth:`PromptDecoder.__call__`."""
-        feed = {"features": features.astype(np.float32)[None], "coords": coords[None], "labels": labels[None]}
-        masks, iou = self.session.run(None, feed)
-        return masks[0], iou[0]
+        masks, iou = self.session.run(None, {"features": features, "coords": coords, "labels": labels})
+        return masks, iou
 
 
 def _check_inside(prompt: Prompt, width: int, height: int) -> None:
