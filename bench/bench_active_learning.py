@@ -34,7 +34,7 @@ from rasterio.enums import Resampling
 
 from trainer.fit import Sample, TrainSettings, evaluate, train
 from trainer.model import build_model
-from trainer.selection import score_tiles, select_batch
+from trainer.selection import TileScore, pixel_uncertainty, score_tiles, select_batch
 from trainer.versions import ClassEntry, InputSpec, ModelManifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def run_strategy(chips: Chips, args: argparse.Namespace, strategy: str, seed: in
         if len(labelled) >= args.budget:
             return run
         size = min(args.batch, args.budget - len(labelled))
-        labelled += next_batch(network, chips, strategy, labelled, pool, order, size, args.diversity)
+        labelled += next_batch(network, chips, strategy, labelled, order, size, args, rng)
 
 
 def next_batch(
@@ -119,27 +119,27 @@ def next_batch(
     chips: Chips,
     strategy: str,
     labelled: list[int],
-    pool: list[int],
     order: list[int],
     size: int,
-    diversity: float,
+    args: argparse.Namespace,
+    rng: np.random.Generator,
 ) -> list[int]:
-    """The chips a strategy labels next."""
+    """The chips a strategy labels next.
+
+    ``order`` is the seed's random order of the pool. ``random`` takes the next chips in it;
+    ``random-skip-empty`` walks it, scoring 16 chips at a time, and skips the predicted-empty ones;
+    ``uncertainty`` scores ``args.pool_sample`` random unlabelled chips and selects among them.
+    """
     done = set(labelled)
-    candidates = [i for i in pool if i not in done]
+    remaining = [i for i in order if i not in done]
     if strategy == "random":
-        return [i for i in order if i not in done][:size]
-    everywhere = np.ones(chips.masks.shape[1:], dtype=bool)
-    scored = list(
-        score_tiles(network, [chips.images[i] for i in candidates], [everywhere] * len(candidates), "entropy")
-    )
+        return remaining[:size]
     if strategy == "random-skip-empty":
-        predicted_empty = {i for i, s in zip(candidates, scored, strict=True) if s.foreground == 0}
-        return [i for i in order if i not in done and i not in predicted_empty][:size]
-    labelled_scores = score_tiles(
-        network, [chips.images[i] for i in labelled], [everywhere] * len(labelled), "entropy"
-    )
-    uncertainty = np.array([s.uncertainty for s in scored])
+        return skip_empty(network, chips, remaining, size)
+    candidates = [int(i) for i in rng.permutation(remaining)[: args.pool_sample]]
+    scored = score(network, chips, candidates)
+    labelled_scores = score(network, chips, labelled)
+    uncertainty = np.array([tile_uncertainty(s, args.score) for s in scored])
     if sum(s.foreground > 0 for s in scored) >= 4 * size:  # predicted-empty chips last
         uncertainty[[s.foreground == 0 for s in scored]] *= 0.1
     picks = select_batch(
@@ -147,9 +147,36 @@ def next_batch(
         np.stack([s.features for s in scored]),
         np.stack([s.features for s in labelled_scores]),
         size,
-        diversity,
+        args.diversity,
     )
     return [candidates[p] for p in picks]
+
+
+def score(network: torch.nn.Module, chips: Chips, indices: list[int]) -> list[TileScore]:
+    """The trainer's tile scores of ``indices`` (every pixel valid)."""
+    everywhere = np.ones(chips.masks.shape[1:], dtype=bool)
+    images = [chips.images[i] for i in indices]
+    return list(score_tiles(network, images, [everywhere] * len(indices), "entropy"))
+
+
+def tile_uncertainty(tile: TileScore, method: str) -> float:
+    """``entropy``: mean pixel entropy; ``foreground``: entropy weighted by the foreground probability."""
+    if method == "entropy":
+        return tile.uncertainty
+    probabilities = torch.from_numpy(tile.probabilities)
+    entropy = pixel_uncertainty(probabilities, "entropy")
+    return float((entropy * (1 - probabilities[0])).mean())
+
+
+def skip_empty(network: torch.nn.Module, chips: Chips, remaining: list[int], size: int) -> list[int]:
+    """The next ``size`` chips of ``remaining`` the model does not predict empty (empty ones if too few)."""
+    picked: list[int] = []
+    for start in range(0, len(remaining), 16):
+        chunk = remaining[start : start + 16]
+        picked += [i for i, s in zip(chunk, score(network, chips, chunk), strict=True) if s.foreground > 0]
+        if len(picked) >= size:
+            return picked[:size]
+    return (picked + [i for i in remaining if i not in set(picked)])[:size]
 
 
 def labels_to_reach(curve: list[tuple[int, float, float]], target: float) -> float:
@@ -231,6 +258,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--scale", type=int, default=2, help="read chips this many times coarser (1: full)")
     parser.add_argument("--diversity", type=float, default=1.0, help="distance exponent (0: plain entropy)")
+    parser.add_argument(
+        "--pool-sample", type=int, default=128, help="unlabelled chips scored per round (uncertainty)"
+    )
+    parser.add_argument(
+        "--score", choices=("entropy", "foreground"), default="entropy", help="tile uncertainty"
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()

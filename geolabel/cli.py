@@ -7,6 +7,7 @@ options, shows progress and maps errors to messages and exit codes in one place.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -101,16 +102,10 @@ def _config(ctx: click.Context) -> Config:
     return config
 
 
-def client_for(config: Config) -> LabelStudioClient:
-    """A Label Studio client with the configured token, else the local server's own."""
-    from geolabel.lsclient import LabelStudioClient
-    from geolabel.stack import read_credentials
+def _client(config: Config) -> LabelStudioClient:
+    from geolabel.lsclient import client_for  # label_studio_sdk loads only for commands that talk to it
 
-    token = config.token()
-    if not token:
-        creds = read_credentials(config.data_dir / "label-studio")
-        token = creds.token if creds else ""
-    return LabelStudioClient(config.label_studio.url, token)
+    return client_for(config)
 
 
 def import_options(config: Config, project: str | None, bands: Sequence[int] | None) -> ImportOptions:
@@ -197,7 +192,7 @@ def import_command(
 
     config = _config(ctx)
     options = import_options(config, project, bands)
-    client = client_for(config)
+    client = _client(config)
     client.check()
     failures = 0
     with TileRegistry(config.registry_path) as registry:
@@ -237,7 +232,7 @@ def tiles(ctx: click.Context) -> None:
     if not _has_registry(config):
         return
     try:
-        client: LabelStudioClient | None = client_for(config)
+        client: LabelStudioClient | None = _client(config)
     except LabelStudioError:
         client = None
     table, warning = raster_table(config, client)
@@ -281,22 +276,36 @@ def embed(ctx: click.Context, limit: int | None, follow: bool) -> None:
     from geolabel.embedding import embed_queue
 
     config = _config(ctx)
-    embed_queue(
-        config, client_for(config), limit or config.sam.precompute or 1, follow, console, progress_bar
-    )
+    embed_queue(config, _client(config), limit or config.sam.precompute or 1, follow, console, progress_bar)
 
 
 @cli.command()
-@click.option("--now", "now_", is_flag=True, required=True, help="Run one round now, whatever the threshold.")
+@click.option("--now", "now_", is_flag=True, help="Run one round now, whatever the threshold.")
+@click.option(
+    "--schedule",
+    is_flag=True,
+    help="Keep running: a round whenever trainer.threshold annotations changed "
+    "(checked every trainer.check_interval seconds); `geolabel serve` starts this itself.",
+)
 @click.pass_context
 @handle_errors
-def train(ctx: click.Context, now_: bool) -> None:
+def train(ctx: click.Context, now_: bool, schedule: bool) -> None:
     """Run an active-learning round: harvest, train, validate, promote, score, queue the next tiles."""
+    if now_ == schedule:
+        raise click.UsageError("give --now (one round now) or --schedule (rounds as annotations come in)")
+    config = _config(ctx)
+    if schedule:
+        from geolabel.local import stop_on_signals
+        from trainer.scheduler import run_scheduler
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        with stop_on_signals():
+            run_scheduler(config, ctx.obj["config_path"])
+        return
     from trainer.loop import run_round
 
-    config = _config(ctx)
     with console.status("active-learning round: harvesting, training, scoring..."):
-        record = run_round(config, client_for(config), trigger="manual")
+        record = run_round(config, _client(config), trigger="manual")
     verdict = (
         "promoted (now active)" if record.status == "promoted" else "kept the previous version (not better)"
     )

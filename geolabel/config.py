@@ -116,6 +116,7 @@ class SamSection(_Section):
 class TrainerSection(_Section):
     """``[trainer]``."""
 
+    schedule: bool = True
     threshold: int = Field(default=20, ge=1)
     check_interval: float = Field(default=300.0, gt=0)
     epochs: int = Field(default=10, ge=1, le=1000)
@@ -351,7 +352,9 @@ precompute_interval = 30.0
 
 [trainer]
 # A new active-learning round starts when this many annotations were created, updated or deleted
-# since the last one; the scheduler (started by `geolabel serve`) looks every check_interval seconds.
+# since the last one; the scheduler looks every check_interval seconds. `geolabel serve` starts the
+# scheduler when schedule is true (else run `geolabel train --schedule` or `geolabel train --now`).
+schedule = true
 threshold = 20
 check_interval = 300.0
 # Training: epochs per round (warm start from the active version), tiles per batch, AdamW

@@ -43,7 +43,7 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def local_backend(config: Config, config_path: Path) -> LocalMLBackend:
-    """The local ML backend (gunicorn) and embedding job described by the config."""
+    """The local ML backend (gunicorn) and its helper jobs (embedding, round scheduler) per the config."""
     auth = config.ml_backend_auth()
     return LocalMLBackend(
         config.ml_backend.url,
@@ -52,6 +52,7 @@ def local_backend(config: Config, config_path: Path) -> LocalMLBackend:
         workers=config.ml_backend.workers,
         threads=config.ml_backend.threads,
         precompute=config.sam.precompute > 0 and config.sam_checkpoint is not None,
+        schedule=config.trainer.schedule,
         secrets_to_mask=(auth.password, config.token()),
     )
 
@@ -137,6 +138,11 @@ def connect_backend(
         console.print(
             f"  embeddings of the next {config.sam.precompute} tiles are computed in the background "
             f"({backend.embed_log_path})"
+        )
+    if backend is not None and backend.schedule:
+        console.print(
+            f"  round scheduler: a training round at {config.trainer.threshold} annotation changes, "
+            f"checked every {config.trainer.check_interval:.0f} s ({backend.trainer_log_path})"
         )
 
 

@@ -17,7 +17,9 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.types import ImportApiRequest, PredictionRequest
 
+from geolabel.config import Config
 from geolabel.errors import LabelStudioAuthError, LabelStudioError, LabelStudioUnreachableError
+from geolabel.stack import read_credentials
 
 T = TypeVar("T")
 
@@ -428,6 +430,15 @@ class LabelStudioClient:
             )
         data = response.json()
         return data if isinstance(data, dict) else {"data": data}
+
+
+def client_for(config: Config) -> LabelStudioClient:
+    """A client for the configured Label Studio: the configured token, else the local server's own."""
+    token = config.token()
+    if not token:
+        creds = read_credentials(config.data_dir / "label-studio")
+        token = creds.token if creds else ""
+    return LabelStudioClient(config.label_studio.url, token)
 
 
 def _basic_header(username: str, password: str) -> str:

@@ -304,7 +304,7 @@ def tail(path: Path, lines: int, secrets_to_mask: tuple[str, ...]) -> str:
 
 
 class LocalMLBackend(_Service):
-    """The ML backend (gunicorn serving ``ml_backend.app:create_app()``) and the embedding job, as children.
+    """The ML backend (gunicorn serving ``ml_backend.app:create_app()``) and its helper jobs, as children.
 
     Args:
         url: ``http://127.0.0.1:PORT`` to listen on (loopback only).
@@ -312,6 +312,7 @@ class LocalMLBackend(_Service):
         log_dir: where ``ml-backend.log`` and ``embed.log`` are written.
         workers: gunicorn worker processes; threads: threads per worker.
         precompute: run ``geolabel embed --follow`` beside it (at low CPU priority).
+        schedule: run ``geolabel train --schedule`` beside it (at low CPU priority).
         secrets_to_mask: strings never shown from the logs.
     """
 
@@ -323,6 +324,7 @@ class LocalMLBackend(_Service):
         workers: int = 1,
         threads: int = 4,
         precompute: bool = True,
+        schedule: bool = False,
         secrets_to_mask: tuple[str, ...] = (),
     ) -> None:
         parts = urlsplit(url)
@@ -335,13 +337,16 @@ class LocalMLBackend(_Service):
         self.config_path = config_path.resolve()
         self.log_path = log_dir / "ml-backend.log"
         self.embed_log_path = log_dir / "embed.log"
+        self.trainer_log_path = log_dir / "trainer.log"
         self.workers, self.threads, self.precompute = workers, threads, precompute
+        self.schedule = schedule
         self.secrets_to_mask = secrets_to_mask
         self._server: subprocess.Popen[bytes] | None = None
         self._embed: subprocess.Popen[bytes] | None = None
+        self._trainer: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Start gunicorn and wait until ``/health`` answers (SAM loads first); then the embedding job.
+        """Start gunicorn and wait until ``/health`` answers (SAM loads first); then the helper jobs.
 
         Raises:
             StackError: if the port is taken, or the server exits or does not answer in time.
@@ -362,17 +367,11 @@ class LocalMLBackend(_Service):
         ]  # fmt: skip
         self._server = spawn(command, env, self.log_path)
         self._wait_until_up(timeout)
+        cli = [sys.executable, "-m", "geolabel.cli", "--config", str(self.config_path)]
         if self.precompute:
-            embed = [
-                sys.executable,
-                "-m",
-                "geolabel.cli",
-                "--config",
-                str(self.config_path),
-                "embed",
-                "--follow",
-            ]
-            self._embed = spawn(embed, env, self.embed_log_path, nice=10)
+            self._embed = spawn([*cli, "embed", "--follow"], env, self.embed_log_path, nice=10)
+        if self.schedule:
+            self._trainer = spawn([*cli, "train", "--schedule"], env, self.trainer_log_path, nice=10)
 
     def _wait_until_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -394,10 +393,11 @@ class LocalMLBackend(_Service):
         return self._server is not None and self._server.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the embedding job and the server."""
-        embed, self._embed = self._embed, None
+        """Stop the helper jobs and the server."""
+        helpers, self._embed, self._trainer = (self._embed, self._trainer), None, None
         server, self._server = self._server, None
-        terminate(embed, timeout)
+        for helper in helpers:
+            terminate(helper, timeout)
         terminate(server, timeout)
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,17 +14,19 @@ import numpy as np
 import pytest
 import rasterio
 
-from geolabel.config import Config, parse_config
+from geolabel.config import TOKEN_ENV, Config, load_config, parse_config
 from geolabel.lsclient import LabelStudioClient
+from geolabel.stack import spawn, terminate
 from georef.labelstudio import ImageSize, brush_result, polygon_result
-from georef.registry import TileRecord, TileRegistry
+from georef.registry import AnnotationEvent, TileRecord, TileRegistry
 from importers.pipeline import ImportOptions, import_raster
 from tests.conftest import CLASSES, LAMBERT93_20CM, LabelStudioServer, free_port
 from trainer.errors import TrainerError
 from trainer.harvest import harvest
 from trainer.loop import HarvestError, Retry, run_round
 from trainer.metrics import IGNORE
-from trainer.rounds import RoundStatus, RoundStore
+from trainer.rounds import RoundRecord, RoundStatus, RoundStore
+from trainer.scheduler import check, round_if_due
 from trainer.versions import ClassEntry, ModelStore
 
 CATALOGUE = [ClassEntry(id=c.id, name=c.name, color=c.color) for c in CLASSES]
@@ -260,3 +266,79 @@ def test_disk_full_during_the_checkpoint_write_keeps_the_previous_version(
     assert store.active_name() == before
     assert store.versions() == versions  # no half-written version appears
     assert not [p for p in Path(project.config.models_dir).iterdir() if p.name.endswith(".partial")]
+
+
+# the scheduler ------------------------------------------------------------------------------------
+
+
+def scheduler_config(project: Project, folder: Path, threshold: int) -> Path:
+    """The fixture project's settings as a geolabel.toml, checked every second at ``threshold``."""
+    classes = "".join(
+        f'[[classes]]\nid = {c.id}\nname = "{c.name}"\ncolor = "{c.color}"\n\n' for c in CLASSES
+    )
+    path = folder / "geolabel.toml"
+    path.write_text(
+        f'[project]\nname = "{project.config.project.name}"\n\n{classes}'
+        f'[label_studio]\nurl = "{project.config.label_studio.url}"\n\n'
+        f"[trainer]\nthreshold = {threshold}\ncheck_interval = 1\nepochs = 2\nbatch_size = 4\n"
+        "validation_share = 0.25\nblock_tiles = 1\nbatch = 2\n\n"
+        f'[paths]\ndata_dir = "{project.config.data_dir}"\n'
+    )
+    return path
+
+
+def record_changes(project: Project, count: int) -> None:
+    """What the ML backend's webhook records when annotators submit ``count`` annotations."""
+    task_id = int(project.tiles[0].task_id or 0)
+    with TileRegistry(project.config.registry_path) as registry:
+        registry.record_annotation_events(
+            AnnotationEvent(project.project_id, task_id, None, "ANNOTATION_UPDATED") for _ in range(count)
+        )
+
+
+def rounds_of(project: Project) -> list[RoundRecord]:
+    with RoundStore(project.config.registry_path) as rounds:
+        return rounds.rounds(project.project_id)
+
+
+def test_below_the_threshold_the_scheduled_job_does_not_train(project: Project, tmp_path: Path) -> None:
+    path = scheduler_config(project, tmp_path, threshold=1000)
+    before = len(rounds_of(project))
+    record_changes(project, 2)
+    found = check(load_config(path))
+    assert found.changes >= 2
+    assert not found.due
+    assert "a round at 1000" in round_if_due(str(path))
+    assert len(rounds_of(project)) == before
+
+
+def test_the_scheduler_runs_one_round_when_enough_annotations_changed_and_only_one_scheduler_runs(
+    project: Project, label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    path = scheduler_config(project, tmp_path, threshold=3)
+    before = len(rounds_of(project))
+    record_changes(project, 3)
+    assert check(load_config(path)).due
+    env = {**os.environ, TOKEN_ENV: label_studio.token}
+    command = [sys.executable, "-m", "geolabel.cli", "--config", str(path), "train", "--schedule"]
+    log = tmp_path / "trainer.log"
+    scheduler = spawn(command, env, log)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not [
+            r for r in rounds_of(project)[before:] if r.status != RoundStatus.RUNNING
+        ]:
+            assert scheduler.poll() is None, log.read_text()
+            time.sleep(1)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 7, second.stdout + second.stderr
+        assert "already runs" in second.stdout + second.stderr
+        time.sleep(3)  # three more checks: nothing new to train on, so no second round
+    finally:
+        terminate(scheduler)
+    new = rounds_of(project)[before:]
+    assert [r.trigger for r in new] == ["scheduled"], log.read_text()
+    assert new[0].status in (RoundStatus.PROMOTED, RoundStatus.KEPT), new[0].error
+    assert not check(load_config(path)).due
+    assert (project.config.data_dir / "trainer" / "scheduler.sqlite").is_file()
+    assert label_studio.token not in log.read_text()

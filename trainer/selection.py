@@ -10,6 +10,7 @@ weighted by uncertainty.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from trainer.inference import pad_to_32
+from trainer.fit import probabilities
 
 UncertaintyMethod = Literal["entropy", "margin"]
 UNCERTAINTY_METHODS: tuple[UncertaintyMethod, ...] = ("entropy", "margin")
@@ -68,26 +69,22 @@ def score_tiles(
     method: UncertaintyMethod,
 ) -> Iterator[TileScore]:
     """Score each tile: uncertainty and foreground over its valid pixels, features, probabilities."""
-    captured: list[torch.Tensor] = []
+    features: deque[torch.Tensor] = deque()  # one pooled vector per image, in order
     encoder: torch.nn.Module = network.encoder  # type: ignore[assignment]  # smp models have one
-    hook = encoder.register_forward_hook(lambda _m, _i, output: captured.append(output[-1]))
-    network.eval()
+    hook = encoder.register_forward_hook(
+        lambda _m, _i, output: features.extend(output[-1].mean(dim=(2, 3)).unbind(0))
+    )
     try:
-        with torch.inference_mode():
-            for image, mask in zip(images, valid, strict=True):
-                _, height, width = image.shape
-                logits = network(torch.from_numpy(pad_to_32(image))[None])[0, :, :height, :width]
-                probabilities = torch.softmax(logits, dim=0)
-                yield _tile_score(probabilities, torch.from_numpy(mask), captured.pop(), method)
+        for probability, mask in zip(probabilities(network, images), valid, strict=True):
+            yield _tile_score(probability, torch.from_numpy(mask), features.popleft(), method)
     finally:
         hook.remove()
 
 
 def _tile_score(
-    probabilities: torch.Tensor, valid: torch.Tensor, deepest: torch.Tensor, method: UncertaintyMethod
+    probabilities: torch.Tensor, valid: torch.Tensor, pooled: torch.Tensor, method: UncertaintyMethod
 ) -> TileScore:
-    features = deepest[0].mean(dim=(1, 2))
-    features = features / features.norm().clamp_min(1e-12)
+    features = pooled / pooled.norm().clamp_min(1e-12)
     if not bool(valid.any()):
         return TileScore(0.0, 0.0, features.numpy(), probabilities.numpy())
     uncertainty = float(pixel_uncertainty(probabilities, method)[valid].mean())

@@ -1,0 +1,136 @@
+"""The round scheduler: a new active-learning round once enough annotations have changed.
+
+APScheduler runs one interval job, kept in a SQLite job store beside the registry
+(``<data_dir>/trainer/scheduler.sqlite``), so its next run time survives a
+restart. Every ``trainer.check_interval`` seconds the job counts the annotation
+events recorded (Label Studio's webhooks) since the last round harvested; at
+``trainer.threshold`` or more it runs :func:`trainer.loop.run_round`.
+
+No overlap, at three levels: the job has ``max_instances=1`` and coalesces
+missed runs; one scheduler per data folder (a lock held for the process's
+life); and ``run_round`` itself takes the round lock, so ``geolabel train
+--now`` and the scheduler never train at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from geolabel.config import Config, load_config
+from geolabel.errors import GeolabelError
+from geolabel.locks import exclusive_lock
+from geolabel.lsclient import client_for
+from georef.registry import TileRegistry
+from trainer.errors import TrainerError
+from trainer.rounds import RoundStore
+
+logger = logging.getLogger(__name__)
+JOB_ID = "active-learning-round"
+
+
+class SchedulerBusyError(TrainerError):
+    """Another scheduler already watches this data folder."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """What one look found: annotation changes since the last round, and whether a round is due."""
+
+    project_id: int | None
+    changes: int
+    threshold: int
+
+    @property
+    def due(self) -> bool:
+        """True when a project exists and at least ``threshold`` annotations changed."""
+        return self.project_id is not None and self.changes >= self.threshold
+
+
+def check(config: Config) -> Check:
+    """Count the annotation events recorded since the events the last round harvested."""
+    threshold = config.trainer.threshold
+    if not config.registry_path.is_file():
+        return Check(None, 0, threshold)
+    with TileRegistry(config.registry_path) as registry, RoundStore(config.registry_path) as rounds:
+        project_id = registry.project_id(config.project.name)
+        if project_id is None:
+            return Check(None, 0, threshold)
+        changes = registry.count_annotation_events(project_id, rounds.harvested_upto(project_id))
+    return Check(project_id, changes, threshold)
+
+
+def round_if_due(config_path: str) -> str:
+    """The scheduled job: run a round if enough annotations changed; returns what it did, in words.
+
+    The configuration is read again at every run, so edits to ``[trainer]`` apply from the next
+    round. Failures are logged (the round is recorded as failed) and the next check tries again.
+    """
+    from trainer.loop import run_round  # torch: loaded by the first round, not by every check
+
+    config = load_config(Path(config_path))
+    found = check(config)
+    if not found.due:
+        text = f"{found.changes} annotation change(s) since the last round; a round at {found.threshold}"
+        logger.info(text)
+        return text
+    logger.info("%d annotation change(s): starting a round", found.changes)
+    try:
+        record = run_round(config, client_for(config), trigger="scheduled")
+    except (TrainerError, GeolabelError) as exc:
+        logger.error("scheduled round failed: %s", exc)
+        return f"round failed: {exc}"
+    miou = record.metrics.get("miou")
+    text = f"round {record.id} {record.status}: version {record.model_version}, validation mIoU {miou}"
+    logger.info(text)
+    return text
+
+
+def scheduler_for(config: Config, config_path: Path) -> BlockingScheduler:
+    """A blocking scheduler with the round job in the persistent store (interval from the config)."""
+    store_path = config.data_dir / "trainer" / "scheduler.sqlite"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    scheduler = BlockingScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{store_path}")},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+    )
+    scheduler.add_job(
+        round_if_due,
+        "interval",
+        seconds=config.trainer.check_interval,
+        args=[str(config_path.resolve())],
+        id=JOB_ID,
+        name="active-learning round when enough annotations changed",
+        next_run_time=datetime.now(UTC),  # look at once, then every check_interval
+        replace_existing=True,  # a changed check_interval replaces the stored job
+    )
+    return scheduler
+
+
+def run_scheduler(config: Config, config_path: Path) -> None:
+    """Run the scheduler in the foreground until interrupted (Ctrl-C, SIGTERM).
+
+    Raises:
+        SchedulerBusyError: if another scheduler runs on the same data folder.
+    """
+    lock = config.data_dir / "trainer" / "scheduler.lock"
+    busy = SchedulerBusyError(f"a round scheduler already runs for {config.data_dir}")
+    with exclusive_lock(lock, lambda: busy):
+        scheduler = scheduler_for(config, config_path)
+        logger.info(
+            "round scheduler: every %.0f s, a round at %d annotation change(s)",
+            config.trainer.check_interval,
+            config.trainer.threshold,
+        )
+        try:
+            scheduler.start()
+        except (KeyboardInterrupt, SystemExit):
+            logger.info("round scheduler stopped")
+        finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=True)
