@@ -73,10 +73,10 @@ def _resolution(raster: RasterRecord) -> str:
 
 
 def rounds_table(config: Config) -> tuple[Table, list[str]]:
-    """The project's rounds (newest last) and the lines under it: active version, pending annotations."""
-    from trainer.rounds import RoundStore
-    from trainer.versions import ModelStore
+    """The project's rounds (newest last) and the lines under it: the dashboard's essentials."""
+    from trainer.dashboard import collect, status_lines
 
+    data = collect(config)
     table = Table(box=box.SIMPLE_HEAD, title=f"active-learning rounds of {config.project.name}")
     for column in (
         "round",
@@ -90,23 +90,11 @@ def rounds_table(config: Config) -> tuple[Table, list[str]]:
         "note",
     ):
         table.add_column(column)
-    with TileRegistry(config.registry_path) as registry, RoundStore(config.registry_path) as store:
-        project_id = registry.project_id(config.project.name)
-        if project_id is None:
-            return table, ["no project imported yet; run: geolabel import"]
-        for record in store.rounds(project_id):
-            miou = record.metrics.get("miou")
-            note = record.error or (
-                f"{len(record.problems)} annotation problem(s)" if record.problems else ""
-            )
-            score = "" if miou is None else f"{miou:.3f}"
-            cells = (record.id, record.status, record.started, record.ended or "", record.labelled_tiles,
-                     record.model_version or "", record.validation_tiles, score, note[:60])  # fmt: skip
-            table.add_row(*(str(cell) for cell in cells))
-        pending = registry.count_annotation_events(project_id, store.harvested_upto(project_id))
-    active = ModelStore(config.models_dir).active_name()
-    lines = [
-        f"active model version: {active or 'none yet (run: geolabel train --now)'}",
-        f"annotation changes since the last round: {pending} (a round starts at {config.trainer.threshold})",
-    ]
-    return table, lines
+    for record in data.rounds:
+        miou = record.metrics.get("miou")
+        note = record.error or (f"{len(record.problems)} annotation problem(s)" if record.problems else "")
+        score = "" if miou is None else f"{miou:.3f}"
+        cells = (record.id, record.status, record.started, record.ended or "", record.labelled_tiles,
+                 record.model_version or "", record.validation_tiles, score, note[:60])  # fmt: skip
+        table.add_row(*(str(cell) for cell in cells))
+    return table, status_lines(data)

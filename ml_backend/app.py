@@ -1,7 +1,8 @@
 """The Flask app: Label Studio's ML-backend protocol over :class:`~ml_backend.service.Backend`.
 
 Routes: ``GET /health`` (open: Label Studio polls it), ``POST /setup``, ``POST /predict``,
-``POST /webhook`` and ``GET /versions`` (HTTP basic auth). Errors are JSON
+``POST /webhook``, ``GET /versions`` and the coordinators' ``GET /dashboard`` (HTTP basic
+auth). Errors are JSON
 ``{"error": "..."}`` with the status of their :class:`~ml_backend.errors.BackendError`;
 clients never see a traceback, and request bodies (``/setup`` carries Label
 Studio's API token) are never logged.
@@ -25,6 +26,7 @@ from geolabel.config import CONFIG_NAME, Config, load_config
 from ml_backend.errors import BackendError, BadRequestError
 from ml_backend.protocol import PredictRequest, SetupRequest, WebhookEvent, parse_body
 from ml_backend.service import Backend, BackendSettings
+from trainer.dashboard import dashboard_blueprint
 
 log = logging.getLogger("geolabel.ml_backend")
 CONFIG_ENV = "GEOLABEL_CONFIG"
@@ -65,6 +67,7 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None) 
     _install_auth(app, auth.username, auth.password)
     _install_errors(app)
     _install_routes(app, service)
+    app.register_blueprint(dashboard_blueprint(config))
     return app
 
 

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import rasterio
+from click.testing import CliRunner
+from pydantic import SecretStr
+from werkzeug.serving import make_server
 
+from geolabel.cli import cli
 from geolabel.config import TOKEN_ENV, Config, load_config, parse_config
 from geolabel.lsclient import LabelStudioClient
 from geolabel.stack import spawn, terminate
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import AnnotationEvent, TileRecord, TileRegistry
 from importers.pipeline import ImportOptions, import_raster
+from ml_backend.app import create_app
 from tests.conftest import CLASSES, LAMBERT93_20CM, LabelStudioServer, free_port
+from trainer.dashboard import PLOTS, MapTile, collect
 from trainer.errors import TrainerError
 from trainer.harvest import harvest
 from trainer.loop import HarvestError, Retry, run_round
@@ -31,6 +41,7 @@ from trainer.versions import ClassEntry, ModelStore
 
 CATALOGUE = [ClassEntry(id=c.id, name=c.name, color=c.color) for c in CLASSES]
 SIZE = ImageSize(256, 256)
+PASSWORD = "dashboard-test-password"
 
 
 def brush(mask: np.ndarray, label: str = "building") -> dict:
@@ -342,3 +353,106 @@ def test_the_scheduler_runs_one_round_when_enough_annotations_changed_and_only_o
     assert not check(load_config(path)).due
     assert (project.config.data_dir / "trainer" / "scheduler.sqlite").is_file()
     assert label_studio.token not in log.read_text()
+
+
+# the coordinators' dashboard ----------------------------------------------------------------------
+
+
+def test_the_dashboard_data_shows_every_tile_state_and_the_next_batch(project: Project) -> None:
+    data = collect(project.config)
+    assert [r.id for r in data.rounds] == [r.id for r in rounds_of(project)]
+    assert data.active is not None
+    by_state: dict[str, list[MapTile]] = {}
+    for tile in data.tiles:
+        by_state.setdefault(tile.state, []).append(tile)
+    assert {t.tile_id for t in by_state["labelled"]} == {t.id for t in project.tiles[:4]}
+    unlabelled = by_state["unlabelled"]
+    assert {t.tile_id for t in unlabelled} == {t.id for t in project.tiles[4:]}
+    assert all(t.uncertainty is not None and 0 <= t.uncertainty <= 1 for t in unlabelled)
+    assert {t.tile_id for t in data.tiles if t.next_batch} == {t.id for t in project.tiles[4:]}
+    first = next(t for t in data.tiles if t.tile_id == project.tiles[0].id)
+    assert np.allclose(first.corners[0], project.tiles[0].grid.transform @ (0, 0))  # top-left corner
+
+
+@pytest.fixture
+def dashboard_url(project: Project) -> Iterator[tuple[str, str]]:
+    """The ML backend app (no SAM) serving the fixture project on a free port, and its password."""
+    config = project.config.model_copy(
+        update={"ml_backend": project.config.ml_backend.model_copy(update={"password": SecretStr(PASSWORD)})}
+    )
+    url = f"http://127.0.0.1:{free_port()}"
+    server = make_server("127.0.0.1", int(url.rsplit(":", 1)[1]), create_app(config), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield url, config.ml_backend_auth().username
+    finally:
+        server.shutdown()
+
+
+def test_the_dashboard_needs_the_backend_login(dashboard_url: tuple[str, str]) -> None:
+    url, user = dashboard_url
+    assert httpx.get(f"{url}/dashboard").status_code == 401
+    assert httpx.get(f"{url}/dashboard/tiles.png").status_code == 401
+    assert httpx.get(f"{url}/dashboard/nothing.png", auth=(user, PASSWORD)).status_code == 404
+    plot = httpx.get(f"{url}/dashboard/tiles.png", auth=(user, PASSWORD))
+    assert plot.headers["content-type"] == "image/png"
+    assert plot.content.startswith(b"\x89PNG")
+
+
+def test_the_dashboard_renders_in_headless_chromium(
+    project: Project, dashboard_url: tuple[str, str], tmp_path: Path
+) -> None:
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (make browser, or apt-get install chromium)")
+    url, user = dashboard_url
+    finished = [r for r in rounds_of(project) if r.status != RoundStatus.RUNNING]
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_context(
+                http_credentials={"username": user, "password": PASSWORD},
+                viewport={"width": 1400, "height": 900},
+            ).new_page()
+            response = page.goto(f"{url}/dashboard")
+            assert response is not None
+            assert response.status == 200
+            page.wait_for_load_state("networkidle")
+            assert page.locator("#rounds tbody tr").count() == len(finished)
+            assert page.locator("#rounds tbody tr.promoted").count() >= 1
+            status = page.locator("#status").inner_text()
+            assert f"Active model version: {ModelStore(project.config.models_dir).active_name()}" in status
+            assert "4 labelled" in status
+            sizes = page.eval_on_selector_all(
+                "img", "images => images.map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+            )
+            assert sorted(s[0] for s in sizes) == sorted(PLOTS)
+            assert all(complete and width > 300 and height > 200 for _, complete, width, height in sizes), (
+                sizes
+            )
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+def test_geolabel_status_prints_the_rounds_and_the_essentials(project: Project, tmp_path: Path) -> None:
+    path = scheduler_config(project, tmp_path, threshold=20)
+    result = CliRunner().invoke(cli, ["--config", str(path), "status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    active = ModelStore(project.config.models_dir).active_name()
+    assert f"Active model version: {active}" in result.output
+    assert "Validation IoU of the active version: building" in result.output
+    assert "4 labelled" in result.output
+    assert "(a round starts at 20)" in result.output
+    for record in rounds_of(project):
+        assert str(record.status) in result.output
+
+
+@pytest.mark.parametrize("flags", [[], ["--now", "--schedule"]])
+def test_geolabel_train_needs_exactly_one_of_now_and_schedule(flags: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "geolabel.toml"), "train", *flags])
+    assert result.exit_code == 2
+    assert "give --now (one round now) or --schedule" in result.output

@@ -28,7 +28,7 @@ from trainer.harvest import Harvest, LabelledTile, harvest
 from trainer.inference import LoadedModel, load_version, read_input
 from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
-from trainer.rounds import QueueEntry, RoundRecord, RoundStatus, RoundStore, now
+from trainer.rounds import QueueEntry, RoundRecord, RoundStatus, RoundStore, TileState, now
 from trainer.selection import TileScore, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
 from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore, new_version_name
@@ -138,8 +138,15 @@ def _round(
     models.activate(version.version)
     loaded = LoadedModel(version, network.eval())
     labelled_ids = {t.tile.id for t in found.tiles}
-    queue = _score_and_push(config, client, registry, project_id, loaded, labelled_ids, samples)
+    queue, uncertainty = _score_and_push(config, client, registry, project_id, loaded, labelled_ids, samples)
+    skipped = {tiles[t].id for t in found.skipped_tasks if t in tiles} - labelled_ids
     store.set_queue(round_id, queue)
+    store.set_tile_states(
+        round_id,
+        [TileState(t, "labelled") for t in sorted(labelled_ids)]
+        + [TileState(t, "skipped") for t in sorted(skipped)]
+        + [TileState(t, "unlabelled", u) for t, u in uncertainty.items() if t not in skipped],
+    )
     store.finish(round_id, RoundStatus.PROMOTED)
 
 
@@ -256,8 +263,11 @@ def _score_and_push(
     loaded: LoadedModel,
     labelled_ids: set[str],
     samples: list[Sample],
-) -> list[QueueEntry]:
-    """Score every unlabelled tile, push its prediction, set the model version; return the next batch."""
+) -> tuple[list[QueueEntry], dict[str, float]]:
+    """Score every unlabelled tile, push its prediction, set the model version.
+
+    Returns the next batch and every unlabelled tile's uncertainty.
+    """
     schema = read_schema(client.project(project_id)["label_config"])
     unlabelled = [
         t
@@ -284,8 +294,9 @@ def _score_and_push(
         )
     client.import_predictions(project_id, predictions)
     client.set_model_version(project_id, loaded.manifest.version)
+    uncertainty = {tile.id: score.uncertainty for tile, score in zip(unlabelled, scores, strict=True)}
     if not unlabelled:
-        return []
+        return [], uncertainty
     labelled = score_tiles(
         loaded.network, [s.image for s in samples], [s.target != IGNORE for s in samples], "entropy"
     )
@@ -297,7 +308,7 @@ def _score_and_push(
         config.trainer.batch,
         config.trainer.diversity,
     )
-    return [
+    queue = [
         QueueEntry(
             rank,
             unlabelled[i].id,
@@ -307,6 +318,7 @@ def _score_and_push(
         )
         for rank, i in enumerate(picks)
     ]
+    return queue, uncertainty
 
 
 def _light(score: TileScore) -> TileScore:

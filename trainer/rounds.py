@@ -39,6 +39,18 @@ class QueueEntry:
 
 
 @dataclass(frozen=True)
+class TileState:
+    """What a round knew of a tile: ``labelled``, ``skipped`` (cancelled in Label Studio) or ``unlabelled``.
+
+    ``uncertainty`` is the promoted model's score of an unlabelled tile (None for the others).
+    """
+
+    tile_id: str
+    state: str
+    uncertainty: float | None = None
+
+
+@dataclass(frozen=True)
 class RoundRecord:
     """One active-learning round as recorded."""
 
@@ -89,6 +101,13 @@ CREATE TABLE IF NOT EXISTS round_queue (
     uncertainty REAL NOT NULL,
     confidence REAL NOT NULL,
     PRIMARY KEY (round_id, rank)
+);
+CREATE TABLE IF NOT EXISTS round_tiles (
+    round_id INTEGER NOT NULL REFERENCES rounds(id),
+    tile_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    uncertainty REAL,
+    PRIMARY KEY (round_id, tile_id)
 );
 """
 
@@ -189,6 +208,22 @@ class RoundStore:
             (round_id,),
         )
         return [QueueEntry(*row) for row in rows]
+
+    def set_tile_states(self, round_id: int, states: list[TileState]) -> None:
+        """Record every tile's state and uncertainty as a round left them."""
+        with self.conn:
+            self.conn.execute("DELETE FROM round_tiles WHERE round_id = ?", (round_id,))
+            self.conn.executemany(
+                "INSERT INTO round_tiles VALUES (?, ?, ?, ?)",
+                [(round_id, t.tile_id, t.state, t.uncertainty) for t in states],
+            )
+
+    def tile_states(self, round_id: int) -> dict[str, TileState]:
+        """The tiles' states recorded by a round, by tile id (empty for a round that scored nothing)."""
+        rows = self.conn.execute(
+            "SELECT tile_id, state, uncertainty FROM round_tiles WHERE round_id = ?", (round_id,)
+        )
+        return {row[0]: TileState(*row) for row in rows}
 
 
 def _record(row: sqlite3.Row) -> RoundRecord:
