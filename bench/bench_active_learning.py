@@ -6,8 +6,11 @@ budget is spent; the model is warm-started from the previous round, exactly as
 the trainer does. Test chips are fixed and never labelled.
 
 Strategies (same budget, same seeds, same initial chips):
-- ``uncertainty``: the trainer's selection: mean entropy, greedy farthest-point
-  diversity in the model's feature space (``trainer.selection.select_batch``);
+- ``uncertainty``: the trainer's selection over ``--pool-sample`` random unlabelled
+  chips (128; scoring every chip each round costs more than it gains): mean entropy
+  (``--score foreground`` weights it by the building probability), predicted-empty
+  chips last, greedy farthest-point diversity in the model's feature space
+  (``trainer.selection.select_batch``);
 - ``random``: random order;
 - ``random-skip-empty``: random order, skipping chips the model predicts empty.
 

@@ -156,3 +156,22 @@ def test_tile_scores_give_confidence_foreground_and_unit_features() -> None:
     (nothing,) = score_tiles(network, [image], [np.zeros((40, 50), bool)], "margin")
     assert nothing.uncertainty == 0.0
     assert nothing.foreground == 0.0
+
+
+def test_batched_scores_equal_one_tile_at_a_time_whatever_the_sizes() -> None:
+    torch.manual_seed(0)
+    network = build_model(tiny_manifest())
+    rng = np.random.default_rng(3)
+    shapes = [(40, 50)] * 3 + [(64, 64)] * 2 + [(40, 50)]  # three runs of same-size tiles
+    images = [rng.normal(size=(3, *shape)).astype(np.float32) for shape in shapes]
+    valid = [np.ones(shape, dtype=bool) for shape in shapes]
+    together = list(score_tiles(network, images, valid, "entropy"))
+    pairs = zip(images, valid, strict=True)
+    alone = [next(iter(score_tiles(network, [image], [ok], "entropy"))) for image, ok in pairs]
+    assert [s.probabilities.shape[1:] for s in together] == shapes
+    for a, b in zip(together, alone, strict=True):
+        assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+        assert np.allclose(a.features, b.features, atol=1e-5)  # each tile's own features, in order
+        assert a.uncertainty == pytest.approx(b.uncertainty, abs=1e-5)
+    assert not np.allclose(together[0].features, together[1].features)
+    assert not torch.is_inference_mode_enabled()  # the generator kept inference mode to itself
