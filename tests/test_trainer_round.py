@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -282,7 +283,7 @@ def test_disk_full_during_the_checkpoint_write_keeps_the_previous_version(
 # the scheduler ------------------------------------------------------------------------------------
 
 
-def scheduler_config(project: Project, folder: Path, threshold: int) -> Path:
+def scheduler_config(project: Project, folder: Path, threshold: int, epochs: int = 2) -> Path:
     """The fixture project's settings as a geolabel.toml, checked every second at ``threshold``."""
     classes = "".join(
         f'[[classes]]\nid = {c.id}\nname = "{c.name}"\ncolor = "{c.color}"\n\n' for c in CLASSES
@@ -291,7 +292,7 @@ def scheduler_config(project: Project, folder: Path, threshold: int) -> Path:
     path.write_text(
         f'[project]\nname = "{project.config.project.name}"\n\n{classes}'
         f'[label_studio]\nurl = "{project.config.label_studio.url}"\n\n'
-        f"[trainer]\nthreshold = {threshold}\ncheck_interval = 1\nepochs = 2\nbatch_size = 4\n"
+        f"[trainer]\nthreshold = {threshold}\ncheck_interval = 1\nepochs = {epochs}\nbatch_size = 4\n"
         "validation_share = 0.25\nblock_tiles = 1\nbatch = 2\n\n"
         f'[paths]\ndata_dir = "{project.config.data_dir}"\n'
     )
@@ -456,3 +457,35 @@ def test_geolabel_train_needs_exactly_one_of_now_and_schedule(flags: list[str], 
     result = CliRunner().invoke(cli, ["--config", str(tmp_path / "geolabel.toml"), "train", *flags])
     assert result.exit_code == 2
     assert "give --now (one round now) or --schedule" in result.output
+
+
+def test_a_round_killed_midway_leaves_the_active_version_serving_and_the_next_round_cleans_up(
+    project: Project, label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    path = scheduler_config(project, tmp_path, threshold=1, epochs=500)  # the kill lands in training
+    store = ModelStore(project.config.models_dir)
+    before, versions = store.active_name(), store.versions()
+    (project.config.models_dir / ".v-killed.partial").mkdir()  # what a kill during a version write leaves
+    started = len(rounds_of(project))
+    env = {**os.environ, TOKEN_ENV: label_studio.token}
+    log = tmp_path / "train.log"
+    command = [sys.executable, "-m", "geolabel.cli", "--config", str(path), "train", "--now"]
+    trainer = spawn(command, env, log)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not any(r.labelled_tiles for r in rounds_of(project)[started:]):
+            assert trainer.poll() is None, log.read_text()
+            time.sleep(0.5)
+    finally:
+        os.killpg(trainer.pid, signal.SIGKILL)
+        trainer.wait()
+    (killed,) = rounds_of(project)[started:]
+    assert killed.status == RoundStatus.RUNNING  # harvested, then killed while training
+    assert store.active_name() == before
+    assert store.versions() == versions
+    record = run_round(project.config, project.client, retry=Retry(1, 0.01))
+    assert record.status in (RoundStatus.PROMOTED, RoundStatus.KEPT), record.error
+    killed = next(r for r in rounds_of(project) if r.id == killed.id)
+    assert killed.status == RoundStatus.FAILED
+    assert "interrupted" in (killed.error or "")
+    assert not [p for p in project.config.models_dir.iterdir() if p.name.endswith(".partial")]

@@ -110,6 +110,8 @@ def _round(
     if not found.tiles:
         raise TrainerError("no annotated tile yet: label a few tiles in Label Studio first")
     models = ModelStore(config.models_dir)
+    for name in models.remove_staging():
+        logger.warning("removed %s, left by a round killed while writing its version", name)
     active = _active(models)
     manifest = _manifest(registry, found.tiles, classes, active)
     samples = [_sample(registry, labelled, manifest) for labelled in found.tiles]

@@ -179,6 +179,18 @@ class ModelStore:
             ) from None
         return final
 
+    def remove_staging(self) -> list[str]:
+        """Delete the staging folders a killed write left behind; returns their names.
+
+        Only call it while no version is being written (the trainer holds its round lock).
+        """
+        if not self.root.is_dir():
+            return []
+        stale = [p for p in self.root.iterdir() if p.is_dir() and p.name.endswith(".partial")]
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return [p.name for p in stale]
+
     def activate(self, name: str) -> None:
         """Make ``name`` the active version (atomic replace of ``ACTIVE``).
 
