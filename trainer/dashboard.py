@@ -76,28 +76,33 @@ def collect(config: Config) -> Dashboard:
         if project_id is None:
             return empty
         rounds = store.rounds(project_id)
-        scored = [r for r in rounds if r.status == RoundStatus.PROMOTED]
-        last = scored[-1] if scored else None
-        states = store.tile_states(last.id) if last else {}
-        batch = {e.tile_id for e in store.queue(last.id)} if last else set()
-        upto = store.harvested_upto(project_id)
-        annotated = {e.task_id for e in registry.annotation_events(project_id, upto)}
-        pending = registry.count_annotation_events(project_id, upto)
-        rasters = {r.id for r in registry.rasters() if r.project_id == project_id}
-        tiles = []
-        for tile in registry.tiles():
-            if tile.raster_id not in rasters:
-                continue
-            known = states.get(tile.id)
-            state = known.state if known else "unlabelled"
-            if tile.status == TileStatus.SKIPPED:
-                state = "nodata"
-            elif tile.task_id in annotated and state != "labelled":
-                state = "annotated"
-            uncertainty = known.uncertainty if known and state == "unlabelled" else None
-            corners = tile.grid.corners_world().astype(np.float64)
-            tiles.append(MapTile(tile.id, tile.crs_text, corners, state, uncertainty, tile.id in batch))
+        tiles = _map_tiles(registry, store, project_id, rounds)
+        pending = registry.count_annotation_events(project_id, store.harvested_upto(project_id))
     return Dashboard(config.project.name, rounds, active, tiles, pending, config.trainer.threshold)
+
+
+def _map_tiles(
+    registry: TileRegistry, store: RoundStore, project_id: int, rounds: list[RoundRecord]
+) -> list[MapTile]:
+    """The project's tiles as the newest promoted round left them, updated by annotations since."""
+    promoted = [r for r in rounds if r.status == RoundStatus.PROMOTED]
+    states = store.tile_states(promoted[-1].id) if promoted else {}
+    batch = {e.tile_id for e in store.queue(promoted[-1].id)} if promoted else set()
+    events = registry.annotation_events(project_id, store.harvested_upto(project_id))
+    annotated = {e.task_id for e in events}
+    rasters = {r.id for r in registry.rasters() if r.project_id == project_id}
+    tiles = []
+    for tile in (t for t in registry.tiles() if t.raster_id in rasters):
+        known = states.get(tile.id)
+        state = known.state if known else "unlabelled"
+        if tile.status == TileStatus.SKIPPED:
+            state = "nodata"
+        elif tile.task_id in annotated and state != "labelled":
+            state = "annotated"
+        uncertainty = known.uncertainty if known and state == "unlabelled" else None
+        corners = tile.grid.corners_world().astype(np.float64)
+        tiles.append(MapTile(tile.id, tile.crs_text, corners, state, uncertainty, tile.id in batch))
+    return tiles
 
 
 # plots ------------------------------------------------------------------------------------------
