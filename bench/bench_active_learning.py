@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,31 @@ def manifest(chips: Chips) -> ModelManifest:
     return ModelManifest(version="bench", created="", classes=classes, input=chips.spec)
 
 
+_worker: tuple[Chips, argparse.Namespace, list[int]] | None = None  # per worker process
+
+
+def _start_worker(args: argparse.Namespace) -> None:
+    """A worker process: its share of the cores as torch threads, and its own copy of the chips."""
+    global _worker
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    chips = load_chips(args.data, args.scale)
+    _worker = (chips, args, test_chips(chips, args))
+
+
+def _run(strategy: str, seed: int) -> Run:
+    if _worker is None:
+        raise RuntimeError("the worker was not started")
+    chips, args, test = _worker
+    return run_strategy(chips, args, strategy, seed, test)
+
+
+def test_chips(chips: Chips, args: argparse.Namespace) -> list[int]:
+    """The fixed test chips (the same for every seed and strategy), never labelled."""
+    count = len(chips.names)
+    share = round(count * args.test_share)
+    return sorted(int(i) for i in np.random.default_rng(1234).choice(count, share, replace=False))
+
+
 def run_strategy(chips: Chips, args: argparse.Namespace, strategy: str, seed: int, test: list[int]) -> Run:
     """Label ``args.initial`` chips, then a batch per round up to ``args.budget``."""
     rng = np.random.default_rng(seed)
@@ -105,12 +132,20 @@ def run_strategy(chips: Chips, args: argparse.Namespace, strategy: str, seed: in
     order = [int(i) for i in rng.permutation(pool)]  # the random strategies' order
     while True:
         samples = [Sample(chips.images[i], chips.masks[i]) for i in labelled]
-        settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, seed=seed + len(labelled))
+        settings = TrainSettings(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=seed + len(labelled),
+        )
         train(network, samples, settings)
         miou = evaluate(network, test_samples, chips.classes).miou
         empty = float(np.mean([not chips.masks[i].any() for i in labelled]))
         run.curve.append((len(labelled), miou, empty))
-        print(f"  {strategy:18s} seed {seed}  {len(labelled):4d} chips  mIoU {miou:.3f}  empty {empty:.0%}")
+        print(
+            f"  {strategy:18s} seed {seed}  {len(labelled):4d} chips  mIoU {miou:.3f}  empty {empty:.0%}",
+            flush=True,
+        )
         if len(labelled) >= args.budget:
             return run
         size = min(args.batch, args.budget - len(labelled))
@@ -259,6 +294,9 @@ def main() -> int:
     parser.add_argument("--test-share", type=float, default=0.2, help="fixed test chips, never labelled")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per round (warm start)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--learning-rate", type=float, default=5e-4, help="peak of each round's one-cycle (warm start)"
+    )
     parser.add_argument("--scale", type=int, default=2, help="read chips this many times coarser (1: full)")
     parser.add_argument("--diversity", type=float, default=1.0, help="distance exponent (0: plain entropy)")
     parser.add_argument(
@@ -267,18 +305,19 @@ def main() -> int:
     parser.add_argument(
         "--score", choices=("entropy", "foreground"), default="entropy", help="tile uncertainty"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel, one torch thread each"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     chips = load_chips(args.data, args.scale)
-    count = len(chips.names)
-    test = sorted(
-        int(i)
-        for i in np.random.default_rng(1234).choice(count, round(count * args.test_share), replace=False)
-    )
+    test = test_chips(chips, args)
     print(f"{len(chips.names)} chips, {len(test)} fixed test chips, {chips.classes - 1} class(es)")
     seeds = list(range(args.seeds))
-    runs = [run_strategy(chips, args, s, seed, test) for seed in seeds for s in STRATEGIES]
+    todo = [(strategy, seed) for seed in seeds for strategy in STRATEGIES]
+    context = multiprocessing.get_context("spawn")  # no fork after torch's thread pools exist
+    with context.Pool(args.jobs, initializer=_start_worker, initargs=(args,)) as pool:
+        runs = pool.starmap(_run, todo, chunksize=1)
     summary = summarise(runs, seeds)
     summary["settings"] = {k: str(v) for k, v in vars(args).items()}
     summary["runtime_s"] = round(time.perf_counter() - start, 1)
