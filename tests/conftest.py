@@ -17,11 +17,12 @@ from hypothesis import settings
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 
+from geolabel.config import Config, parse_config
 from geolabel.lsclient import LabelStudioClient
 from geolabel.stack import LocalLabelStudio, load_or_create_credentials
-from georef.registry import TileRegistry
+from georef.registry import TileRecord, TileRegistry
 from importers.labelconfig import LabelClass
-from importers.pipeline import ImportOptions
+from importers.pipeline import ImportOptions, ImportReport, import_raster
 
 # Tests never depend on timing: no per-example deadline.
 settings.register_profile("geolabel", deadline=None, max_examples=100)
@@ -183,3 +184,46 @@ def registry(ls_data_dir: Path) -> TileRegistry:
 def client(label_studio: LabelStudioServer) -> LabelStudioClient:
     """A client of the test run's Label Studio."""
     return label_studio.client()
+
+
+@dataclass(frozen=True)
+class ImportedScene:
+    """A raster imported as a Label Studio project: its config, import report and tiles (by task id)."""
+
+    config: Config
+    report: ImportReport
+    tiles: list[TileRecord]
+
+
+def import_scene(
+    label_studio: LabelStudioServer,
+    raster: Path,
+    image: np.ndarray,
+    title: str,
+    overlap: int,
+    **sections: dict[str, object],
+) -> ImportedScene:
+    """Write ``image`` as a Lambert-93 20 cm GeoTIFF at ``raster``, import it as project ``title`` (256 px
+    tiles), and build its config (``sections`` add to the project, classes, Label Studio and paths)."""
+    count, height, width = image.shape
+    with rasterio.open(raster, "w", driver="GTiff", width=width, height=height, count=count,
+                       dtype=image.dtype.name, crs="EPSG:2154", transform=LAMBERT93_20CM) as dst:  # fmt: skip
+        dst.write(image)
+    data_dir = label_studio.document_root / "projects" / title.replace(" ", "_")
+    options = ImportOptions(
+        title, CLASSES, data_dir, label_studio.document_root, tile_size=256, overlap=overlap, workers=1
+    )
+    with TileRegistry(data_dir / "registry.sqlite") as registry:
+        report = import_raster(raster, options, registry, label_studio.client())
+        tiles = sorted(registry.tiles(), key=lambda t: t.task_id or 0)
+    config = parse_config(
+        {
+            "project": {"name": title},
+            "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in CLASSES],
+            "label_studio": {"url": label_studio.url},
+            "paths": {"data_dir": str(data_dir)},
+            **sections,
+        },
+        base_dir=data_dir,
+    )
+    return ImportedScene(config, report, tiles)

@@ -24,11 +24,10 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 from werkzeug.serving import make_server
 
-from geolabel.config import Config, parse_config
+from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
 from georef.brush import rle_to_mask
 from georef.registry import TileRecord, TileRegistry
-from importers.pipeline import ImportOptions, import_raster
 from ml_backend.app import create_app, settings_from_config
 from ml_backend.precompute import PrecomputeBusyError, exclusive, next_tiles, precompute
 from ml_backend.sam import PIXEL_CENTRE, Embedding, OnnxDecoder, Prompt, SamEngine, TorchDecoder, load_sam
@@ -83,37 +82,16 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
     """A project of 2 tiles (256 px) in the real Label Studio, and the backend on a free port, connected."""
-    import rasterio
+    from tests.conftest import import_scene, synthetic
 
-    from tests.conftest import LAMBERT93_20CM, synthetic
-
-    data_dir = label_studio.document_root / "projects" / "ml_backend"
-    raster = tmp_path_factory.mktemp("ml_rasters") / "ortho.tif"
-    with rasterio.open(
-        raster, "w", driver="GTiff", width=480, height=256, count=3, dtype="uint8",
-        crs="EPSG:2154", transform=LAMBERT93_20CM,
-    ) as dst:  # fmt: skip
-        dst.write(synthetic(3, 256, 480, "uint8", seed=7))
-    title = "ml backend project"
-    client = label_studio.client()
-    options = ImportOptions(
-        title, CLASSES, data_dir, label_studio.document_root, tile_size=256, overlap=32, workers=1
-    )
-    with TileRegistry(data_dir / "registry.sqlite") as registry:
-        report = import_raster(raster, options, registry, client)
-        tiles = sorted(registry.tiles(), key=lambda t: t.task_id or 0)
     url = f"http://127.0.0.1:{free_port()}"
-    config = parse_config(
-        {
-            "project": {"name": title},
-            "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in CLASSES],
-            "label_studio": {"url": label_studio.url},
-            "ml_backend": {"url": url, "password": PASSWORD},
-            "sam": {"checkpoint": str(sam_checkpoint), "device": "cpu"},
-            "paths": {"data_dir": str(data_dir)},
-        },
-        base_dir=data_dir,
-    )
+    raster = tmp_path_factory.mktemp("ml_rasters") / "ortho.tif"
+    imported = import_scene(
+        label_studio, raster, synthetic(3, 256, 480, "uint8", seed=7), "ml backend project", overlap=32,
+        ml_backend={"url": url, "password": PASSWORD},
+        sam={"checkpoint": str(sam_checkpoint), "device": "cpu"},
+    )  # fmt: skip
+    config, report, tiles, client = imported.config, imported.report, imported.tiles, label_studio.client()
     backend = Backend(settings_from_config(config), sam=sam_engine)
     server = make_server(
         "127.0.0.1", int(url.rsplit(":", 1)[1]), create_app(config, backend=backend), threaded=True

@@ -17,20 +17,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import rasterio
 from click.testing import CliRunner
 from pydantic import SecretStr
 from werkzeug.serving import make_server
 
 from geolabel.cli import cli
-from geolabel.config import TOKEN_ENV, Config, load_config, parse_config
+from geolabel.config import TOKEN_ENV, Config, load_config
 from geolabel.lsclient import LabelStudioClient
 from geolabel.stack import spawn, terminate
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import AnnotationEvent, TileRecord, TileRegistry
-from importers.pipeline import ImportOptions, import_raster
 from ml_backend.app import create_app
-from tests.conftest import CLASSES, LAMBERT93_20CM, LabelStudioServer, free_port
+from tests.conftest import CLASSES, LAMBERT93_20CM, LabelStudioServer, free_port, import_scene
 from trainer.dashboard import PLOTS, MapTile, collect
 from trainer.errors import TrainerError
 from trainer.harvest import harvest
@@ -174,30 +172,11 @@ def scene() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def project(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory) -> Project:
-    data_dir = label_studio.document_root / "projects" / "trainer"
-    raster = tmp_path_factory.mktemp("trainer") / "scene.tif"
     image, truth = scene()
-    with rasterio.open(raster, "w", driver="GTiff", width=768, height=512, count=3, dtype="uint8",
-                       crs="EPSG:2154", transform=LAMBERT93_20CM) as dst:  # fmt: skip
-        dst.write(image)
-    title = "trainer project"
-    client = label_studio.client()
-    options = ImportOptions(
-        title, CLASSES, data_dir, label_studio.document_root, tile_size=256, overlap=0, workers=1
-    )
-    with TileRegistry(data_dir / "registry.sqlite") as registry:
-        report = import_raster(raster, options, registry, client)
-        tiles = sorted(registry.tiles(), key=lambda t: t.task_id or 0)
-    config = parse_config(
-        {
-            "project": {"name": title},
-            "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in CLASSES],
-            "label_studio": {"url": label_studio.url},
-            "trainer": {"epochs": 6, "batch_size": 4, "validation_share": 0.25, "block_tiles": 1, "batch": 2},
-            "paths": {"data_dir": str(data_dir)},
-        },
-        base_dir=data_dir,
-    )
+    trainer = {"epochs": 6, "batch_size": 4, "validation_share": 0.25, "block_tiles": 1, "batch": 2}
+    raster = tmp_path_factory.mktemp("trainer") / "scene.tif"
+    imported = import_scene(label_studio, raster, image, "trainer project", overlap=0, trainer=trainer)
+    config, report, tiles, client = imported.config, imported.report, imported.tiles, label_studio.client()
     labelled = Project(config, client, report.project_id, tiles, truth)
     for tile in tiles[:4]:  # 4 of the 6 tiles labelled, with the truth
         answer = tile_truth(labelled, tile)
