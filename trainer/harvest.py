@@ -18,21 +18,15 @@ import numpy as np
 import numpy.typing as npt
 from affine import Affine
 from rasterio.features import rasterize
-from shapely import make_valid, union_all
-from shapely.geometry import Polygon
-from shapely.geometry.base import BaseGeometry
 
-from georef.errors import GeorefError
-from georef.labelstudio import ImageSize, Region, parse_result
+from georef.errors import InvalidGeometryError
+from georef.labelstudio import ImageSize, Region
 from georef.registry import TileRecord
+from georef.shapes import annotator_of, label_regions, region_shape
 from trainer.metrics import IGNORE
 from trainer.versions import ClassEntry
 
-#: Region types that are labels; SAM's smart key points and rectangles are prompts, not labels.
-LABEL_KINDS = ("brush", "polygon")
-
 Report = Callable[[str], None]
-ZERO_AREA = "polygon with zero area; not used"
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ def _labelled_tile(
         fresh = merged == IGNORE
         agree = (target == IGNORE) | (target == merged)
         merged = np.where(fresh, target, np.where(agree, merged, IGNORE)).astype(np.uint8)
-        annotators.add(_annotator(annotation))
+        annotators.add(annotator_of(annotation))
         ids.append(annotation_id)
     if not ids:
         return None
@@ -139,23 +133,10 @@ def _annotation_target(
     """One annotation's class indices, or None (reported) when it labels nothing usable."""
     target = np.full((size.height, size.width), IGNORE, dtype=np.uint8)
     used = 0
-    for result in annotation.get("result") or []:
-        try:
-            region = parse_result(result, size)
-        except GeorefError as exc:
-            report(f"region not used: {exc}")
-            continue
-        if region.kind not in LABEL_KINDS:
-            continue
-        known = [label for label in region.labels if label in index]
-        if not known:
-            report(
-                f"label {', '.join(region.labels) or '(none)'} is not in the class catalogue; region not used"
-            )
-            continue
-        mask = _region_mask(region, size, report)
+    for labelled in label_regions(annotation, size, index, report):
+        mask = _region_mask(labelled.region, size, report)
         if mask is not None:
-            target[mask] = index[known[-1]]
+            target[mask] = index[labelled.class_name]
             used += 1
     if used == 0:
         report("the annotation labels no pixel (empty, or nothing usable); not used")
@@ -164,48 +145,26 @@ def _annotation_target(
 
 
 def _region_mask(region: Region, size: ImageSize, report: Report) -> npt.NDArray[np.bool_] | None:
+    """The region's pixels (a polygon covers a pixel when it contains its centre, as GDAL rasterises)."""
+    if region.mask is not None and not region.mask.any():
+        report("empty brush region; not used")
+        return None
     if region.mask is not None:
-        if not region.mask.any():
-            report("empty brush region; not used")
-            return None
         return region.mask
-    if region.pixel_xy is None:
-        report("region without points; not used")
+    try:
+        found = region_shape(region)
+    except InvalidGeometryError as exc:
+        report(str(exc))
         return None
-    geometry = _valid_polygon(region.pixel_xy, report)
-    if geometry is None:
-        return None
+    if found.note:
+        report(found.note)
     mask = rasterize(
-        [(geometry, 1)], out_shape=(size.height, size.width), transform=Affine.identity(), dtype=np.uint8
+        [(found.geometry, 1)],
+        out_shape=(size.height, size.width),
+        transform=Affine.identity(),
+        dtype=np.uint8,
     )
     if not mask.any():
         report("polygon smaller than a pixel (covers no pixel centre); not used")
         return None
     return np.asarray(mask, dtype=bool)
-
-
-def _valid_polygon(pixel_xy: npt.NDArray[np.float64], report: Report) -> BaseGeometry | None:
-    """The polygon, repaired when it self-intersects; None (reported) when it has no area."""
-    if len(pixel_xy) < 3:
-        report("polygon with fewer than 3 points; not used")
-        return None
-    polygon = Polygon(pixel_xy)
-    if polygon.is_valid:
-        if polygon.area > 0:
-            return polygon
-        report(ZERO_AREA)
-        return None
-    repaired = make_valid(polygon)
-    parts = [g for g in getattr(repaired, "geoms", [repaired]) if g.geom_type in ("Polygon", "MultiPolygon")]
-    if not parts or sum(p.area for p in parts) == 0:
-        report(ZERO_AREA)
-        return None
-    report("self-intersecting polygon repaired (make_valid) before use")
-    return union_all(parts)
-
-
-def _annotator(annotation: Mapping[str, Any]) -> str:
-    who = annotation.get("completed_by")
-    if isinstance(who, Mapping):
-        return str(who.get("email") or who.get("id"))
-    return str(who)
