@@ -19,6 +19,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from exporters.errors import ExportError
 from geolabel.config import CONFIG_NAME, DEFAULT_CONFIG, Config, load_config
 from geolabel.errors import ConfigError, GeolabelError, LabelStudioError, StackError
 from georef.errors import GeorefError
@@ -43,6 +44,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (StackError, 5),
     (GeolabelError, 1),
     (TrainerError, 7),
+    (ExportError, 8),
     (sqlite3.Error, 6),
     (OSError, 1),
 )
@@ -333,6 +335,64 @@ def status(ctx: click.Context) -> None:
     Console(width=max(console.width, 140)).print(table)
     for line in lines:
         console.print(line)
+
+
+def _parse_what(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    from exporters.project import WHAT
+
+    parts = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [p for p in parts if p not in WHAT]
+    if unknown or not parts:
+        raise click.BadParameter(
+            f"unknown part {', '.join(unknown) or '(none)'}; choose from {','.join(WHAT)}"
+        )
+    return parts
+
+
+def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
+    if not value:
+        return None
+    from georef.grid import crs_from_text
+
+    try:
+        return crs_from_text(value)
+    except GeorefError:
+        raise click.BadParameter(f"{value!r} is not a CRS; give e.g. EPSG:2154 or EPSG:4326") from None
+
+
+@cli.command()
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write."
+)
+@click.option("--crs", callback=_parse_crs, help="Output CRS, e.g. EPSG:2154 (default: the rasters' own).")
+@click.option(
+    "--what", callback=_parse_what, help="Parts to write: labels,predictions,tiles (default: all that exist)."
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace --out if it exists (only once the new export is complete)."
+)
+@click.pass_context
+@handle_errors
+def export(ctx: click.Context, out: Path, crs: Any, what: tuple[str, ...] | None, overwrite: bool) -> None:
+    """Write labels (GeoPackage), predictions (COG) and the tile map, styled for QGIS, to --out."""
+    from exporters.project import WHAT, ExportOptions, export_project
+
+    config = _config(ctx)
+    options = ExportOptions(out, crs, what or WHAT, explicit=what is not None, overwrite=overwrite,
+                            workers=config.import_.workers)  # fmt: skip
+    client = _client(config)
+    client.check()
+    with progress_bar() as bar:
+        report = export_project(config, client, options, bar)
+    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+    console.print(f"wrote {report.out} ({report.crs}): {', '.join(report.files)}", highlight=False)
+    console.print(f"counts: {counts}", highlight=False)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+    for problem in report.problems:
+        err_console.print(f"[yellow]not exported or repaired:[/] {problem}", highlight=False)
 
 
 def _has_registry(config: Config) -> bool:

@@ -195,6 +195,11 @@ class Config(_Section):
         return self.data_dir / "models"
 
     @property
+    def predictions_dir(self) -> Path:
+        """Per-tile probabilities of each model version, kept for exports."""
+        return self.data_dir / "predictions"
+
+    @property
     def embedding_cache_dir(self) -> Path:
         """SAM embedding cache (``sam.cache_dir``, default ``<data_dir>/embeddings``)."""
         folder = self.sam.cache_dir

@@ -266,11 +266,13 @@ class LabelStudioClient:
         """One task as a plain dict."""
         return self._call("read the task", lambda: self._sdk.tasks.get(id=str(task_id))).model_dump()
 
-    def create_annotation(self, task_id: int, result: Iterable[dict[str, Any]]) -> int:
-        """Create an annotation with ``result`` regions on a task; return its id."""
+    def create_annotation(
+        self, task_id: int, result: Iterable[dict[str, Any]], cancelled: bool = False
+    ) -> int:
+        """Create an annotation with ``result`` regions on a task (``cancelled``: a skip); return its id."""
         annotation = self._call(
             "create the annotation",
-            lambda: self._sdk.annotations.create(id=task_id, result=list(result)),
+            lambda: self._sdk.annotations.create(id=task_id, result=list(result), was_cancelled=cancelled),
         )
         return int(annotation.id or 0)
 
@@ -383,7 +385,9 @@ class LabelStudioClient:
     def labelled_tasks(self, project_id: int) -> list[dict[str, Any]]:
         """Every task with at least one annotation (submitted or skipped): ``{"id", "annotations"}``.
 
-        The task listing only names annotation ids, so each labelled task's annotations are read in full.
+        The task listing only names annotation ids, so each labelled task is read in full. The task's own
+        ``annotations`` are used: they include cancelled ones (skips), which the annotation list leaves out,
+        and name each author with their e-mail.
         """
         rows = self._task_rows(
             project_id, "task_only", "id,total_annotations,cancelled_annotations", "harvest annotations"
@@ -391,7 +395,10 @@ class LabelStudioClient:
         labelled = [
             int(t.id or 0) for t in rows if int(t.total_annotations or 0) or int(t.cancelled_annotations or 0)
         ]
-        return [{"id": task_id, "annotations": self.annotations(task_id)} for task_id in labelled]
+        return [
+            {"id": task_id, "annotations": self.task(task_id).get("annotations") or []}
+            for task_id in labelled
+        ]
 
     def import_predictions(
         self, project_id: int, predictions: Sequence[dict[str, Any]], batch: int = 200

@@ -9,12 +9,16 @@ frozen: operations return new values.
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
 from georef.errors import InvalidGeometryError
@@ -139,6 +143,79 @@ class Grid:
         corners = self.corners_world()
         xs, ys = corners[:, 0], corners[:, 1]
         return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+    def offset_of(self, other: Grid) -> tuple[int, int] | None:
+        """``(col, row)`` of ``other``'s top-left pixel in this grid, if ``other`` lies on this grid's pixels.
+
+        That is: same CRS, same pixel size and orientation, shifted by whole pixels (within 1e-6 pixel).
+        Returns None otherwise (the grids need resampling to be combined).
+        """
+        relative = ~self.transform @ other.transform
+        same_axes = np.allclose(
+            (relative.a, relative.b, relative.d, relative.e), (1.0, 0.0, 0.0, 1.0), rtol=0.0, atol=1e-9
+        )
+        col, row = round(relative.c), round(relative.f)
+        if not same_axes or abs(relative.c - col) > 1e-6 or abs(relative.f - row) > 1e-6:
+            return None
+        return (int(col), int(row)) if self.crs == other.crs else None
+
+
+def union_grid(grids: Sequence[Grid]) -> Grid:
+    """The smallest grid on the first grid's pixels that covers every grid.
+
+    Raises:
+        InvalidGeometryError: if there is no grid, or one is not on the first grid's pixels
+            (another CRS, pixel size or a fractional shift).
+    """
+    if not grids:
+        raise InvalidGeometryError("no grid to combine")
+    first = grids[0]
+    spans = []
+    for grid in grids:
+        offset = first.offset_of(grid)
+        if offset is None:
+            raise InvalidGeometryError(
+                "the rasters are not on one pixel grid (CRS, pixel size or alignment differ)"
+            )
+        spans.append((offset[0], offset[1], offset[0] + grid.width, offset[1] + grid.height))
+    col0, row0 = min(s[0] for s in spans), min(s[1] for s in spans)
+    col1, row1 = max(s[2] for s in spans), max(s[3] for s in spans)
+    return first.window_grid(PixelWindow(col0, row0, col1 - col0, row1 - row0))
+
+
+def reprojected_grid(grid: Grid, crs: CRS) -> Grid:
+    """The grid GDAL chooses to hold ``grid`` in ``crs`` (:func:`rasterio.warp.calculate_default_transform`).
+
+    Raises:
+        InvalidGeometryError: if the grid cannot be projected to ``crs``.
+    """
+    try:
+        transform, width, height = calculate_default_transform(
+            grid.crs, crs, grid.width, grid.height, *grid.bounds()
+        )
+    except Exception as exc:  # CRSError, or GDAL failing to transform the extent
+        source = crs_to_text(grid.crs)
+        raise InvalidGeometryError(f"cannot reproject a {source} grid to {crs}: {exc}") from exc
+    return Grid(int(width), int(height), transform, crs)
+
+
+def covering_grid(grids: Sequence[Grid]) -> Grid:
+    """A north-up grid covering every grid (all in one CRS), at the finest pixel size among them.
+
+    Raises:
+        InvalidGeometryError: if there is no grid or the CRSs differ.
+    """
+    if not grids:
+        raise InvalidGeometryError("no grid to combine")
+    crs = grids[0].crs
+    if any(g.crs != crs for g in grids):
+        raise InvalidGeometryError("grids in several CRSs: reproject them to one first")
+    size = min(min(g.resolution) for g in grids)
+    bounds = np.array([g.bounds() for g in grids])
+    left, bottom = float(bounds[:, 0].min()), float(bounds[:, 1].min())
+    right, top = float(bounds[:, 2].max()), float(bounds[:, 3].max())
+    width, height = math.ceil((right - left) / size - 1e-9), math.ceil((top - bottom) / size - 1e-9)
+    return Grid(max(width, 1), max(height, 1), from_origin(left, top, size, size), crs)
 
 
 def _as_points(values: npt.ArrayLike) -> FloatArray:

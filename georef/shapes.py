@@ -122,13 +122,11 @@ def label_regions(
         yield LabelRegion(index, region, names[-1])
 
 
-def annotator_of(annotation: Mapping[str, Any], emails: Mapping[int, str] | None = None) -> str:
-    """Who made an annotation: the e-mail when known (``emails`` by user id), else the user id."""
+def annotator_of(annotation: Mapping[str, Any]) -> str:
+    """Who made an annotation: the e-mail when Label Studio gives the user, else the user id."""
     who = annotation.get("completed_by")
     if isinstance(who, Mapping):
         return str(who.get("email") or who.get("id"))
-    if emails and isinstance(who, int) and who in emails:
-        return emails[who]
     return str(who)
 
 

@@ -48,12 +48,14 @@ class Progress(Protocol):
         """``units`` more are done."""
 
 
-class _Silent:
+class SilentProgress:
+    """A progress receiver that shows nothing."""
+
     def start(self, description: str, total: int) -> None:
-        pass
+        """Nothing to show."""
 
     def advance(self, units: int) -> None:
-        pass
+        """Nothing to show."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def import_raster(
         ImportFailedError: for bad rasters (the message says what to fix).
         LabelStudioError: if Label Studio is unreachable or refuses a request.
     """
-    progress = progress or _Silent()
+    progress = progress or SilentProgress()
     info = inspect_raster(path)
     digest = content_hash(info.path)
     with import_lock(options.data_dir):

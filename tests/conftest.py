@@ -201,13 +201,16 @@ def import_scene(
     image: np.ndarray,
     title: str,
     overlap: int,
+    crs: str = "EPSG:2154",
+    transform: Affine = LAMBERT93_20CM,
     **sections: dict[str, object],
 ) -> ImportedScene:
-    """Write ``image`` as a Lambert-93 20 cm GeoTIFF at ``raster``, import it as project ``title`` (256 px
-    tiles), and build its config (``sections`` add to the project, classes, Label Studio and paths)."""
+    """Write ``image`` as a GeoTIFF at ``raster`` (Lambert-93 20 cm unless told), import it as project
+    ``title`` (256 px tiles), and build its config (``sections`` add to the project, classes, Label Studio
+    and paths)."""
     count, height, width = image.shape
     with rasterio.open(raster, "w", driver="GTiff", width=width, height=height, count=count,
-                       dtype=image.dtype.name, crs="EPSG:2154", transform=LAMBERT93_20CM) as dst:  # fmt: skip
+                       dtype=image.dtype.name, crs=crs, transform=transform) as dst:  # fmt: skip
         dst.write(image)
     data_dir = label_studio.document_root / "projects" / title.replace(" ", "_")
     options = ImportOptions(
@@ -227,3 +230,18 @@ def import_scene(
         base_dir=data_dir,
     )
     return ImportedScene(config, report, tiles)
+
+
+def config_toml(config: Config, folder: Path, extra: str = "") -> Path:
+    """``config``'s project, classes, Label Studio URL and data folder as ``folder/geolabel.toml``,
+    followed by ``extra`` TOML sections."""
+    classes = "".join(
+        f'[[classes]]\nid = {c.id}\nname = "{c.name}"\ncolor = "{c.color}"\n\n' for c in config.classes
+    )
+    path = folder / "geolabel.toml"
+    path.write_text(
+        f'[project]\nname = "{config.project.name}"\n\n{classes}'
+        f'[label_studio]\nurl = "{config.label_studio.url}"\n\n{extra}'
+        f'[paths]\ndata_dir = "{config.data_dir}"\n'
+    )
+    return path

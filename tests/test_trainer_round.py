@@ -28,7 +28,7 @@ from geolabel.stack import spawn, terminate
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import AnnotationEvent, TileRecord, TileRegistry
 from ml_backend.app import create_app
-from tests.conftest import CLASSES, LAMBERT93_20CM, LabelStudioServer, free_port, import_scene
+from tests.conftest import CLASSES, LAMBERT93_20CM, LabelStudioServer, config_toml, free_port, import_scene
 from trainer.dashboard import PLOTS, MapTile, collect
 from trainer.errors import TrainerError
 from trainer.harvest import harvest
@@ -264,18 +264,11 @@ def test_disk_full_during_the_checkpoint_write_keeps_the_previous_version(
 
 def scheduler_config(project: Project, folder: Path, threshold: int, epochs: int = 2) -> Path:
     """The fixture project's settings as a geolabel.toml, checked every second at ``threshold``."""
-    classes = "".join(
-        f'[[classes]]\nid = {c.id}\nname = "{c.name}"\ncolor = "{c.color}"\n\n' for c in CLASSES
-    )
-    path = folder / "geolabel.toml"
-    path.write_text(
-        f'[project]\nname = "{project.config.project.name}"\n\n{classes}'
-        f'[label_studio]\nurl = "{project.config.label_studio.url}"\n\n'
+    trainer = (
         f"[trainer]\nthreshold = {threshold}\ncheck_interval = 1\nepochs = {epochs}\nbatch_size = 4\n"
         "validation_share = 0.25\nblock_tiles = 1\nbatch = 2\n\n"
-        f'[paths]\ndata_dir = "{project.config.data_dir}"\n'
     )
-    return path
+    return config_toml(project.config, folder, trainer)
 
 
 def record_changes(project: Project, count: int) -> None:

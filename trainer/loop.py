@@ -28,6 +28,7 @@ from trainer.harvest import Harvest, LabelledTile, harvest
 from trainer.inference import LoadedModel, load_version, read_input
 from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
+from trainer.predictions import PredictionStore
 from trainer.rounds import QueueEntry, RoundRecord, RoundStatus, RoundStore, TileState, now
 from trainer.selection import TileScore, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
@@ -279,11 +280,13 @@ def _score_and_push(
     ids = np.asarray([0] + [c.id for c in loaded.manifest.classes], dtype=np.uint8)
     scores: list[TileScore] = []
     predictions = []
+    stored = PredictionStore(config.predictions_dir, loaded.manifest.version)
     for tile in unlabelled:
         tile_input = read_input(registry.raster(tile.raster_id), tile, loaded.manifest)
         (score,) = score_tiles(
             loaded.network, [tile_input.pixels], [tile_input.valid], config.trainer.uncertainty
         )
+        stored.save(tile.id, score.probabilities, tile_input.valid)  # for exports
         scores.append(_light(score))
         class_map = np.where(tile_input.valid, ids[score.probabilities.argmax(axis=0)], 0).astype(np.uint8)
         predictions.append(

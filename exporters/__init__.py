@@ -1,0 +1,1 @@
+"""Labels and predictions back to GIS: GeoPackage layers, Cloud-Optimized GeoTIFFs and QGIS styles."""

@@ -1,0 +1,118 @@
+"""The coordinators' map: every tile's footprint with its state, uncertainty and selection round.
+
+State comes from Label Studio at export time (``labelled``: at least one
+submitted annotation; ``skipped``: only cancelled ones; ``unlabelled``), or
+``no data`` for tiles whose pixels are all nodata (no task). Uncertainty is the
+latest promoted round's score of the tile; ``selected_round`` / ``queue_rank``
+say in which round's next batch the tile was last put, and where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shapely.geometry import Polygon
+
+from georef.registry import TileRecord, TileStatus
+from georef.shapes import annotator_of
+from trainer.rounds import RoundStatus, RoundStore
+
+TILES_SCHEMA = {
+    "tile_id": "str",
+    "raster": "str",
+    "tile_row": "int64",
+    "tile_col": "int64",
+    "task_id": "int64",
+    "state": "str",
+    "annotations": "int64",
+    "annotators": "int64",
+    "uncertainty": "float64",
+    "scored_by": "str",
+    "selected_round": "int64",
+    "queue_rank": "int64",
+}
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """What Label Studio holds for a task: submitted annotations, their distinct authors, cancelled ones."""
+
+    annotations: int
+    annotators: int
+    cancelled: int
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """What the rounds say of tiles: the latest promoted round's scores and each tile's latest selection."""
+
+    uncertainty: Mapping[str, float]
+    scored_by: str
+    selection: Mapping[str, tuple[int, int]]  # tile id -> (round id, rank)
+
+
+def summarise(tasks: Sequence[Mapping[str, Any]]) -> dict[int, TaskSummary]:
+    """Per task id, its annotation counts."""
+    summaries = {}
+    for task in tasks:
+        annotations = task.get("annotations") or []
+        submitted = [a for a in annotations if not a.get("was_cancelled")]
+        summaries[int(task["id"])] = TaskSummary(
+            len(submitted), len({annotator_of(a) for a in submitted}), len(annotations) - len(submitted)
+        )
+    return summaries
+
+
+def round_view(store: RoundStore, project_id: int) -> RoundView:
+    """Scores and selections recorded by the project's rounds (empty before the first round)."""
+    rounds = store.rounds(project_id)
+    selection: dict[str, tuple[int, int]] = {}
+    for record in rounds:  # oldest first: later rounds overwrite
+        for entry in store.queue(record.id):
+            selection[entry.tile_id] = (record.id, entry.rank)
+    promoted = [r for r in rounds if r.status == RoundStatus.PROMOTED]
+    if not promoted:
+        return RoundView({}, "", selection)
+    latest = promoted[-1]
+    states = store.tile_states(latest.id)
+    uncertainty = {t: s.uncertainty for t, s in states.items() if s.uncertainty is not None}
+    return RoundView(uncertainty, latest.model_version or "", selection)
+
+
+def tile_row(
+    tile: TileRecord, raster: str, summary: TaskSummary | None, view: RoundView
+) -> dict[str, object]:
+    """The attributes of one tile's feature."""
+    selected = view.selection.get(tile.id)
+    uncertainty = view.uncertainty.get(tile.id)
+    return {
+        "tile_id": tile.id,
+        "raster": raster,
+        "tile_row": tile.tile_row,
+        "tile_col": tile.tile_col,
+        "task_id": tile.task_id,
+        "state": _state(tile, summary),
+        "annotations": summary.annotations if summary else 0,
+        "annotators": summary.annotators if summary else 0,
+        "uncertainty": float("nan") if uncertainty is None else uncertainty,
+        "scored_by": view.scored_by if uncertainty is not None else "",
+        "selected_round": selected[0] if selected else None,
+        "queue_rank": selected[1] if selected else None,
+    }
+
+
+def footprint(tile: TileRecord) -> Polygon:
+    """The tile's outline in its CRS (exact for rotated grids too)."""
+    return Polygon(tile.grid.corners_world())
+
+
+def _state(tile: TileRecord, summary: TaskSummary | None) -> str:
+    if tile.status == TileStatus.SKIPPED:
+        return "no data"
+    if summary is None:
+        return "unlabelled"
+    if summary.annotations:
+        return "labelled"
+    return "skipped" if summary.cancelled else "unlabelled"
