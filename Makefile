@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= demo/geolabel.toml
 
-.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al gdal clean
+.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export judges gdal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: install  ## start Label Studio, import the sample orthophoto, print URL/lo
 serve: install  ## start only the local Label Studio of the demo project
 	$(BIN)/geolabel --config $(DEMO_CONFIG) serve
 
-test: install lint typecheck browser pytest  ## everything CI runs
+test: install lint typecheck browser judges pytest  ## everything CI runs
 
 lint: install
 	$(BIN)/ruff check .
@@ -37,6 +37,10 @@ browser:  ## Debian's chromium for the browser test (needs root; the test is ski
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "note: chromium could not be installed; the browser test will be skipped"
 
+judges:  ## Debian's gdal-bin for the export tests' outside judges (needs root; those checks are skipped without it)
+	@command -v ogrinfo >/dev/null || (apt-get update -qq && apt-get install -y -qq gdal-bin) \
+		|| echo "note: gdal-bin could not be installed; the ogrinfo/gdalinfo checks will be skipped"
+
 gdal:  ## Debian's GDAL command-line tools, the outside judges used by bench/ (needs root)
 	command -v gdal_retile.py >/dev/null || (apt-get update -qq && apt-get install -y -qq gdal-bin python3-gdal)
 
@@ -49,7 +53,10 @@ bench-ml: install  ## SAM click latency (cold/warm), embedding throughput, 240-r
 bench-al: install  ## active learning on ../shared/data/fair_hotosm: uncertainty vs random vs random-skip-empty
 	$(BIN)/python bench/bench_active_learning.py
 
-bench: bench-import bench-ml
+bench-export: install gdal  ## prediction export on 10000 tiles against gdal_translate -of COG
+	$(BIN)/python bench/bench_export.py
+
+bench: bench-import bench-ml bench-export
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

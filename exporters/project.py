@@ -33,8 +33,7 @@ from georef.grid import Grid, covering_grid, crs_from_text, crs_to_text, reproje
 from georef.registry import RasterRecord, TileRecord, TileRegistry, TileStatus
 from importers.pipeline import Progress, SilentProgress
 from trainer.harvest import Problem
-from trainer.inference import load_version
-from trainer.predictions import PredictionStore, predict_tiles
+from trainer.predictions import PredictionStore
 from trainer.rounds import RoundStore
 from trainer.versions import ModelStore
 
@@ -278,6 +277,8 @@ def _predict_missing(
     missing = set(store.missing(t.id for t in tiles))
     if not missing:
         return
+    from trainer.inference import load_version, predict_tiles  # torch loads only when a model must run
+
     model = load_version(ModelStore(config.models_dir), store.version)
     bar.start(f"predicting tiles with {store.version}", len(missing))
     with TileRegistry(config.registry_path) as registry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,10 +12,11 @@ import torch
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from georef.registry import RasterRecord, TileRecord
+from georef.registry import RasterRecord, TileRecord, TileRegistry
 from importers.display import valid_mask
 from trainer.errors import ModelInputError, ModelStoreError
 from trainer.model import build_model
+from trainer.predictions import PredictionStore
 from trainer.versions import ModelManifest, ModelStore
 
 
@@ -109,3 +111,29 @@ def pad_to_32(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     if pad_h == 0 and pad_w == 0:
         return pixels
     return np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+
+
+def predict_tiles(
+    registry: TileRegistry,
+    model: LoadedModel,
+    store: PredictionStore,
+    tiles: Sequence[TileRecord],
+    advance: Callable[[int], None] | None = None,
+    chunk: int = 16,
+) -> None:
+    """Run ``model`` on ``tiles`` (read from their source rasters) and store each prediction.
+
+    Tiles are read and predicted ``chunk`` at a time (same-size tiles run as one batch); each stored
+    tile calls ``advance(1)``. Already stored tiles are not skipped here: pass
+    ``store.missing(...)`` to resume.
+    """
+    from trainer.fit import probabilities  # trainer.fit imports this module
+
+    for start in range(0, len(tiles), chunk):
+        part = tiles[start : start + chunk]
+        inputs = [read_input(registry.raster(t.raster_id), t, model.manifest) for t in part]
+        softmaxes = probabilities(model.network, [i.pixels for i in inputs])
+        for tile, tile_input, softmax in zip(part, inputs, softmaxes, strict=True):
+            store.save(tile.id, softmax.numpy(), tile_input.valid)
+            if advance is not None:
+                advance(1)

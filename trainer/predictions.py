@@ -7,23 +7,22 @@ Layout under ``<data_dir>/predictions``::
 Probabilities are quantised to 0-255 (background first, then the manifest's
 classes), as in the exported ``predictions_proba.tif``. Each file is written
 under a temporary name and renamed, so a killed job leaves whole files only and
-a rerun computes just the tiles still missing.
+a rerun computes just the tiles still missing. This module does not import
+torch: exports read stored predictions without loading a model
+(:func:`trainer.inference.predict_tiles` computes them).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from georef.registry import TileRecord, TileRegistry
 from trainer.errors import ModelStoreError
-from trainer.fit import probabilities
-from trainer.inference import LoadedModel, read_input
 
 
 @dataclass(frozen=True)
@@ -85,27 +84,3 @@ class PredictionStore:
     def missing(self, tile_ids: Iterable[str]) -> list[str]:
         """The tiles of ``tile_ids`` without a stored prediction, in order."""
         return [tile_id for tile_id in tile_ids if not self.has(tile_id)]
-
-
-def predict_tiles(
-    registry: TileRegistry,
-    model: LoadedModel,
-    store: PredictionStore,
-    tiles: Sequence[TileRecord],
-    advance: Callable[[int], None] | None = None,
-    chunk: int = 16,
-) -> None:
-    """Run ``model`` on ``tiles`` (read from their source rasters) and store each prediction.
-
-    Tiles are read and predicted ``chunk`` at a time (same-size tiles run as one batch); each stored
-    tile calls ``advance(1)``. Already stored tiles are not skipped here: pass
-    ``store.missing(...)`` to resume.
-    """
-    for start in range(0, len(tiles), chunk):
-        part = tiles[start : start + chunk]
-        inputs = [read_input(registry.raster(t.raster_id), t, model.manifest) for t in part]
-        softmaxes = probabilities(model.network, [i.pixels for i in inputs])
-        for tile, tile_input, softmax in zip(part, inputs, softmaxes, strict=True):
-            store.save(tile.id, softmax.numpy(), tile_input.valid)
-            if advance is not None:
-                advance(1)

@@ -17,11 +17,14 @@ import datetime as dt
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainer.errors import ModelStoreError
+
+if TYPE_CHECKING:  # torch loads only when weights are read or written (exports read manifests only)
+    import torch
 
 ACTIVE = "ACTIVE"
 MANIFEST = "manifest.json"
@@ -146,6 +149,8 @@ class ModelStore:
         """
         file = self.root / name / WEIGHTS
         try:
+            import torch
+
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle, zip and torch errors alike
             raise ModelStoreError(
@@ -168,6 +173,8 @@ class ModelStore:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             staging.mkdir(parents=True)
+            import torch
+
             torch.save(state, staging / WEIGHTS)
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
             _fsync_dir_files(staging)
