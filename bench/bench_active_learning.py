@@ -37,10 +37,11 @@ import rasterio
 import torch
 from rasterio.enums import Resampling
 
+from geolabel.classes import LabelClass
 from trainer.fit import Sample, TrainSettings, evaluate, train
 from trainer.model import build_model
 from trainer.selection import TileScore, pixel_uncertainty, score_tiles, select_batch
-from trainer.versions import ClassEntry, InputSpec, ModelManifest
+from trainer.versions import InputSpec, ModelManifest
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -94,7 +95,7 @@ class Run:
 
 def manifest(chips: Chips) -> ModelManifest:
     """The trainer's default model for the chips (one class entry per non-background class)."""
-    classes = [ClassEntry(id=i, name=f"class{i}", color="#ff0000") for i in range(1, chips.classes)]
+    classes = [LabelClass(id=i, name=f"class{i}", color="#ff0000") for i in range(1, chips.classes)]
     return ModelManifest(version="bench", created="", classes=classes, input=chips.spec)
 
 

@@ -33,22 +33,26 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from geolabel.classes import LabelClass  # noqa: E402
 from geolabel.config import parse_config  # noqa: E402
+from geolabel.credentials import load_or_create_credentials  # noqa: E402
 from geolabel.local import SAMPLE_RASTER, local_backend  # noqa: E402
 from geolabel.lsclient import LabelStudioClient  # noqa: E402
-from geolabel.stack import LocalLabelStudio, load_or_create_credentials  # noqa: E402
+from geolabel.stack import LocalLabelStudio  # noqa: E402
 from georef.registry import TileRegistry  # noqa: E402
-from importers.labelconfig import LabelClass  # noqa: E402
 from importers.pipeline import ImportOptions, import_raster  # noqa: E402
 from ml_backend.app import settings_from_config  # noqa: E402
 from ml_backend.precompute import precompute  # noqa: E402
 from ml_backend.sam import Prompt  # noqa: E402
 from ml_backend.service import Backend  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore  # noqa: E402
+from trainer.versions import InputSpec, ModelManifest, ModelStore  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-CLASSES = [LabelClass(1, "building", "#e31a1c"), LabelClass(2, "vegetation", "#33a02c")]
+CLASSES = [
+    LabelClass(id=1, name="building", color="#e31a1c"),
+    LabelClass(id=2, name="vegetation", color="#33a02c"),
+]
 PASSWORD = "bench-password"
 
 
@@ -173,9 +177,9 @@ class Bench:
         assert embedding is not None
         rng = random.Random(1)
         times, post = [], []
+        from geolabel.lsmodels import read_schema
         from importers.labelconfig import label_config
-        from ml_backend.results import mask_results
-        from ml_backend.schema import read_schema
+        from trainer.preannotations import mask_results
 
         schema = read_schema(label_config(CLASSES))
         for _ in range(30):
@@ -252,7 +256,7 @@ class Bench:
         manifest = ModelManifest(
             version="bench-v1",
             created="2026-11-22T00:00:00+00:00",
-            classes=[ClassEntry(id=c.id, name=c.name, color=c.color) for c in CLASSES],
+            classes=[LabelClass(id=c.id, name=c.name, color=c.color) for c in CLASSES],
             input=InputSpec(bands=[1, 2, 3], mean=[120.0] * 3, std=[50.0] * 3),
         )
         store = ModelStore(self.config.models_dir)

@@ -28,10 +28,10 @@ from exporters.errors import ExportInputError, OutputExistsError
 from exporters.mosaic import ARGMAX_NODATA, MosaicTile, plan_blocks
 from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
+from geolabel.progress import Progress, SilentProgress
 from georef.errors import InvalidGeometryError
 from georef.grid import Grid, covering_grid, crs_from_text, crs_to_text, reprojected_grid, union_grid
 from georef.registry import RasterRecord, TileRecord, TileRegistry, TileStatus
-from importers.pipeline import Progress, SilentProgress
 from trainer.harvest import Problem
 from trainer.predictions import PredictionStore
 from trainer.rounds import RoundStore

@@ -116,7 +116,7 @@ def import_options(config: Config, project: str | None, bands: Sequence[int] | N
 
     return ImportOptions(
         project=project or config.project.name,
-        classes=config.label_classes,
+        classes=config.classes,
         data_dir=config.data_dir,
         document_root=config.document_root,
         tile_size=config.tiling.size,

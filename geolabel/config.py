@@ -20,9 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from geolabel.classes import LabelClass
+from geolabel.credentials import BasicAuth, ml_backend_auth
 from geolabel.errors import ConfigError
-from geolabel.stack import BasicAuth, ml_backend_auth
-from importers.labelconfig import LabelClass
 
 CONFIG_NAME = "geolabel.toml"
 TOKEN_ENV = "GEOLABEL_LABEL_STUDIO_TOKEN"  # noqa: S105 (a variable name, not a secret)
@@ -37,14 +37,6 @@ class ProjectSection(_Section):
     """``[project]``."""
 
     name: str = Field(default="geolabel", min_length=3, max_length=50)
-
-
-class ClassSection(_Section):
-    """One ``[[classes]]`` entry."""
-
-    id: int = Field(ge=1, le=255)
-    name: str = Field(min_length=1, pattern=r"^[^<>&\"]+$")
-    color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
 
 
 class TilingSection(_Section):
@@ -147,7 +139,7 @@ class Config(_Section):
     """The whole ``geolabel.toml``."""
 
     project: ProjectSection = ProjectSection()
-    classes: list[ClassSection] = Field(min_length=1)
+    classes: list[LabelClass] = Field(min_length=1)
     tiling: TilingSection = TilingSection()
     display: DisplaySection = DisplaySection()
     label_studio: LabelStudioSection = LabelStudioSection()
@@ -160,18 +152,13 @@ class Config(_Section):
 
     @field_validator("classes")
     @classmethod
-    def _unique(cls, classes: list[ClassSection]) -> list[ClassSection]:
+    def _unique(cls, classes: list[LabelClass]) -> list[LabelClass]:
         for attr in ("id", "name"):
             values = [getattr(c, attr) for c in classes]
             duplicates = sorted({str(v) for v in values if values.count(v) > 1})
             if duplicates:
                 raise ValueError(f"class {attr}s must be unique; repeated: {', '.join(duplicates)}")
         return classes
-
-    @property
-    def label_classes(self) -> list[LabelClass]:
-        """The class catalogue as values the importers use."""
-        return [LabelClass(c.id, c.name, c.color.lower()) for c in self.classes]
 
     @property
     def data_dir(self) -> Path:

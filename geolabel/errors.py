@@ -1,4 +1,4 @@
-"""Errors of the command line layer: configuration and Label Studio access."""
+"""Errors of geolabel's infrastructure (configuration, Label Studio access, the local stack)."""
 
 
 class GeolabelError(Exception):
@@ -23,3 +23,7 @@ class LabelStudioAuthError(LabelStudioError, PermissionError):
 
 class StackError(GeolabelError, RuntimeError):
     """The local Label Studio server could not be started."""
+
+
+class LabelConfigError(GeolabelError, ValueError):
+    """A project's labelling config lacks the tags geolabel needs (it was edited by hand)."""

@@ -12,8 +12,9 @@ import httpx
 from rich.console import Console
 
 from geolabel.config import Config
+from geolabel.credentials import Credentials, load_or_create_credentials
 from geolabel.lsclient import LabelStudioClient
-from geolabel.stack import Credentials, LocalLabelStudio, LocalMLBackend, is_up, load_or_create_credentials
+from geolabel.stack import LocalLabelStudio, LocalMLBackend, is_up
 from georef.registry import TileRegistry
 from importers.errors import ImportFailedError
 

@@ -18,8 +18,8 @@ from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.types import ImportApiRequest, PredictionRequest
 
 from geolabel.config import Config
+from geolabel.credentials import read_credentials
 from geolabel.errors import LabelStudioAuthError, LabelStudioError, LabelStudioUnreachableError
-from geolabel.stack import read_credentials
 
 T = TypeVar("T")
 

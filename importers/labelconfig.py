@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from geolabel.classes import LabelClass
 
 IMAGE_NAME = "image"
 BRUSH_NAME = "label_brush"
 POLYGON_NAME = "label_polygon"
 SAM_POINT_NAME = "sam_point"
 SAM_BOX_NAME = "sam_box"
-
-
-@dataclass(frozen=True, slots=True)
-class LabelClass:
-    """One class of the catalogue: its id (the value in class masks), name and colour."""
-
-    id: int
-    name: str
-    color: str
 
 
 def label_config(classes: Sequence[LabelClass]) -> str:

@@ -21,41 +21,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import rasterio
 
+from geolabel.classes import LabelClass
 from geolabel.locks import exclusive_lock
 from geolabel.lsclient import IMPORT_BATCH, UNCERTAINTY_SAMPLING, LabelStudioClient, ProjectRef
+from geolabel.progress import Progress, SilentProgress
 from georef.registry import RasterRecord, RasterSpec, RasterStatus, TileRecord, TileRegistry, TileStatus
 from georef.taskgeo import TileGeo
 from georef.tiling import plan_tiles
 from importers.display import Stretch, StretchMethod, choose_bands, compute_stretch
 from importers.errors import AllNodataError, ImportFailedError, RasterChangedError
-from importers.labelconfig import LabelClass, label_config
+from importers.labelconfig import label_config
 from importers.raster import RasterInfo, content_hash, inspect_raster
 from importers.render import GDAL_CACHE_MB, RenderJob, TileTask, render_tiles
-
-
-class Progress(Protocol):
-    """Receives progress of long steps (the CLI shows a progress bar)."""
-
-    def start(self, description: str, total: int) -> None:
-        """A step of ``total`` units begins."""
-
-    def advance(self, units: int) -> None:
-        """``units`` more are done."""
-
-
-class SilentProgress:
-    """A progress receiver that shows nothing."""
-
-    def start(self, description: str, total: int) -> None:
-        """Nothing to show."""
-
-    def advance(self, units: int) -> None:
-        """Nothing to show."""
 
 
 @dataclass(frozen=True)

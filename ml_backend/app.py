@@ -23,6 +23,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from geolabel.config import CONFIG_NAME, Config, load_config
+from geolabel.errors import LabelConfigError
 from ml_backend.errors import BackendError, BadRequestError
 from ml_backend.protocol import PredictRequest, SetupRequest, WebhookEvent, parse_body
 from ml_backend.service import Backend, BackendSettings
@@ -126,6 +127,11 @@ def _install_errors(app: Flask) -> None:
     def backend_error(exc: BackendError) -> tuple[Response, int]:
         log.warning("%s %s: %s", request.method, request.path, exc)
         return jsonify({"error": str(exc)}), exc.status
+
+    @app.errorhandler(LabelConfigError)
+    def config_error(exc: LabelConfigError) -> tuple[Response, int]:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return jsonify({"error": str(exc)}), 422
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

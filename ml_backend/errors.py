@@ -25,12 +25,6 @@ class UnknownTaskError(BackendError, LookupError):
     status = 404
 
 
-class LabelConfigError(BackendError, ValueError):
-    """The project's labelling config lacks the tags the backend needs."""
-
-    status = 422
-
-
 class TileImageMissingError(BackendError, FileNotFoundError):
     """The tile's display image is not on disk (moved or deleted data folder)."""
 

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from geolabel.lsmodels import ProjectSchema
 from georef.labelstudio import ImageSize, PercentRect, percent_to_pixel, rect_to_pixel_corners
 from ml_backend.errors import BadRequestError
 from ml_backend.sam import Prompt
-from ml_backend.schema import ProjectSchema
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from geolabel.lsclient import ANNOTATION_ACTIONS
+from geolabel.lsmodels import ProjectSchema, read_schema
 from georef.errors import RegistryError
 from georef.labelstudio import ImageSize
 from georef.registry import AnnotationEvent, RasterRecord, TileRecord, TileRegistry
@@ -32,11 +33,10 @@ from ml_backend.protocol import (
     project_id,
     prompt_from_context,
 )
-from ml_backend.results import class_results, mask_results
 from ml_backend.sam import SamEngine, load_sam
-from ml_backend.schema import ProjectSchema, read_schema
 from trainer.errors import TrainerError
 from trainer.inference import LoadedModel, load_version, predict, read_input
+from trainer.preannotations import class_results, mask_results
 from trainer.versions import ModelStore
 
 NO_MODEL = "no trained model yet: pre-annotations stay empty until the first training round promotes one"

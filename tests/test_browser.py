@@ -7,7 +7,6 @@ reason where chromium or Playwright is missing (``make test`` installs both when
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,19 +18,14 @@ from geolabel.lsclient import LabelStudioClient
 from georef.labelstudio import ImageSize, parse_result, region_to_world
 from georef.registry import TileRegistry
 from importers.pipeline import ImportOptions, import_raster
-from tests.conftest import GeoTiffFactory, LabelStudioServer
+from tests.conftest import GeoTiffFactory, LabelStudioServer, chromium_path
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [
-    pytest.mark.labelstudio,
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)"
-    ),
-]
+from playwright import sync_api as playwright_api
+
+pytestmark = [pytest.mark.labelstudio]
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -59,7 +53,7 @@ def test_polygon_drawn_with_the_mouse_is_georeferenced(
     clicks_pct = [(20.0, 20.0), (70.0, 25.0), (45.0, 80.0)]
 
     with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.set_default_timeout(UI_TIMEOUT_MS)
         _log_in(page, label_studio.url, *creds)
@@ -112,7 +106,7 @@ def _labelling_image_box(page: Page) -> dict[str, float]:
 
 
 def _credentials(label_studio: LabelStudioServer) -> tuple[str, str]:
-    from geolabel.stack import read_credentials
+    from geolabel.credentials import read_credentials
 
     creds = read_credentials(label_studio.state_dir)
     assert creds is not None

@@ -22,6 +22,7 @@ from rasterio.warp import calculate_default_transform
 from rasterio.warp import transform as warp_points
 
 from exporters.project import ExportOptions, export_project
+from geolabel.classes import LabelClass
 from geolabel.cli import cli
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import TileRecord, TileRegistry
@@ -32,10 +33,11 @@ from tests.conftest import (
     LabelStudioServer,
     config_toml,
     import_scene,
+    require_gdal_tools,
     synthetic,
 )
 from trainer.model import build_model
-from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore
+from trainer.versions import InputSpec, ModelManifest, ModelStore
 
 pytestmark = pytest.mark.labelstudio
 
@@ -52,7 +54,7 @@ def tile_at(scene: ImportedScene, col_off: int, row_off: int) -> TileRecord:
 
 def activate_random_model(scene: ImportedScene) -> str:
     """A model version with the real architecture and random weights, made active."""
-    classes = [ClassEntry(id=c.id, name=c.name, color=c.color) for c in CLASSES]
+    classes = [LabelClass(id=c.id, name=c.name, color=c.color) for c in CLASSES]
     manifest = ModelManifest(version="v20260101-000000", created="2026-01-01T00:00:00+00:00", classes=classes,
                              input=InputSpec(bands=[1, 2, 3], mean=[128.0] * 3, std=[64.0] * 3))  # fmt: skip
     torch.manual_seed(0)
@@ -174,11 +176,8 @@ def test_tile_map_has_states_and_the_outside_judges_agree(exported: Path) -> Non
     assert manifest["model_version"] == "v20260101-000000"
 
 
-@pytest.mark.skipif(
-    shutil.which("ogrinfo") is None or shutil.which("gdalinfo") is None,
-    reason="Debian's gdal-bin is not installed (make test installs it when it can)",
-)
 def test_gdal_command_line_tools_read_every_output(exported: Path) -> None:
+    require_gdal_tools()
     layers = {("labels.gpkg", "labels"): 3, ("labels.gpkg", "labels_merged"): 2, ("tiles.gpkg", "tiles"): 3}
     for (file, layer), count in layers.items():
         text = subprocess.run(["ogrinfo", "-so", str(exported / file), layer], capture_output=True, text=True,

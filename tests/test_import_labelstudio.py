@@ -12,6 +12,7 @@ import rasterio.transform
 from affine import Affine
 from PIL import Image
 
+from geolabel.classes import LabelClass
 from geolabel.errors import LabelStudioAuthError, LabelStudioUnreachableError
 from geolabel.lsclient import LabelStudioClient
 from georef.labelstudio import ImageSize, brush_result, parse_result, polygon_result, region_to_world
@@ -25,7 +26,7 @@ from importers.errors import (
     RasterReadError,
     UnsupportedRasterError,
 )
-from importers.labelconfig import BRUSH_NAME, IMAGE_NAME, POLYGON_NAME, LabelClass
+from importers.labelconfig import BRUSH_NAME, IMAGE_NAME, POLYGON_NAME
 from importers.pipeline import ImportOptions, import_raster
 from tests.conftest import CLASSES, GeoTiffFactory, LabelStudioServer, free_port, synthetic
 
@@ -98,7 +99,9 @@ def test_reimport_adds_nothing_and_a_second_raster_joins_the_project(
     other = import_raster(second, options, registry, client)
     assert other.project_id == report.project_id
     assert len(client.tasks(report.project_id)) == report.tiles + other.tiles == len(registry.tiles())
-    more_classes = dataclasses.replace(options, classes=[*CLASSES, LabelClass(3, "road", "#636363")])
+    more_classes = dataclasses.replace(
+        options, classes=[*CLASSES, LabelClass(id=3, name="road", color="#636363")]
+    )
     changed = import_raster(first, more_classes, registry, client)
     assert "labelling config differs" in changed.notes[0]
     assert "road" not in client.project(report.project_id)["label_config"]

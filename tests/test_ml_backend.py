@@ -24,6 +24,7 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 from werkzeug.serving import make_server
 
+from geolabel.classes import LabelClass
 from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
 from georef.brush import rle_to_mask
@@ -35,7 +36,7 @@ from ml_backend.service import Backend, load_rgb
 from tests.conftest import CLASSES, LabelStudioServer, free_port
 from trainer.inference import load_version, predict, read_input
 from trainer.model import build_model
-from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore
+from trainer.versions import InputSpec, ModelManifest, ModelStore
 
 pytestmark = pytest.mark.labelstudio
 PASSWORD = "test-ml-password"
@@ -280,7 +281,7 @@ def test_no_model_means_no_prediction_then_the_active_model_predicts(served: Ser
     manifest = ModelManifest(
         version="v-test-1",
         created="2026-11-22T00:00:00+00:00",
-        classes=[ClassEntry(id=c.id, name=c.name, color=c.color) for c in CLASSES],
+        classes=[LabelClass(id=c.id, name=c.name, color=c.color) for c in CLASSES],
         input=InputSpec(bands=[1, 2, 3], mean=[120.0, 120.0, 120.0], std=[40.0, 40.0, 40.0]),
     )
     torch.manual_seed(1)

@@ -13,19 +13,25 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from label_studio_sdk.converter import brush as ls_brush
 
+from geolabel.classes import LabelClass
+from geolabel.errors import LabelConfigError
+from geolabel.lsmodels import read_schema
 from georef.brush import mask_to_rle, rle_to_mask
 from georef.labelstudio import ImageSize
-from importers.labelconfig import LabelClass, label_config
+from importers.labelconfig import label_config
 from ml_backend.embeddings import EmbeddingCache
-from ml_backend.errors import BadRequestError, LabelConfigError
+from ml_backend.errors import BadRequestError
 from ml_backend.protocol import Context, prompt_from_context
-from ml_backend.results import mask_polygons, mask_results
 from ml_backend.sam import Embedding
-from ml_backend.schema import read_schema
 from trainer.errors import ModelStoreError
-from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore
+from trainer.preannotations import mask_polygons, mask_results
+from trainer.versions import InputSpec, ModelManifest, ModelStore
 
-SCHEMA = read_schema(label_config([LabelClass(1, "building", "#ff0000"), LabelClass(2, "water", "#0000ff")]))
+SCHEMA = read_schema(
+    label_config(
+        [LabelClass(id=1, name="building", color="#ff0000"), LabelClass(id=2, name="water", color="#0000ff")]
+    )
+)
 
 
 # brush RLE ----------------------------------------------------------------------
@@ -226,7 +232,7 @@ def manifest(version: str) -> ModelManifest:
     return ModelManifest(
         version=version,
         created="2026-11-22T00:00:00+00:00",
-        classes=[ClassEntry(id=1, name="building", color="#ff0000")],
+        classes=[LabelClass(id=1, name="building", color="#ff0000")],
         input=InputSpec(bands=[1, 2, 3], mean=[0.0] * 3, std=[1.0] * 3),
     )
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from geolabel.credentials import load_or_create_credentials, read_credentials
 from geolabel.errors import StackError
-from geolabel.stack import LocalLabelStudio, load_or_create_credentials, read_credentials
+from geolabel.stack import LocalLabelStudio
 from tests.conftest import LabelStudioServer
 
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from geolabel.classes import LabelClass
 from trainer.fit import Sample, TrainSettings, evaluate, train
 from trainer.metrics import IGNORE, confusion, metrics_from_confusion
 from trainer.model import build_model
 from trainer.selection import pixel_uncertainty, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
-from trainer.versions import ClassEntry, InputSpec, ModelManifest
+from trainer.versions import InputSpec, ModelManifest
 
 
 def test_metrics_ignore_unlabelled_pixels_and_match_hand_counts() -> None:
@@ -107,7 +108,7 @@ def tiny_manifest(bands: int = 3, classes: int = 1) -> ModelManifest:
     return ModelManifest(
         version="test",
         created="",
-        classes=[ClassEntry(id=i + 1, name=f"c{i + 1}", color="#ff0000") for i in range(classes)],
+        classes=[LabelClass(id=i + 1, name=f"c{i + 1}", color="#ff0000") for i in range(classes)],
         input=InputSpec(bands=list(range(1, bands + 1)), mean=[0.0] * bands, std=[1.0] * bands),
     )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 from werkzeug.serving import make_server
 
+from geolabel.classes import LabelClass
 from geolabel.cli import cli
 from geolabel.config import TOKEN_ENV, Config, load_config
 from geolabel.lsclient import LabelStudioClient
@@ -28,7 +28,15 @@ from geolabel.stack import spawn, terminate
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import AnnotationEvent, TileRecord, TileRegistry
 from ml_backend.app import create_app
-from tests.conftest import CLASSES, LAMBERT93_20CM, LabelStudioServer, config_toml, free_port, import_scene
+from tests.conftest import (
+    CLASSES,
+    LAMBERT93_20CM,
+    LabelStudioServer,
+    chromium_path,
+    config_toml,
+    free_port,
+    import_scene,
+)
 from trainer.dashboard import PLOTS, MapTile, collect
 from trainer.errors import TrainerError
 from trainer.harvest import harvest
@@ -36,9 +44,9 @@ from trainer.loop import HarvestError, Retry, run_round
 from trainer.metrics import IGNORE
 from trainer.rounds import RoundRecord, RoundStatus, RoundStore
 from trainer.scheduler import check, round_if_due
-from trainer.versions import ClassEntry, ModelStore
+from trainer.versions import ModelStore
 
-CATALOGUE = [ClassEntry(id=c.id, name=c.name, color=c.color) for c in CLASSES]
+CATALOGUE = [LabelClass(id=c.id, name=c.name, color=c.color) for c in CLASSES]
 SIZE = ImageSize(256, 256)
 PASSWORD = "dashboard-test-password"
 
@@ -376,10 +384,9 @@ def test_the_dashboard_needs_the_backend_login(dashboard_url: tuple[str, str]) -
 def test_the_dashboard_renders_in_headless_chromium(
     project: Project, dashboard_url: tuple[str, str], tmp_path: Path
 ) -> None:
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian chromium is not installed (make browser, or apt-get install chromium)")
+    from playwright import sync_api as playwright_api
+
+    chromium = chromium_path()
     url, user = dashboard_url
     finished = [r for r in rounds_of(project) if r.status != RoundStatus.RUNNING]
     with playwright_api.sync_playwright() as pw:

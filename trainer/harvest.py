@@ -19,12 +19,12 @@ import numpy.typing as npt
 from affine import Affine
 from rasterio.features import rasterize
 
+from geolabel.classes import LabelClass
 from georef.errors import InvalidGeometryError
 from georef.labelstudio import ImageSize, Region
 from georef.registry import TileRecord
 from georef.shapes import annotator_of, label_regions, region_shape
 from trainer.metrics import IGNORE
-from trainer.versions import ClassEntry
 
 Report = Callable[[str], None]
 
@@ -70,7 +70,7 @@ class Harvest:
 
 
 def harvest(
-    tasks: Iterable[Mapping[str, Any]], tiles_by_task: Mapping[int, TileRecord], classes: Sequence[ClassEntry]
+    tasks: Iterable[Mapping[str, Any]], tiles_by_task: Mapping[int, TileRecord], classes: Sequence[LabelClass]
 ) -> Harvest:
     """Turn Label Studio tasks (with their ``annotations``) into per-tile targets.
 

@@ -15,24 +15,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geolabel.classes import LabelClass
 from geolabel.config import Config
 from geolabel.errors import LabelStudioUnreachableError
 from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient
+from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
-from ml_backend.results import class_results
-from ml_backend.schema import read_schema
 from trainer.errors import TrainerError
 from trainer.fit import Sample, TrainSettings, evaluate, train
 from trainer.harvest import Harvest, LabelledTile, harvest
 from trainer.inference import LoadedModel, load_version, read_input
 from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
+from trainer.preannotations import class_results
 from trainer.predictions import PredictionStore
 from trainer.rounds import QueueEntry, RoundRecord, RoundStatus, RoundStore, TileState, now
 from trainer.selection import TileScore, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
-from trainer.versions import ClassEntry, InputSpec, ModelManifest, ModelStore, new_version_name
+from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_name
 
 logger = logging.getLogger(__name__)
 #: Bands a new model reads when a raster has more than this: its display bands.
@@ -96,7 +97,7 @@ def _round(
     retry: Retry,
 ) -> None:
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
-    classes = [ClassEntry(id=c.id, name=c.name, color=c.color) for c in config.classes]
+    classes = list(config.classes)
     tiles = {t.task_id: t for t in registry.tiles() if t.task_id is not None}
     found = _harvest(client, project_id, tiles, classes, retry)
     names = ["background", *(c.name for c in classes)]
@@ -157,7 +158,7 @@ def _harvest(
     client: LabelStudioClient,
     project_id: int,
     tiles: dict[int, TileRecord],
-    classes: list[ClassEntry],
+    classes: list[LabelClass],
     retry: Retry,
 ) -> Harvest:
     """Annotations from Label Studio, retried with exponential backoff while it is unreachable."""
@@ -192,7 +193,7 @@ def _active(models: ModelStore) -> LoadedModel | None:
 def _manifest(
     registry: TileRegistry,
     tiles: Sequence[LabelledTile],
-    classes: list[ClassEntry],
+    classes: list[LabelClass],
     active: LoadedModel | None,
 ) -> ModelManifest:
     """The new version's manifest: the active one's input when the classes are the same, else fresh."""

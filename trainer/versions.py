@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from geolabel.classes import LabelClass
 from trainer.errors import ModelStoreError
 
 if TYPE_CHECKING:  # torch loads only when weights are read or written (exports read manifests only)
@@ -29,16 +30,6 @@ if TYPE_CHECKING:  # torch loads only when weights are read or written (exports 
 ACTIVE = "ACTIVE"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
-
-
-class ClassEntry(BaseModel):
-    """A class of the catalogue a model was trained on (id 0 is background, never listed)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: int = Field(ge=1, le=255)
-    name: str
-    color: str
 
 
 class InputSpec(BaseModel):
@@ -72,7 +63,7 @@ class ModelManifest(BaseModel):
     #: (11.5 M weights, most of them in the encoder) that trains on a 2-core CPU in minutes.
     encoder_depth: int = Field(default=4, ge=3, le=5)
     decoder_channels: list[int] = Field(default_factory=lambda: [64, 32, 16, 8])
-    classes: list[ClassEntry] = Field(min_length=1)
+    classes: list[LabelClass] = Field(min_length=1)
     input: InputSpec
     metrics: dict[str, float] = Field(default_factory=dict)
 

@@ -11,9 +11,9 @@ import numpy.typing as npt
 from rasterio.features import shapes, sieve
 from shapely.geometry import Polygon
 
+from geolabel.classes import LabelClass
+from geolabel.lsmodels import ProjectSchema
 from georef.labelstudio import ImageSize, brush_result, polygon_result
-from ml_backend.schema import ProjectSchema
-from trainer.versions import ClassEntry
 
 #: Polygon simplification tolerance in tile pixels (Douglas-Peucker, topology preserved).
 SIMPLIFY_PX = 1.0
@@ -71,7 +71,7 @@ def _ring_area(ring: npt.NDArray[np.float64]) -> float:
 
 
 def class_results(
-    classes: Sequence[ClassEntry], class_ids: npt.NDArray[np.uint8], schema: ProjectSchema
+    classes: Sequence[LabelClass], class_ids: npt.NDArray[np.uint8], schema: ProjectSchema
 ) -> list[dict[str, Any]]:
     """One brush region per class present in a map of class ids (0 = background), for a prediction.
 

@@ -1,4 +1,7 @@
-"""What the backend needs from a labelling config, read with ``label_studio_sdk.label_interface``."""
+"""Label Studio's JSON and XML parsed into typed values at the client boundary.
+
+The labelling config is read with ``label_studio_sdk.label_interface``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from dataclasses import dataclass
 from label_studio_sdk.label_interface.control_tags import ControlTag
 from label_studio_sdk.label_interface.interface import LabelInterface
 
-from ml_backend.errors import LabelConfigError
+from geolabel.errors import LabelConfigError
 
 FIX = "re-create the project with `geolabel import`, or add the tag in Label Studio's labelling settings"
 

@@ -1,0 +1,23 @@
+"""The class catalogue's one type: a class id (its value in class masks), name and colour."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Class id of background (every valid pixel no class covers); never a catalogue entry.
+BACKGROUND = 0
+
+
+class LabelClass(BaseModel):
+    """One class of the catalogue, as ``geolabel.toml``, Label Studio and model manifests know it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int = Field(ge=1, le=255)
+    name: str = Field(min_length=1, pattern=r"^[^<>&\"]+$")
+    color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+
+    @field_validator("color")
+    @classmethod
+    def _lower(cls, color: str) -> str:
+        return color.lower()
