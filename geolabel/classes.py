@@ -6,6 +6,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Class id of background (every valid pixel no class covers); never a catalogue entry.
 BACKGROUND = 0
+#: Name of background in metrics, model outputs and exports.
+BACKGROUND_NAME = "background"
+#: The label annotators use for pixels to leave out of training (brush and polygon), never a class.
+UNSURE_LABEL = "unsure"
+#: Names a catalogue class may not take.
+RESERVED_NAMES = frozenset({BACKGROUND_NAME, UNSURE_LABEL})
 
 
 class LabelClass(BaseModel):
@@ -16,6 +22,16 @@ class LabelClass(BaseModel):
     id: int = Field(ge=1, le=255)
     name: str = Field(min_length=1, pattern=r"^[^<>&\"]+$")
     color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.strip().lower() in RESERVED_NAMES:
+            raise ValueError(
+                f"{name!r} is reserved ({BACKGROUND_NAME}: every pixel no class covers; {UNSURE_LABEL}: "
+                "pixels left out of training); give the class another name"
+            )
+        return name
 
     @field_validator("color")
     @classmethod
