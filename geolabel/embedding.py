@@ -13,8 +13,8 @@ from geolabel.config import Config
 from geolabel.errors import GeolabelError
 from geolabel.lsclient import LabelStudioClient
 from ml_backend.app import settings_from_config
-from ml_backend.errors import BackendError
-from ml_backend.precompute import PrecomputeBusyError, exclusive, follow_queue, next_tiles, precompute
+from ml_backend.errors import BackendError, PrecomputeBusyError
+from ml_backend.precompute import exclusive, follow_queue, next_tiles, precompute
 from ml_backend.service import Backend
 
 

@@ -41,3 +41,7 @@ class ModelUnavailableError(BackendError, RuntimeError):
     """The active model version cannot be loaded."""
 
     status = 503
+
+
+class PrecomputeBusyError(RuntimeError):
+    """Another process is already precomputing into this embedding cache."""

@@ -23,7 +23,7 @@ from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient, QueuedTask
 from georef.errors import RegistryError
 from georef.registry import TileRecord
-from ml_backend.errors import BackendError, SamUnavailableError
+from ml_backend.errors import BackendError, PrecomputeBusyError, SamUnavailableError
 from ml_backend.service import Backend, load_rgb
 
 log = logging.getLogger("geolabel.precompute")
@@ -37,10 +37,6 @@ class PrecomputeReport:
     cached: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-class PrecomputeBusyError(RuntimeError):
-    """Another process is already precomputing into this cache."""
 
 
 def next_tiles(backend: Backend, queue: Sequence[QueuedTask], limit: int) -> list[TileRecord]:

@@ -30,7 +30,8 @@ from geolabel.lsclient import LabelStudioClient
 from georef.brush import rle_to_mask
 from georef.registry import TileRecord, TileRegistry
 from ml_backend.app import create_app, settings_from_config
-from ml_backend.precompute import PrecomputeBusyError, exclusive, next_tiles, precompute
+from ml_backend.errors import PrecomputeBusyError
+from ml_backend.precompute import exclusive, next_tiles, precompute
 from ml_backend.sam import PIXEL_CENTRE, Embedding, OnnxDecoder, Prompt, SamEngine, TorchDecoder, load_sam
 from ml_backend.service import Backend, load_rgb
 from tests.conftest import CLASSES, LabelStudioServer, free_port

@@ -38,9 +38,9 @@ from tests.conftest import (
     import_scene,
 )
 from trainer.dashboard import PLOTS, MapTile, collect
-from trainer.errors import TrainerError
+from trainer.errors import HarvestError, TrainerError
 from trainer.harvest import harvest
-from trainer.loop import HarvestError, Retry, run_round
+from trainer.loop import Retry, run_round
 from trainer.metrics import IGNORE
 from trainer.rounds import RoundRecord, RoundStatus, RoundStore
 from trainer.scheduler import check, round_if_due

@@ -11,3 +11,15 @@ class ModelStoreError(TrainerError, OSError):
 
 class ModelInputError(TrainerError, ValueError):
     """A tile cannot be turned into model input (missing raster, too few bands)."""
+
+
+class RoundBusyError(TrainerError):
+    """Another round of the project is running."""
+
+
+class HarvestError(TrainerError):
+    """Label Studio could not be read, even after retries."""
+
+
+class SchedulerBusyError(TrainerError):
+    """Another scheduler already watches this data folder."""

@@ -27,15 +27,11 @@ from geolabel.errors import GeolabelError
 from geolabel.locks import exclusive_lock
 from geolabel.lsclient import client_for
 from georef.registry import TileRegistry
-from trainer.errors import TrainerError
+from trainer.errors import SchedulerBusyError, TrainerError
 from trainer.rounds import RoundStore
 
 logger = logging.getLogger(__name__)
 JOB_ID = "active-learning-round"
-
-
-class SchedulerBusyError(TrainerError):
-    """Another scheduler already watches this data folder."""
 
 
 @dataclass(frozen=True)
