@@ -22,7 +22,7 @@ from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
-from trainer.errors import TrainerError
+from trainer.errors import HarvestError, RoundBusyError, TrainerError
 from trainer.fit import Sample, TrainSettings, evaluate, train
 from trainer.harvest import Harvest, LabelledTile, harvest
 from trainer.inference import LoadedModel, load_version, read_input
@@ -38,14 +38,6 @@ from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_n
 logger = logging.getLogger(__name__)
 #: Bands a new model reads when a raster has more than this: its display bands.
 MAX_BANDS = 5
-
-
-class RoundBusyError(TrainerError):
-    """Another round is running."""
-
-
-class HarvestError(TrainerError):
-    """Label Studio could not be read, even after retries."""
 
 
 @dataclass(frozen=True)
