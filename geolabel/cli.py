@@ -50,6 +50,11 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
+def exit_code(error: BaseException) -> int:
+    """The exit code of an error, from :data:`EXIT_CODES` (the one map of errors to codes)."""
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+
+
 def handle_errors(func: F) -> F:
     """Turn geolabel errors into one clear message and an exit code (no traceback)."""
 
@@ -58,7 +63,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except tuple(cls for cls, _ in EXIT_CODES) as exc:
-            code = next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
+            code = exit_code(exc)
             prefix = "registry error (the tile registry database): " if isinstance(exc, sqlite3.Error) else ""
             err_console.print(f"[bold red]error:[/] {prefix}{exc}", highlight=False, markup=True)
             sys.exit(code)
@@ -196,19 +201,19 @@ def import_command(
     options = import_options(config, project, bands)
     client = _client(config)
     client.check()
-    failures = 0
+    failures: list[ImportFailedError] = []
     with TileRegistry(config.registry_path) as registry:
         for raster in rasters:
             try:
                 with progress_bar() as bar:
                     report = import_raster(raster, options, registry, client, bar)
             except ImportFailedError as exc:
-                failures += 1
+                failures.append(exc)
                 err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
                 continue
             print_report(report)
     if failures:
-        sys.exit(3)
+        sys.exit(exit_code(failures[0]))
 
 
 def print_report(report: ImportReport) -> None:
