@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,10 +21,11 @@ import shapely
 from shapely import STRtree, union_all
 from shapely.geometry.base import BaseGeometry
 
+from geolabel.lsmodels import LabelledTask
 from georef.errors import InvalidGeometryError
 from georef.labelstudio import ImageSize
 from georef.registry import RasterRecord, TileRecord
-from georef.shapes import annotator_of, label_regions, region_shape
+from georef.shapes import label_regions, region_shape
 from trainer.harvest import Problem
 
 LABELS_SCHEMA = {
@@ -65,35 +65,33 @@ class MergedFeature:
 
 
 def task_features(
-    task: Mapping[str, Any],
+    task: LabelledTask,
     tile: TileRecord,
     raster: RasterRecord,
     class_ids: Mapping[str, int],
     problems: list[Problem],
 ) -> list[LabelFeature]:
     """The label features of one Label Studio task (cancelled annotations are skipped)."""
-    task_id = int(task["id"])
+    task_id = task.id
     size = ImageSize(tile.window.width, tile.window.height)
     to_world = _placement(tile, raster)
     features = []
-    for annotation in task.get("annotations") or []:
-        if annotation.get("was_cancelled"):
-            continue
-        annotation_id = int(annotation.get("id") or 0)
+    for annotation in task.submitted:
+        annotation_id = annotation.id
 
         def report(message: str, annotation_id: int = annotation_id) -> None:
             problems.append(Problem(task_id, annotation_id, message))
 
         common = {
-            "annotator": annotator_of(annotation),
+            "annotator": annotation.annotator,
             "task_id": task_id,
             "tile_id": tile.id,
             "raster": raster.path,
             "annotation_id": annotation_id,
-            "created_at": _timestamp(annotation.get("created_at")),
-            "updated_at": _timestamp(annotation.get("updated_at")),
+            "created_at": _timestamp(annotation.created_at),
+            "updated_at": _timestamp(annotation.updated_at),
         }
-        for labelled in label_regions(annotation, size, class_ids, report):
+        for labelled in label_regions(annotation.result, size, class_ids, report):
             try:
                 shape = region_shape(labelled.region)
             except InvalidGeometryError as exc:

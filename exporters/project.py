@@ -28,6 +28,7 @@ from exporters.errors import ExportInputError, OutputExistsError
 from exporters.mosaic import ARGMAX_NODATA, MosaicTile, plan_blocks
 from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
+from geolabel.lsmodels import LabelledTask
 from geolabel.progress import Progress, SilentProgress
 from georef.errors import InvalidGeometryError
 from georef.grid import Grid, covering_grid, crs_from_text, crs_to_text, reprojected_grid, union_grid
@@ -143,7 +144,7 @@ def _common_crs(rasters: Iterable[RasterRecord]) -> CRS:
 def _export_labels(
     config: Config,
     project: _Project,
-    tasks: Sequence[Mapping[str, Any]],
+    tasks: Sequence[LabelledTask],
     crs: CRS,
     work: Path,
     report: ExportReport,
@@ -188,17 +189,17 @@ def _export_labels(
 
 
 def _task_features(
-    task: Mapping[str, Any],
+    task: LabelledTask,
     tiles_by_task: Mapping[int, TileRecord],
     project: _Project,
     class_ids: Mapping[str, int],
     problems: list[Problem],
 ) -> list[labels.LabelFeature]:
-    tile = tiles_by_task.get(int(task["id"]))
+    tile = tiles_by_task.get(task.id)
     if tile is not None:
         return labels.task_features(task, tile, project.rasters[tile.raster_id], class_ids, problems)
-    if any(not a.get("was_cancelled") for a in task.get("annotations") or []):
-        problems.append(Problem(int(task["id"]), None, "no tile in the registry for this task; not exported"))
+    if task.submitted:
+        problems.append(Problem(task.id, None, "no tile in the registry for this task; not exported"))
     return []
 
 
@@ -303,7 +304,7 @@ def _output_grid(records: Sequence[RasterRecord], crs: CRS | None) -> Grid:
 def _export_tiles(
     config: Config,
     project: _Project,
-    tasks: Sequence[Mapping[str, Any]],
+    tasks: Sequence[LabelledTask],
     crs: CRS,
     work: Path,
     report: ExportReport,

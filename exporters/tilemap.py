@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from shapely.geometry import Polygon
 
+from geolabel.lsmodels import LabelledTask
 from georef.registry import TileRecord, TileStatus
-from georef.shapes import annotator_of
 from trainer.rounds import RoundStatus, RoundStore
 
 TILES_SCHEMA = {
@@ -53,16 +52,16 @@ class RoundView:
     selection: Mapping[str, tuple[int, int]]  # tile id -> (round id, rank)
 
 
-def summarise(tasks: Sequence[Mapping[str, Any]]) -> dict[int, TaskSummary]:
+def summarise(tasks: Sequence[LabelledTask]) -> dict[int, TaskSummary]:
     """Per task id, its annotation counts."""
-    summaries = {}
-    for task in tasks:
-        annotations = task.get("annotations") or []
-        submitted = [a for a in annotations if not a.get("was_cancelled")]
-        summaries[int(task["id"])] = TaskSummary(
-            len(submitted), len({annotator_of(a) for a in submitted}), len(annotations) - len(submitted)
+    return {
+        task.id: TaskSummary(
+            len(task.submitted),
+            len({a.annotator for a in task.submitted}),
+            len(task.annotations) - len(task.submitted),
         )
-    return summaries
+        for task in tasks
+    }
 
 
 def round_view(store: RoundStore, project_id: int) -> RoundView:

@@ -20,6 +20,7 @@ from label_studio_sdk.types import ImportApiRequest, PredictionRequest
 from geolabel.config import Config
 from geolabel.credentials import read_credentials
 from geolabel.errors import LabelStudioAuthError, LabelStudioError, LabelStudioUnreachableError
+from geolabel.lsmodels import LabelledTask
 
 T = TypeVar("T")
 
@@ -382,8 +383,8 @@ class LabelStudioClient:
         items = self._call("list predictions", lambda: self._sdk.predictions.list(task=task_id))
         return [p.model_dump() for p in items]
 
-    def labelled_tasks(self, project_id: int) -> list[dict[str, Any]]:
-        """Every task with at least one annotation (submitted or skipped): ``{"id", "annotations"}``.
+    def labelled_tasks(self, project_id: int) -> list[LabelledTask]:
+        """Every task with at least one annotation (submitted or skipped), parsed.
 
         The task listing only names annotation ids, so each labelled task is read in full. The task's own
         ``annotations`` are used: they include cancelled ones (skips), which the annotation list leaves out,
@@ -396,7 +397,7 @@ class LabelStudioClient:
             int(t.id or 0) for t in rows if int(t.total_annotations or 0) or int(t.cancelled_annotations or 0)
         ]
         return [
-            {"id": task_id, "annotations": self.task(task_id).get("annotations") or []}
+            LabelledTask.model_validate({"id": task_id, "annotations": self.task(task_id).get("annotations")})
             for task_id in labelled
         ]
 

@@ -5,10 +5,13 @@ The labelling config is read with ``label_studio_sdk.label_interface``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from label_studio_sdk.label_interface.control_tags import ControlTag
 from label_studio_sdk.label_interface.interface import LabelInterface
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from geolabel.errors import LabelConfigError
 
@@ -67,3 +70,48 @@ def read_schema(label_config: str) -> ProjectSchema:
 
 def _first(controls: list[ControlTag], tag: str) -> ControlTag | None:
     return next((c for c in controls if c.tag == tag), None)
+
+
+class Annotation(BaseModel):
+    """One annotation of a task as Label Studio returns it (fields geolabel does not use are dropped).
+
+    ``annotator`` is the author's e-mail when Label Studio names the user, else the user id.
+    ``was_cancelled`` marks a skip: it carries no label.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: int = Field(ge=0)
+    result: tuple[dict[str, Any], ...] = ()
+    was_cancelled: bool = False
+    annotator: str = ""
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _author(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "annotator" not in data:
+            who = data.get("completed_by")
+            name = str(who.get("email") or who.get("id")) if isinstance(who, Mapping) else str(who)
+            data = {**data, "annotator": name, "result": data.get("result") or ()}
+        return data
+
+
+class LabelledTask(BaseModel):
+    """A task with its annotations, submitted and cancelled (skips)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: int = Field(ge=1)
+    annotations: tuple[Annotation, ...] = ()
+
+    @property
+    def submitted(self) -> tuple[Annotation, ...]:
+        """The annotations that carry labels (cancelled ones, skips, left out)."""
+        return tuple(a for a in self.annotations if not a.was_cancelled)
+
+    @property
+    def skipped(self) -> bool:
+        """True when the task was only skipped: annotations exist, none submitted."""
+        return bool(self.annotations) and not self.submitted

@@ -8,9 +8,8 @@ with the reason, so callers report it instead of dropping it silently.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -98,15 +97,18 @@ class LabelRegion:
 
 
 def label_regions(
-    annotation: Mapping[str, Any], size: ImageSize, known: Container[str], report: Callable[[str], None]
+    results: Iterable[dict[str, object]],
+    size: ImageSize,
+    known: Container[str],
+    report: Callable[[str], None],
 ) -> Iterator[LabelRegion]:
-    """The label regions of one Label Studio annotation drawn on an image of ``size``.
+    """The label regions of one Label Studio annotation's ``results`` drawn on an image of ``size``.
 
     SAM prompts (key points, rectangles) are skipped silently: they are not labels. Regions that
     cannot be read, or whose labels are all outside ``known``, are passed to ``report`` and skipped.
     When a region carries several labels the last known one is its class.
     """
-    for index, result in enumerate(annotation.get("result") or []):
+    for index, result in enumerate(results):
         try:
             region = parse_result(result, size)
         except InvalidGeometryError as exc:
@@ -120,14 +122,6 @@ def label_regions(
             report(f"label {labels} is not in the class catalogue; region not used")
             continue
         yield LabelRegion(index, region, names[-1])
-
-
-def annotator_of(annotation: Mapping[str, Any]) -> str:
-    """Who made an annotation: the e-mail when Label Studio gives the user, else the user id."""
-    who = annotation.get("completed_by")
-    if isinstance(who, Mapping):
-        return str(who.get("email") or who.get("id"))
-    return str(who)
 
 
 def _polygonal_parts(geometry: BaseGeometry) -> list[BaseGeometry]:

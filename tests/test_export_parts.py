@@ -18,6 +18,7 @@ from rasterio.warp import transform as warp_points
 from exporters import rasters, styles
 from exporters.labels import merge, task_features
 from exporters.mosaic import ARGMAX_NODATA, Block, MosaicTile, feather, mosaic_block, plan_blocks
+from geolabel.lsmodels import LabelledTask
 from georef.grid import Grid, PixelWindow, reprojected_grid, union_grid
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import RasterRecord, RasterStatus, TileRecord, TileStatus
@@ -181,7 +182,7 @@ def test_a_polygon_lands_on_the_ground_coordinates_rasterio_gives_for_its_pixels
         "annotations": [{"id": 9, "completed_by": {"id": 3, "email": "ann@x.org"}, "result": [result]}],
     }
     problems: list[Problem] = []
-    (feature,) = task_features(task, tile, raster, {"building": 1}, problems)
+    (feature,) = task_features(LabelledTask.model_validate(task), tile, raster, {"building": 1}, problems)
     rows, cols = pixels[:, 1] + window.row_off, pixels[:, 0] + window.col_off
     xs, ys = rasterio.transform.xy(transform, rows, cols, offset="ul")
     exterior = np.asarray(feature.geometry.exterior.coords)[:-1]
@@ -204,8 +205,8 @@ def test_a_brush_building_cut_by_a_tile_edge_merges_whole() -> None:
         mask = np.zeros((256, 256), bool)
         mask[:100] = building[:, cols]
         result = brush_result(mask, "building", "label_brush", "image")
-        task = {"id": tile.window.col_off, "annotations": [{"id": 1, "result": [result]}]}
-        features += task_features(task, tile, raster, {"building": 1}, [])
+        task = {"id": tile.window.col_off + 1, "annotations": [{"id": 1, "result": [result]}]}
+        features += task_features(LabelledTask.model_validate(task), tile, raster, {"building": 1}, [])
     assert len(features) == 2
     (whole,) = merge({1: [f.geometry for f in features]}, {1: "building"})
     assert whole.regions == 2
@@ -226,7 +227,7 @@ def test_invalid_and_empty_regions_are_repaired_or_reported() -> None:
     forest = polygon_result(np.array([(0, 0), (9, 0), (9, 9)]), size, "forest", "p", "image")
     task = {"id": 5, "annotations": [{"id": 2, "result": [bowtie, flat, forest]}]}
     problems: list[Problem] = []
-    (feature,) = task_features(task, tile, raster, {"building": 1}, problems)
+    (feature,) = task_features(LabelledTask.model_validate(task), tile, raster, {"building": 1}, problems)
     assert feature.geometry.is_valid
     assert "repaired" in str(feature.attributes["note"])
     assert feature.geometry.area == pytest.approx(2 * 2500 * 0.04)

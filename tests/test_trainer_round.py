@@ -24,6 +24,7 @@ from geolabel.classes import LabelClass
 from geolabel.cli import cli
 from geolabel.config import TOKEN_ENV, Config, load_config
 from geolabel.lsclient import LabelStudioClient
+from geolabel.lsmodels import LabelledTask
 from geolabel.stack import spawn, terminate
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import AnnotationEvent, TileRecord, TileRegistry
@@ -87,7 +88,7 @@ def test_brush_and_polygon_land_on_the_right_pixels_and_unlabelled_pixels_are_ig
     # polygon over columns 100..109, rows 200..204 (pixel edges): centres inside are exactly those pixels
     water = polygon([(100, 200), (110, 200), (110, 205), (100, 205)])
     task = {"id": 1, "annotations": [{"id": 11, "completed_by": 5, "result": [brush(building), water]}]}
-    found = harvest([task], {1: fake_tile(1)}, CATALOGUE)
+    found = harvest([LabelledTask.model_validate(task)], {1: fake_tile(1)}, CATALOGUE)
     (tile,) = found.tiles
     expected = np.full((256, 256), IGNORE, dtype=np.uint8)
     expected[10:20, 30:50] = 1
@@ -114,7 +115,7 @@ def test_annotators_who_disagree_leave_the_pixel_unlabelled() -> None:
             {"id": 2, "completed_by": 2, "result": [brush(second, "water")]},
         ],
     }
-    (tile,) = harvest([task], {2: fake_tile(2)}, CATALOGUE).tiles
+    (tile,) = harvest([LabelledTask.model_validate(task)], {2: fake_tile(2)}, CATALOGUE).tiles
     assert (tile.target[0:5, 0:10] == 1).all()
     assert (tile.target[5:10, 0:10] == IGNORE).all()  # building for one, water for the other
     assert (tile.target[10:15, 0:10] == 2).all()
@@ -137,7 +138,11 @@ def test_bad_annotations_are_reported_and_repaired_never_silently_dropped() -> N
         {"id": 3, "annotations": [{"id": 3, "result": [brush(ok)], "was_cancelled": True}]},
         {"id": 99, "annotations": [{"id": 4, "result": [brush(ok)]}]},  # deleted from the registry
     ]
-    found = harvest(tasks, {1: fake_tile(1), 2: fake_tile(2), 3: fake_tile(3)}, CATALOGUE)
+    found = harvest(
+        [LabelledTask.model_validate(t) for t in tasks],
+        {1: fake_tile(1), 2: fake_tile(2), 3: fake_tile(3)},
+        CATALOGUE,
+    )
     messages = [str(p) for p in found.problems]
     assert any("task 1, annotation 1: self-intersecting polygon repaired" in m for m in messages)
     assert any("zero area" in m for m in messages)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,10 +19,11 @@ from affine import Affine
 from rasterio.features import rasterize
 
 from geolabel.classes import LabelClass
+from geolabel.lsmodels import Annotation, LabelledTask
 from georef.errors import InvalidGeometryError
 from georef.labelstudio import ImageSize, Region
 from georef.registry import TileRecord
-from georef.shapes import annotator_of, label_regions, region_shape
+from georef.shapes import label_regions, region_shape
 from trainer.metrics import IGNORE
 
 Report = Callable[[str], None]
@@ -70,22 +70,22 @@ class Harvest:
 
 
 def harvest(
-    tasks: Iterable[Mapping[str, Any]], tiles_by_task: Mapping[int, TileRecord], classes: Sequence[LabelClass]
+    tasks: Iterable[LabelledTask], tiles_by_task: Mapping[int, TileRecord], classes: Sequence[LabelClass]
 ) -> Harvest:
     """Turn Label Studio tasks (with their ``annotations``) into per-tile targets.
 
     Args:
-        tasks: task dicts as Label Studio lists them (``id``, ``annotations``).
+        tasks: the labelled tasks as the client parsed them (submitted and cancelled annotations).
         tiles_by_task: the registry's tiles by task id (tasks without a tile are reported).
         classes: the class catalogue; index ``i + 1`` is ``classes[i]``.
     """
     index = {entry.name: position + 1 for position, entry in enumerate(classes)}
     found = Harvest()
     for task in tasks:
-        task_id = int(task["id"])
-        annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        task_id = task.id
+        annotations = task.submitted
         if not annotations:
-            if task.get("annotations"):
+            if task.skipped:
                 found.skipped_tasks.append(task_id)
             continue
         tile = tiles_by_task.get(task_id)
@@ -101,7 +101,7 @@ def harvest(
 def _labelled_tile(
     tile: TileRecord,
     task_id: int,
-    annotations: list[Mapping[str, Any]],
+    annotations: Sequence[Annotation],
     index: Mapping[str, int],
     problems: list[Problem],
 ) -> LabelledTile | None:
@@ -109,7 +109,7 @@ def _labelled_tile(
     merged: npt.NDArray[np.uint8] = np.full((size.height, size.width), IGNORE, dtype=np.uint8)
     annotators, ids = set(), []
     for annotation in annotations:
-        annotation_id = int(annotation.get("id") or 0)
+        annotation_id = annotation.id
 
         def report(message: str, annotation_id: int = annotation_id) -> None:
             problems.append(Problem(task_id, annotation_id, message))
@@ -120,7 +120,7 @@ def _labelled_tile(
         fresh = merged == IGNORE
         agree = (target == IGNORE) | (target == merged)
         merged = np.where(fresh, target, np.where(agree, merged, IGNORE)).astype(np.uint8)
-        annotators.add(annotator_of(annotation))
+        annotators.add(annotation.annotator)
         ids.append(annotation_id)
     if not ids:
         return None
@@ -128,12 +128,12 @@ def _labelled_tile(
 
 
 def _annotation_target(
-    annotation: Mapping[str, Any], size: ImageSize, index: Mapping[str, int], report: Report
+    annotation: Annotation, size: ImageSize, index: Mapping[str, int], report: Report
 ) -> npt.NDArray[np.uint8] | None:
     """One annotation's class indices, or None (reported) when it labels nothing usable."""
     target = np.full((size.height, size.width), IGNORE, dtype=np.uint8)
     used = 0
-    for labelled in label_regions(annotation, size, index, report):
+    for labelled in label_regions(annotation.result, size, index, report):
         mask = _region_mask(labelled.region, size, report)
         if mask is not None:
             target[mask] = index[labelled.class_name]
