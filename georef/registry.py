@@ -4,8 +4,11 @@ A SQLite database in WAL mode (several processes can read while one writes),
 through the standard library's ``sqlite3``, with three tables:
 
 - ``projects``: Label Studio projects geolabel created or adopted;
+- ``project_inputs``: each project's model input, fixed at its first import
+  (:class:`~georef.inputs.ProjectInput`: input bands, resolution range);
 - ``rasters``: source rasters (path, content hash, CRS, transform, size,
-  bands, dtype, nodata, display bands and stretch, tiling parameters);
+  bands, dtype, nodata, display bands and stretch, tiling parameters and plan,
+  which of its bands feed the project's inputs);
 - ``tiles``: one row per planned tile (window in its raster, tile transform,
   CRS, display image path, Label Studio task id, status);
 - ``annotation_events``: annotations created, updated or deleted in Label Studio,
@@ -21,7 +24,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -38,7 +41,8 @@ from georef.grid import (
     transform_from_list,
     transform_to_list,
 )
-from georef.tiling import TilePlan
+from georef.inputs import ProjectInput
+from georef.tiling import TilePlan, TilingPlan
 
 SCHEMA_VERSION = 1
 
@@ -75,6 +79,11 @@ class RasterSpec:
     tile_size: int
     overlap: int
     project_id: int
+    #: Bands of this raster feeding the project's model inputs, in input order (None: imported before
+    #: projects recorded their input; the model's own bands are tried).
+    input_bands: tuple[int, ...] | None = field(default=None, kw_only=True)
+    #: How its tiles were laid out; rows from before plans were recorded read as the shifted plan.
+    tiling: TilingPlan = field(default=TilingPlan.EXACT, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,8 @@ class TileRegistry:
             self.conn.execute(_RASTERS_DDL)
             self.conn.execute(_TILES_DDL)
             self.conn.execute(_EVENTS_DDL)
+            self.conn.execute(_PROJECT_INPUTS_DDL)
+            self._add_missing_columns("rasters", _RASTER_COLUMNS_ADDED)
             self.conn.execute("CREATE INDEX IF NOT EXISTS tiles_raster ON tiles (raster_id, status)")
             self.conn.execute("CREATE INDEX IF NOT EXISTS tiles_task ON tiles (task_id)")
         version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
@@ -181,6 +192,17 @@ class TileRegistry:
 
     def record_project(self, ls_id: int, title: str) -> None:
         """Remember that the Label Studio project titled ``title`` is ``ls_id`` (one id per title)."""
+    def _add_missing_columns(self, table: str, columns: Mapping[str, str]) -> None:
+        """Add columns newer geolabel versions use to a table of an older registry (within a transaction)."""
+        present = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})").fetchall()}
+        for name, declaration in columns.items():
+            if name not in present:
+                try:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+                except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
+
         with self.conn:
             self.conn.execute("DELETE FROM projects WHERE title = ? AND id != ?", [title, ls_id])
             self.conn.execute(
@@ -203,6 +225,42 @@ class TileRegistry:
 
     def add_raster(self, raster: RasterSpec, plans: Sequence[TilePlan]) -> RasterRecord:
         """Record a raster and all its planned tiles in one transaction.
+    # project inputs -------------------------------------------------------------
+
+    def project_input(self, title: str) -> ProjectInput | None:
+        """The model input project ``title`` fixed at its first import, if it has recorded one."""
+        row = self._one("SELECT * FROM project_inputs WHERE project = ?", [title])
+        if row is None:
+            return None
+        low, high = row["resolution_min"], row["resolution_max"]
+        return ProjectInput(
+            project=str(row["project"]),
+            source_bands=tuple(int(b) for b in json.loads(row["source_bands"])),
+            source=str(row["source"]),
+            resolution=None if low is None or high is None else (float(low), float(high)),
+        )
+
+    def record_project_input(self, project_input: ProjectInput) -> ProjectInput:
+        """Record a project's input unless it has one already; return the one recorded (the first wins)."""
+        low, high = project_input.resolution or (None, None)
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO project_inputs (project, source_bands, source, resolution_min, "
+                "resolution_max, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [project_input.project, json.dumps(list(project_input.source_bands)), project_input.source,
+                 low, high, _now()],
+            )  # fmt: skip
+        recorded = self.project_input(project_input.project)
+        if recorded is None:  # pragma: no cover - the row was just written
+            raise RegistryError(f"could not record the input of project {project_input.project!r}")
+        return recorded
+
+    def set_input_bands(self, raster_id: int, bands: Sequence[int]) -> None:
+        """Record which bands of a raster feed its project's inputs."""
+        with self.conn:
+            text = json.dumps([int(b) for b in bands])
+            self.conn.execute("UPDATE rasters SET input_bands = ? WHERE id = ?", [text, raster_id])
+
 
         Raises:
             RegistryError: if a raster with the same path is already recorded.
@@ -230,6 +288,8 @@ class TileRegistry:
             "imported_at": _now(),
         }
         with self.conn:
+            "input_bands": None if raster.input_bands is None else json.dumps(list(raster.input_bands)),
+            "tiling": raster.tiling.value,
             cursor = self.conn.execute(
                 f"INSERT INTO rasters ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
                 list(row.values()),
@@ -296,6 +356,16 @@ class TileRegistry:
 
     def tiles(self, raster_id: int | None = None, status: TileStatus | None = None) -> list[TileRecord]:
         """Tile rows, optionally of one raster and/or one status, in row-major order."""
+    def forget_raster(self, raster_id: int) -> int:
+        """Delete a raster and every tile of it, tasks or not (``geolabel forget``); return the tile count.
+
+        The caller deletes the tiles' Label Studio tasks first.
+        """
+        with self.conn:
+            count = self.conn.execute("DELETE FROM tiles WHERE raster_id = ?", [raster_id]).rowcount
+            self.conn.execute("DELETE FROM rasters WHERE id = ?", [raster_id])
+        return int(count)
+
         clauses: list[str] = []
         params: list[Any] = []
         if raster_id is not None:
@@ -488,6 +558,19 @@ CREATE TABLE IF NOT EXISTS tiles (
 )"""
 
 
+#: Columns added to ``rasters`` after the first release (NULL in rows written before them).
+_RASTER_COLUMNS_ADDED = {"input_bands": "TEXT", "tiling": "TEXT"}
+
+_PROJECT_INPUTS_DDL = """
+CREATE TABLE IF NOT EXISTS project_inputs (
+    project TEXT PRIMARY KEY,
+    source_bands TEXT NOT NULL,
+    source TEXT NOT NULL,
+    resolution_min REAL,
+    resolution_max REAL,
+    created_at TEXT NOT NULL
+)"""
+
 _EVENTS_DDL = """
 CREATE TABLE IF NOT EXISTS annotation_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -568,3 +651,5 @@ def _tile_record(row: Mapping[str, Any]) -> TileRecord:
         status=TileStatus(row["status"]),
         crs_text=str(row["crs"]),
     )
+        input_bands=None if row.get("input_bands") is None else tuple(json.loads(row["input_bands"])),
+        tiling=TilingPlan(row["tiling"]) if row.get("tiling") else TilingPlan.SHIFTED,

@@ -14,8 +14,9 @@ from rasterio.crs import CRS
 
 from georef.errors import RegistryError
 from georef.grid import Grid
+from georef.inputs import ProjectInput
 from georef.registry import RasterSpec, RasterStatus, TileRegistry, TileStatus, raster_uid, tile_id_for
-from georef.tiling import plan_tiles
+from georef.tiling import TilingPlan, plan_tiles
 
 GRID = Grid(1000, 700, Affine(0.2, 0, 650000, 0, -0.2, 6860000), CRS.from_epsg(2154))
 
@@ -73,10 +74,11 @@ def test_tile_ids_are_deterministic(registry: TileRegistry) -> None:
 
 def test_tile_transform_places_its_pixels(registry: TileRegistry) -> None:
     record = registry.add_raster(new_raster(), plan_tiles(GRID.width, GRID.height, 512, 64))
-    tile = registry.tiles(record.id)[4]  # row 1, col 1: window (448, 188)
-    assert (tile.window.col_off, tile.window.row_off) == (448, 188)
+    tile = registry.tiles(record.id)[4]  # row 1, col 1: window (448, 448), cut short at the bottom edge
+    assert (tile.window.col_off, tile.window.row_off) == (448, 448)
+    assert (tile.window.width, tile.window.height) == (512, GRID.height - 448)
     np.testing.assert_allclose(
-        tile.grid.pixel_to_world([(0, 0)]), [[650000 + 448 * 0.2, 6860000 - 188 * 0.2]]
+        tile.grid.pixel_to_world([(0, 0)]), [[650000 + 448 * 0.2, 6860000 - 448 * 0.2]]
     )
 
 
@@ -144,3 +146,45 @@ def test_wal_mode_and_schema_version(registry: TileRegistry, tmp_path: Path) -> 
     registry.close()
     with pytest.raises(RegistryError, match="schema version 99"):
         TileRegistry(tmp_path / "registry.sqlite")
+
+
+def test_project_input_and_raster_band_mapping_round_trip(registry: TileRegistry) -> None:
+    assert registry.project_input("orthos") is None
+    first = ProjectInput("orthos", (1, 2, 3), "first import: ortho.tif", (0.2, 0.2))
+    assert registry.record_project_input(first) == first
+    later = ProjectInput("orthos", (4,), "another import", None)
+    assert registry.record_project_input(later) == first  # fixed once: the first wins
+    spec = dataclasses.replace(new_raster(), input_bands=(3, 2, 1))
+    record = registry.add_raster(spec, plan_tiles(GRID.width, GRID.height, 512, 64))
+    assert record.input_bands == (3, 2, 1)
+    assert record.tiling is TilingPlan.EXACT
+    registry.set_input_bands(record.id, (1, 2, 3))
+    assert registry.raster(record.id).input_bands == (1, 2, 3)
+
+
+def test_a_registry_from_before_inputs_and_plans_opens_and_reads_the_shifted_plan(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with TileRegistry(path) as registry:
+        registry.record_project(7, "orthos")
+        registry.add_raster(new_raster(), plan_tiles(GRID.width, GRID.height, 512, 64, TilingPlan.SHIFTED))
+    with sqlite3.connect(path) as conn:  # the registry as geolabel wrote it before this change
+        conn.execute("DROP TABLE project_inputs")
+        conn.execute("ALTER TABLE rasters DROP COLUMN input_bands")
+        conn.execute("ALTER TABLE rasters DROP COLUMN tiling")
+    with TileRegistry(path) as registry:
+        (record,) = registry.rasters()
+        assert record.input_bands is None
+        assert record.tiling is TilingPlan.SHIFTED
+        assert registry.project_input("orthos") is None
+        assert [t.window.col_off for t in registry.tiles(record.id)][:3] == [0, 448, 488]
+
+
+def test_forget_raster_deletes_its_rows_only(registry: TileRegistry) -> None:
+    kept = registry.add_raster(new_raster("/data/a.tif"), plan_tiles(GRID.width, GRID.height, 512, 64))
+    gone = registry.add_raster(new_raster("/data/b.tif"), plan_tiles(GRID.width, GRID.height, 512, 64))
+    ids = list(registry.iter_tile_ids(gone.id))
+    registry.mark_rendered([(i, f"tiles/{i}.png") for i in ids])
+    registry.set_task_ids({ids[0]: 5})
+    assert registry.forget_raster(gone.id) == len(ids)
+    assert [r.id for r in registry.rasters()] == [kept.id]
+    assert {t.raster_id for t in registry.tiles()} == {kept.id}
