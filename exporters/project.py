@@ -36,6 +36,7 @@ from georef.registry import RasterRecord, TileRecord, TileRegistry, TileStatus
 from trainer.harvest import Problem
 from trainer.predictions import PredictionStore
 from trainer.rounds import RoundStore
+from trainer.legacy import adopt_legacy_stores
 from trainer.versions import ModelStore
 
 WHAT = ("labels", "predictions", "tiles")
@@ -124,7 +125,8 @@ def _load_project(config: Config) -> _Project:
         if project_id is None:
             raise ExportInputError(f"project {config.project.name!r} has no tiles yet; run geolabel import")
         rasters = {r.id: r for r in registry.rasters() if r.project_id == project_id}
-        tiles = [t for t in registry.tiles() if t.raster_id in rasters]
+        tiles = [t for t in registry.tiles() if t.raster_id in rasters]  # this project's only
+    adopt_legacy_stores(config)  # models and predictions are the project's own (config.models_dir)
     return _Project(project_id, rasters, tiles)
 
 

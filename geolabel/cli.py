@@ -112,6 +112,17 @@ def _config(ctx: click.Context) -> Config:
 def _client(config: Config) -> LabelStudioClient:
     from geolabel.lsclient import client_for  # label_studio_sdk loads only for commands that talk to it
 
+def _project_config(ctx: click.Context, project: str | None) -> Config:
+    """The config of ``--project`` (default: ``project.name`` of the file): its stores and rounds only."""
+    return _config(ctx).for_project(project)
+
+
+#: ``--project`` of the commands that act on one project's tiles, models, rounds and predictions.
+project_option = click.option(
+    "--project", help="Project (Label Studio project title) to act on (default: project.name in the config)."
+)
+
+
     return client_for(config)
 
 
@@ -278,11 +289,11 @@ def demo(ctx: click.Context, rasters: tuple[Path, ...]) -> None:
 @click.option("--follow", is_flag=True, help="Keep the next tiles embedded until stopped (Ctrl-C).")
 @click.pass_context
 @handle_errors
-def embed(ctx: click.Context, limit: int | None, follow: bool) -> None:
+def embed(ctx: click.Context, limit: int | None, follow: bool, project: str | None) -> None:
     """Compute SAM embeddings for the tiles next in the annotation queue, so clicks are fast."""
     from geolabel.embedding import embed_queue
 
-    config = _config(ctx)
+    config = _project_config(ctx, project)
     embed_queue(config, _client(config), limit or config.sam.precompute or 1, follow, console, progress_bar)
 
 
@@ -296,11 +307,11 @@ def embed(ctx: click.Context, limit: int | None, follow: bool) -> None:
 )
 @click.pass_context
 @handle_errors
-def train(ctx: click.Context, now_: bool, schedule: bool) -> None:
-    """Run an active-learning round: harvest, train, validate, promote, score, queue the next tiles."""
+def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None) -> None:
+    """Run an active-learning round: harvest, train, validate, score, push, promote, queue the next tiles."""
     if now_ == schedule:
         raise click.UsageError("give --now (one round now) or --schedule (rounds as annotations come in)")
-    config = _config(ctx)
+    config = _project_config(ctx, project)
     if schedule:
         from geolabel.local import stop_on_signals
         from trainer.scheduler import run_scheduler
@@ -317,7 +328,9 @@ def train(ctx: click.Context, now_: bool, schedule: bool) -> None:
         "promoted (now active)" if record.status == "promoted" else "kept the previous version (not better)"
     )
     console.print(
-        f"round {record.id}: {record.labelled_tiles} labelled tiles, version {record.model_version} {verdict}"
+        f"{config.project.name}: round {record.number}: {record.labelled_tiles} labelled tiles, "
+        f"version {record.model_version} {verdict}",
+        highlight=False,
     )
     shown = {k: v for k, v in record.metrics.items() if k in ("miou", "accuracy") or k.endswith("_iou")}
     scores = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
@@ -329,11 +342,11 @@ def train(ctx: click.Context, now_: bool, schedule: bool) -> None:
 @cli.command()
 @click.pass_context
 @handle_errors
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, project: str | None) -> None:
     """Show the active-learning rounds, the active model version and annotations waiting for a round."""
     from geolabel.status import rounds_table
 
-    config = _config(ctx)
+    config = _project_config(ctx, project)
     if not _has_registry(config):
         return
     table, lines = rounds_table(config)
@@ -353,6 +366,7 @@ def _parse_what(_ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(
             f"unknown part {', '.join(unknown) or '(none)'}; choose from {','.join(WHAT)}"
         )
+@project_option
     return parts
 
 
@@ -371,6 +385,7 @@ def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write."
 )
+@project_option
 @click.option("--crs", callback=_parse_crs, help="Output CRS, e.g. EPSG:2154 (default: the rasters' own).")
 @click.option(
     "--what", callback=_parse_what, help="Parts to write: labels,predictions,tiles (default: all that exist)."
@@ -380,11 +395,18 @@ def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 )
 @click.pass_context
 @handle_errors
-def export(ctx: click.Context, out: Path, crs: Any, what: tuple[str, ...] | None, overwrite: bool) -> None:
-    """Write labels (GeoPackage), predictions (COG) and the tile map, styled for QGIS, to --out."""
+def export(
+    ctx: click.Context,
+    out: Path,
+    crs: Any,
+    what: tuple[str, ...] | None,
+    overwrite: bool,
+    project: str | None,
+) -> None:
+    """Write a project's labels (GeoPackage), predictions (COG) and tile map, styled for QGIS, to --out."""
     from exporters.project import WHAT, ExportOptions, export_project
 
-    config = _config(ctx)
+    config = _project_config(ctx, project)
     options = ExportOptions(out, crs, what or WHAT, explicit=what is not None, overwrite=overwrite,
                             workers=config.import_.workers)  # fmt: skip
     client = _client(config)
@@ -404,6 +426,7 @@ def _has_registry(config: Config) -> bool:
     """True when something was imported; else say what to run."""
     if config.registry_path.is_file():
         return True
+@project_option
     console.print(f"no raster imported yet ({config.registry_path} does not exist); run: geolabel import")
     return False
 
@@ -422,3 +445,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+@project_option

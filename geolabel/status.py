@@ -73,9 +73,11 @@ def _resolution(raster: RasterRecord) -> str:
 
 
 def rounds_table(config: Config) -> tuple[Table, list[str]]:
-    """The project's rounds (newest last) and the lines under it: the dashboard's essentials."""
+    """The project's rounds (newest last, numbered per project) and the dashboard's essentials under it."""
     from trainer.dashboard import collect, status_lines
+    from trainer.legacy import adopt_legacy_stores
 
+    adopt_legacy_stores(config)
     data = collect(config)
     table = Table(box=box.SIMPLE_HEAD, title=f"active-learning rounds of {config.project.name}")
     for column in (
@@ -94,7 +96,7 @@ def rounds_table(config: Config) -> tuple[Table, list[str]]:
         miou = record.metrics.get("miou")
         note = record.error or (f"{len(record.problems)} annotation problem(s)" if record.problems else "")
         score = "" if miou is None else f"{miou:.3f}"
-        cells = (record.id, record.status, record.started, record.ended or "", record.labelled_tiles,
+        cells = (record.number, record.status, record.started, record.ended or "", record.labelled_tiles,
                  record.model_version or "", record.validation_tiles, score, note[:60])  # fmt: skip
         table.add_row(*(str(cell) for cell in cells))
     return table, status_lines(data)

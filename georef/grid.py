@@ -138,6 +138,21 @@ class Grid:
         corners = [(0, 0), (self.width, 0), (self.width, self.height), (0, self.height)]
         return self.pixel_to_world(corners)
 
+    def centre_world(self) -> tuple[float, float]:
+        """World ``(x, y)`` of the grid's centre, where its diagonals between opposite corners cross."""
+        ((x, y),) = self.pixel_to_world([(self.width / 2, self.height / 2)])
+        return float(x), float(y)
+
+    def side_lengths(self) -> tuple[float, float]:
+        """Ground length ``(width, height)`` of the top and left edges in CRS units, whatever the rotation.
+
+        These are the distances from the top-left corner to the top-right and bottom-left corners,
+        computed from the transform's column and row vectors (``corners_world`` differences), so
+        no precision is lost to large world coordinates. A 90-degree grid has ``a == e == 0``.
+        """
+        t = self.transform
+        return self.width * math.hypot(t.a, t.d), self.height * math.hypot(t.b, t.e)
+
     def bounds(self) -> tuple[float, float, float, float]:
         """Envelope ``(left, bottom, right, top)`` of the grid in world coordinates."""
         corners = self.corners_world()

@@ -188,10 +188,6 @@ class TileRegistry:
                 f"registry {self.path} has schema version {version}, this geolabel reads {SCHEMA_VERSION}"
             )
 
-    # projects -----------------------------------------------------------------
-
-    def record_project(self, ls_id: int, title: str) -> None:
-        """Remember that the Label Studio project titled ``title`` is ``ls_id`` (one id per title)."""
     def _add_missing_columns(self, table: str, columns: Mapping[str, str]) -> None:
         """Add columns newer geolabel versions use to a table of an older registry (within a transaction)."""
         present = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})").fetchall()}
@@ -203,6 +199,10 @@ class TileRegistry:
                     if "duplicate column" not in str(exc):
                         raise
 
+    # projects -----------------------------------------------------------------
+
+    def record_project(self, ls_id: int, title: str) -> None:
+        """Remember that the Label Studio project titled ``title`` is ``ls_id`` (one id per title)."""
         with self.conn:
             self.conn.execute("DELETE FROM projects WHERE title = ? AND id != ?", [title, ls_id])
             self.conn.execute(
@@ -221,10 +221,6 @@ class TileRegistry:
         row = self.conn.execute("SELECT title FROM projects WHERE id = ?", [ls_id]).fetchone()
         return str(row[0]) if row else None
 
-    # rasters ------------------------------------------------------------------
-
-    def add_raster(self, raster: RasterSpec, plans: Sequence[TilePlan]) -> RasterRecord:
-        """Record a raster and all its planned tiles in one transaction.
     # project inputs -------------------------------------------------------------
 
     def project_input(self, title: str) -> ProjectInput | None:
@@ -261,6 +257,10 @@ class TileRegistry:
             text = json.dumps([int(b) for b in bands])
             self.conn.execute("UPDATE rasters SET input_bands = ? WHERE id = ?", [text, raster_id])
 
+    # rasters ------------------------------------------------------------------
+
+    def add_raster(self, raster: RasterSpec, plans: Sequence[TilePlan]) -> RasterRecord:
+        """Record a raster and all its planned tiles in one transaction.
 
         Raises:
             RegistryError: if a raster with the same path is already recorded.
@@ -284,12 +284,12 @@ class TileRegistry:
             "tile_size": raster.tile_size,
             "overlap": raster.overlap,
             "project_id": raster.project_id,
+            "input_bands": None if raster.input_bands is None else json.dumps(list(raster.input_bands)),
+            "tiling": raster.tiling.value,
             "status": RasterStatus.IMPORTING.value,
             "imported_at": _now(),
         }
         with self.conn:
-            "input_bands": None if raster.input_bands is None else json.dumps(list(raster.input_bands)),
-            "tiling": raster.tiling.value,
             cursor = self.conn.execute(
                 f"INSERT INTO rasters ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
                 list(row.values()),
@@ -352,10 +352,6 @@ class TileRegistry:
             self.conn.execute("DELETE FROM tiles WHERE raster_id = ?", [raster_id])
             self.conn.execute("DELETE FROM rasters WHERE id = ?", [raster_id])
 
-    # tiles --------------------------------------------------------------------
-
-    def tiles(self, raster_id: int | None = None, status: TileStatus | None = None) -> list[TileRecord]:
-        """Tile rows, optionally of one raster and/or one status, in row-major order."""
     def forget_raster(self, raster_id: int) -> int:
         """Delete a raster and every tile of it, tasks or not (``geolabel forget``); return the tile count.
 
@@ -366,6 +362,10 @@ class TileRegistry:
             self.conn.execute("DELETE FROM rasters WHERE id = ?", [raster_id])
         return int(count)
 
+    # tiles --------------------------------------------------------------------
+
+    def tiles(self, raster_id: int | None = None, status: TileStatus | None = None) -> list[TileRecord]:
+        """Tile rows, optionally of one raster and/or one status, in row-major order."""
         clauses: list[str] = []
         params: list[Any] = []
         if raster_id is not None:
@@ -540,6 +540,19 @@ CREATE TABLE IF NOT EXISTS rasters (
     imported_at TEXT NOT NULL
 )"""
 
+#: Columns added to ``rasters`` after the first release (NULL in rows written before them).
+_RASTER_COLUMNS_ADDED = {"input_bands": "TEXT", "tiling": "TEXT"}
+
+_PROJECT_INPUTS_DDL = """
+CREATE TABLE IF NOT EXISTS project_inputs (
+    project TEXT PRIMARY KEY,
+    source_bands TEXT NOT NULL,
+    source TEXT NOT NULL,
+    resolution_min REAL,
+    resolution_max REAL,
+    created_at TEXT NOT NULL
+)"""
+
 _TILES_DDL = """
 CREATE TABLE IF NOT EXISTS tiles (
     id TEXT PRIMARY KEY,
@@ -557,19 +570,6 @@ CREATE TABLE IF NOT EXISTS tiles (
     status TEXT NOT NULL
 )"""
 
-
-#: Columns added to ``rasters`` after the first release (NULL in rows written before them).
-_RASTER_COLUMNS_ADDED = {"input_bands": "TEXT", "tiling": "TEXT"}
-
-_PROJECT_INPUTS_DDL = """
-CREATE TABLE IF NOT EXISTS project_inputs (
-    project TEXT PRIMARY KEY,
-    source_bands TEXT NOT NULL,
-    source TEXT NOT NULL,
-    resolution_min REAL,
-    resolution_max REAL,
-    created_at TEXT NOT NULL
-)"""
 
 _EVENTS_DDL = """
 CREATE TABLE IF NOT EXISTS annotation_events (
@@ -633,6 +633,8 @@ def _raster_record(row: Mapping[str, Any]) -> RasterRecord:
         tile_size=int(row["tile_size"]),
         overlap=int(row["overlap"]),
         project_id=int(row["project_id"]),
+        input_bands=None if row.get("input_bands") is None else tuple(json.loads(row["input_bands"])),
+        tiling=TilingPlan(row["tiling"]) if row.get("tiling") else TilingPlan.SHIFTED,
         status=RasterStatus(row["status"]),
         imported_at=str(row["imported_at"]),
     )
@@ -651,5 +653,3 @@ def _tile_record(row: Mapping[str, Any]) -> TileRecord:
         status=TileStatus(row["status"]),
         crs_text=str(row["crs"]),
     )
-        input_bands=None if row.get("input_bands") is None else tuple(json.loads(row["input_bands"])),
-        tiling=TilingPlan(row["tiling"]) if row.get("tiling") else TilingPlan.SHIFTED,

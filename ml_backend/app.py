@@ -29,13 +29,18 @@ from ml_backend.protocol import PredictRequest, SetupRequest, WebhookEvent, pars
 from ml_backend.service import Backend, BackendSettings
 from trainer.dashboard import dashboard_blueprint
 
+from trainer.legacy import adopt_legacy_stores
 log = logging.getLogger("geolabel.ml_backend")
 CONFIG_ENV = "GEOLABEL_CONFIG"
 OPEN_ROUTES = ("/", "/health")
 
 
 def settings_from_config(config: Config) -> BackendSettings:
-    """The backend's settings from ``geolabel.toml``."""
+    """The backend's settings from ``geolabel.toml``: it serves ``project.name`` and its model store only.
+
+    A data folder's model store from before stores were per project is adopted by its one project first.
+    """
+    adopt_legacy_stores(config)
     return BackendSettings(
         data_dir=config.data_dir,
         project_title=config.project.name,

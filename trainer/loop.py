@@ -1,9 +1,12 @@
-"""One active-learning round: harvest, train, validate, promote, score, push, record.
+"""One active-learning round of a project: harvest, train, validate, save, score, push, promote, record.
 
-Only one round runs at a time (a file lock in the data folder). The active
-model version is replaced only after the new one is completely written and
-found not worse on the spatially separated validation tiles; a crash at any
-point leaves the previous version serving and the round marked failed.
+A round reads and writes only its project's tiles and stores (``config.for_project``).
+Only one round of a project runs at a time (a file lock in the project's folder). The new
+version is saved (not active), scores the project's unlabelled tiles, and its predictions go
+to Label Studio; only then is it promoted: Label Studio's ``model_version`` is set and
+``ACTIVE`` replaced, the last steps of a round that succeeded. A failure at any step leaves
+``ACTIVE`` (so the backend and the dashboard) and Label Studio's ``model_version`` as they
+were (the latter is set back if it had already been changed), and the round marked failed.
 """
 
 from __future__ import annotations
@@ -51,13 +54,13 @@ class Retry:
 def run_round(
     config: Config, client: LabelStudioClient, trigger: str = "manual", retry: Retry = Retry()
 ) -> RoundRecord:
-    """Run one round for the configured project and return its record.
+    """Run one round for the configured project (``config.project.name``) and return its record.
 
     Raises:
         RoundBusyError: if another round holds the lock.
         TrainerError: if the round failed (it is recorded as failed with the reason).
     """
-    lock = config.data_dir / "trainer" / "round.lock"
+    lock = config.trainer_dir / "round.lock"
     with (
         exclusive_lock(lock, lambda: RoundBusyError("a training round is already running")),
         TileRegistry(config.registry_path) as registry,
@@ -70,6 +73,7 @@ def run_round(
             )
         round_id = store.start(project_id, trigger)
         try:
+        adopt_legacy_stores(config)
             _round(config, client, registry, store, project_id, round_id, retry)
         except Exception as exc:
             store.finish(round_id, RoundStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -110,7 +114,10 @@ def _round(
     manifest = _manifest(registry, found.tiles, classes, active)
     samples = [_sample(registry, labelled, manifest) for labelled in found.tiles]
     split = spatial_split(
-        [_footprint(t.tile) for t in found.tiles], config.trainer.validation_share, config.trainer.block_tiles
+        [_footprint(t.tile) for t in found.tiles],
+        config.trainer.validation_share,
+        config.trainer.block_tiles,
+        config.trainer.seed,
     )
     network = build_model(manifest)
     if active is not None and _compatible(active.manifest, manifest):
@@ -119,6 +126,7 @@ def _round(
         config.trainer.epochs, config.trainer.batch_size, config.trainer.learning_rate, config.trainer.seed,
         config.trainer.crop,
     )  # fmt: skip
+    seed_torch(config.trainer.seed)  # the same labels and seed give the same initial weights
     train(network, [samples[i] for i in split.train] or samples, settings, _log_epoch(round_id))
     validation = [samples[i] for i in split.validation]
     new = evaluate(network, validation, manifest.outputs).flat(names) if validation else {}
@@ -131,19 +139,72 @@ def _round(
     if not promote:
         store.finish(round_id, RoundStatus.KEPT)
         return
-    models.activate(version.version)
     loaded = LoadedModel(version, network.eval())
     labelled_ids = {t.tile.id for t in found.tiles}
     queue, uncertainty = _score_and_push(config, client, registry, project_id, loaded, labelled_ids, samples)
     skipped = {tiles[t].id for t in found.skipped_tasks if t in tiles} - labelled_ids
-    store.set_queue(round_id, queue)
-    store.set_tile_states(
-        round_id,
+    states = (
         [TileState(t, "labelled") for t in sorted(labelled_ids)]
         + [TileState(t, "skipped") for t in sorted(skipped)]
-        + [TileState(t, "unlabelled", u) for t, u in uncertainty.items() if t not in skipped],
+        + [TileState(t, "unlabelled", u) for t, u in uncertainty.items() if t not in skipped]
     )
-    store.finish(round_id, RoundStatus.PROMOTED)
+    _promote(client, models, store, project_id, round_id, version.version, queue, states)
+
+
+def _promote(
+    client: LabelStudioClient,
+    models: ModelStore,
+    store: RoundStore,
+    project_id: int,
+    round_id: int,
+    version: str,
+    queue: list[QueueEntry],
+    states: list[TileState],
+) -> None:
+    """The last steps of a round that succeeded: Label Studio's model version, the record, ``ACTIVE``.
+
+    On any failure the previous ``ACTIVE`` and Label Studio model version are put back before the
+    error goes on (the round is then recorded as failed by the caller).
+    """
+    previous_active = models.active_name()
+    previous_ls = str(client.project(project_id).get("model_version") or "")
+    try:
+        client.set_model_version(project_id, version)
+        store.set_queue(round_id, queue)
+        store.set_tile_states(round_id, states)
+        models.activate(version)
+        store.finish(round_id, RoundStatus.PROMOTED)
+    except BaseException:
+        _roll_back(client, models, project_id, previous_active, previous_ls)
+        raise
+
+
+def _roll_back(
+    client: LabelStudioClient, models: ModelStore, project_id: int, active: str | None, ls_version: str
+) -> None:
+    """Put back the active version and Label Studio's model version as they were before a promotion."""
+    try:
+        models.restore_active(active)
+    except Exception as exc:  # the original error matters more; say what could not be undone
+        logger.error("could not restore the active version %s: %s", active, exc)
+    try:
+        client.set_model_version(project_id, ls_version)
+    except Exception as exc:
+        logger.error(
+            "could not set Label Studio project %d's model version back to %r: %s; set it in the "
+            "project's settings (Machine Learning) or run geolabel train --now again",
+            project_id,
+            ls_version,
+            exc,
+        )
+
+
+def _project_tiles(
+    registry: TileRegistry, project_id: int, status: TileStatus | None = None
+) -> list[TileRecord]:
+    """The tiles of the project's rasters only (a data folder may hold several projects)."""
+    rasters = {r.id for r in registry.rasters() if r.project_id == project_id}
+    return [t for t in registry.tiles(status=status) if t.raster_id in rasters]
 
 
 def _harvest(
@@ -220,10 +281,9 @@ def _sample(registry: TileRegistry, labelled: LabelledTile, manifest: ModelManif
 
 
 def _footprint(tile: TileRecord) -> Footprint:
-    transform = tile.grid.transform
-    x, y = transform @ (tile.grid.width / 2, tile.grid.height / 2)
-    side = max(tile.grid.width * abs(transform.a), tile.grid.height * abs(transform.e))
-    return Footprint(tile.crs_text, float(x), float(y), float(side))
+    """The tile's centre and side on the ground, from its grid's corners (exact for rotated rasters)."""
+    x, y = tile.grid.centre_world()
+    return Footprint(tile.crs_text, x, y, max(tile.grid.side_lengths()))
 
 
 def _log_epoch(round_id: int) -> Callable[[int, float], None]:
@@ -267,7 +327,7 @@ def _score_and_push(
     schema = read_schema(client.project(project_id)["label_config"])
     unlabelled = [
         t
-        for t in registry.tiles(status=TileStatus.IMPORTED)
+        for t in _project_tiles(registry, project_id, TileStatus.IMPORTED)
         if t.id not in labelled_ids and t.task_id is not None
     ]
     ids = np.asarray([0] + [c.id for c in loaded.manifest.classes], dtype=np.uint8)
@@ -290,8 +350,7 @@ def _score_and_push(
                 "model_version": loaded.manifest.version,
             }
         )
-    client.import_predictions(project_id, predictions)
-    client.set_model_version(project_id, loaded.manifest.version)
+    client.import_predictions(project_id, predictions)  # the model version is set when it is promoted
     uncertainty = {tile.id: score.uncertainty for tile, score in zip(unlabelled, scores, strict=True)}
     if not unlabelled:
         return [], uncertainty

@@ -1,6 +1,6 @@
 """Per-tile class probabilities of a model version, kept on disk for exports.
 
-Layout under ``<data_dir>/predictions``::
+Layout under ``<data_dir>/projects/<project>/predictions`` (one store per project)::
 
     <version>/<tile_id>.npz   # proba: (classes + 1, height, width) uint8, 0-255; valid: packed bits
 

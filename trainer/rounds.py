@@ -1,8 +1,9 @@
 """The record of active-learning rounds, kept beside the tile registry (same SQLite file, own tables).
 
-A round row is written when the round starts (``running``) and completed when
-it ends (``promoted``, ``kept`` or ``failed``), so a round killed midway is seen
-as interrupted and marked failed by the next one. The frozen list of the next
+Rounds are kept per project: ``number`` counts a project's rounds from 1 (``id`` is the row's
+key, shared by every project of the data folder). A round row is written when the round starts
+(``running``) and completed when it ends (``promoted``, ``kept`` or ``failed``), so a round
+killed midway is seen as interrupted and marked failed by the next one. The frozen list of the next
 tiles to label, with their scores, lives in ``round_queue``.
 """
 
@@ -70,6 +71,7 @@ class RoundRecord:
     validation_tiles: int = 0
     problems: list[str] = field(default_factory=list)
     error: str | None = None
+    number: int = 0  # the project's round number (1, 2, ...)
 
 
 _JSON_FIELDS = ("class_pixels", "annotators", "metrics", "previous_metrics", "problems")
@@ -91,7 +93,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     previous_metrics TEXT NOT NULL DEFAULT '{}',
     validation_tiles INTEGER NOT NULL DEFAULT 0,
     problems TEXT NOT NULL DEFAULT '[]',
-    error TEXT
+    error TEXT,
+    number INTEGER
 );
 CREATE TABLE IF NOT EXISTS round_queue (
     round_id INTEGER NOT NULL REFERENCES rounds(id),
@@ -126,6 +129,7 @@ class RoundStore:
         self.conn.execute("PRAGMA journal_mode=WAL")
         with self.conn:
             self.conn.executescript(SCHEMA)
+        _migrate(self.conn)
 
     def __enter__(self) -> RoundStore:
         return self
@@ -149,8 +153,9 @@ class RoundStore:
                 ),
             )
             cursor = self.conn.execute(
-                "INSERT INTO rounds (project_id, status, trigger, started) VALUES (?, ?, ?, ?)",
-                (project_id, RoundStatus.RUNNING, trigger, now()),
+                "INSERT INTO rounds (project_id, number, status, trigger, started) VALUES"
+                " (?, (SELECT COALESCE(MAX(number), 0) + 1 FROM rounds WHERE project_id = ?), ?, ?, ?)",
+                (project_id, project_id, RoundStatus.RUNNING, trigger, now()),
             )
         return int(cursor.lastrowid or 0)
 
@@ -224,6 +229,29 @@ class RoundStore:
             "SELECT tile_id, state, uncertainty FROM round_tiles WHERE round_id = ?", (round_id,)
         )
         return {row[0]: TileState(*row) for row in rows}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Give registries from before per-project round numbers a ``number`` column, numbering old rounds.
+
+    Existing rounds are kept: each is numbered by its place among its project's rounds.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(rounds)")}
+    indexed = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rounds_project_number'").fetchone()
+    if (
+        "number" in columns
+        and indexed
+        and not conn.execute("SELECT 1 FROM rounds WHERE number IS NULL").fetchone()
+    ):
+        return
+    with conn:
+        if "number" not in columns:
+            conn.execute("ALTER TABLE rounds ADD COLUMN number INTEGER")
+        conn.execute(
+            "UPDATE rounds SET number = (SELECT COUNT(*) FROM rounds AS r"
+            " WHERE r.project_id = rounds.project_id AND r.id <= rounds.id) WHERE number IS NULL"
+        )
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS rounds_project_number ON rounds (project_id, number)")
 
 
 def _record(row: sqlite3.Row) -> RoundRecord:

@@ -1,15 +1,15 @@
 """The round scheduler: a new active-learning round once enough annotations have changed.
 
-APScheduler runs one interval job, kept in a SQLite job store beside the registry
-(``<data_dir>/trainer/scheduler.sqlite``), so its next run time survives a
-restart. Every ``trainer.check_interval`` seconds the job counts the annotation
-events recorded (Label Studio's webhooks) since the last round harvested; at
-``trainer.threshold`` or more it runs :func:`trainer.loop.run_round`.
+A scheduler watches one project. APScheduler runs one interval job, kept in a SQLite job store
+in the project's folder (``<data_dir>/projects/<project>/trainer/scheduler.sqlite``), so its
+next run time survives a restart. Every ``trainer.check_interval`` seconds the job counts the
+project's annotation events recorded (Label Studio's webhooks) since its last round harvested;
+at ``trainer.threshold`` or more it runs :func:`trainer.loop.run_round` for that project.
 
 No overlap, at three levels: the job has ``max_instances=1`` and coalesces
-missed runs; one scheduler per data folder (a lock held for the process's
-life); and ``run_round`` itself takes the round lock, so ``geolabel train
---now`` and the scheduler never train at the same time.
+missed runs; one scheduler per project (a lock held for the process's
+life); and ``run_round`` itself takes the project's round lock, so ``geolabel train
+--now`` and the scheduler never train the same project at the same time.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Check:
 
 
 def check(config: Config) -> Check:
-    """Count the annotation events recorded since the events the last round harvested."""
+    """Count the project's annotation events recorded since the events its last round harvested."""
     threshold = config.trainer.threshold
     if not config.registry_path.is_file():
         return Check(None, 0, threshold)
@@ -61,15 +61,16 @@ def check(config: Config) -> Check:
     return Check(project_id, changes, threshold)
 
 
-def round_if_due(config_path: str) -> str:
-    """The scheduled job: run a round if enough annotations changed; returns what it did, in words.
+def round_if_due(config_path: str, project: str | None = None) -> str:
+    """The scheduled job: run a round of ``project`` if enough of its annotations changed.
 
-    The configuration is read again at every run, so edits to ``[trainer]`` apply from the next
-    round. Failures are logged (the round is recorded as failed) and the next check tries again.
+    Returns what it did, in words. The configuration is read again at every run, so edits to
+    ``[trainer]`` apply from the next round. Failures are logged (the round is recorded as failed)
+    and the next check tries again. ``project`` None: ``project.name`` of the file.
     """
     from trainer.loop import run_round  # torch: loaded by the first round, not by every check
 
-    config = load_config(Path(config_path))
+    config = load_config(Path(config_path)).for_project(project)
     found = check(config)
     if not found.due:
         text = f"{found.changes} annotation change(s) since the last round; a round at {found.threshold}"
@@ -79,17 +80,20 @@ def round_if_due(config_path: str) -> str:
     try:
         record = run_round(config, client_for(config), trigger="scheduled")
     except (TrainerError, GeolabelError) as exc:
-        logger.error("scheduled round failed: %s", exc)
+        logger.error("scheduled round of %s failed: %s", config.project.name, exc)
         return f"round failed: {exc}"
     miou = record.metrics.get("miou")
-    text = f"round {record.id} {record.status}: version {record.model_version}, validation mIoU {miou}"
+    text = (
+        f"{config.project.name}: round {record.number} {record.status}: version {record.model_version}, "
+        f"validation mIoU {miou}"
+    )
     logger.info(text)
     return text
 
 
 def scheduler_for(config: Config, config_path: Path) -> BlockingScheduler:
-    """A blocking scheduler with the round job in the persistent store (interval from the config)."""
-    store_path = config.data_dir / "trainer" / "scheduler.sqlite"
+    """A blocking scheduler with the project's round job in its own job store (interval from the config)."""
+    store_path = config.trainer_dir / "scheduler.sqlite"
     store_path.parent.mkdir(parents=True, exist_ok=True)
     scheduler = BlockingScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{store_path}")},
@@ -99,7 +103,7 @@ def scheduler_for(config: Config, config_path: Path) -> BlockingScheduler:
         round_if_due,
         "interval",
         seconds=config.trainer.check_interval,
-        args=[str(config_path.resolve())],
+        args=[str(config_path.resolve()), config.project.name],
         id=JOB_ID,
         name="active-learning round when enough annotations changed",
         next_run_time=datetime.now(UTC),  # look at once, then every check_interval
@@ -109,17 +113,20 @@ def scheduler_for(config: Config, config_path: Path) -> BlockingScheduler:
 
 
 def run_scheduler(config: Config, config_path: Path) -> None:
-    """Run the scheduler in the foreground until interrupted (Ctrl-C, SIGTERM).
+    """Run the project's scheduler in the foreground until interrupted (Ctrl-C, SIGTERM).
 
     Raises:
-        SchedulerBusyError: if another scheduler runs on the same data folder.
+        SchedulerBusyError: if another scheduler runs for the same project.
     """
-    lock = config.data_dir / "trainer" / "scheduler.lock"
-    busy = SchedulerBusyError(f"a round scheduler already runs for {config.data_dir}")
+    lock = config.trainer_dir / "scheduler.lock"
+    busy = SchedulerBusyError(
+        f"a round scheduler already runs for project {config.project.name!r} of {config.data_dir}"
+    )
     with exclusive_lock(lock, lambda: busy):
         scheduler = scheduler_for(config, config_path)
         logger.info(
-            "round scheduler: every %.0f s, a round at %d annotation change(s)",
+            "round scheduler of %s: every %.0f s, a round at %d annotation change(s)",
+            config.project.name,
             config.trainer.check_interval,
             config.trainer.threshold,
         )

@@ -1,6 +1,6 @@
 """Model versions: the segmentation network's weights with their manifest, and which version is active.
 
-Layout under ``<data_dir>/models``::
+Layout under ``<data_dir>/projects/<project>/models`` (one store per project)::
 
     ACTIVE                 # name of the active version (replaced atomically)
     <version>/manifest.json
@@ -200,6 +200,17 @@ class ModelStore:
         temporary = self.root / f".{ACTIVE}.{os.getpid()}.tmp"
         temporary.write_text(name + "\n", encoding="utf-8")
         os.replace(temporary, self.root / ACTIVE)
+
+    def restore_active(self, name: str | None) -> None:
+        """Put back the active version a failed promotion replaced (None: no version was active).
+
+        Raises:
+            ModelStoreError: if ``name`` is not a version of this store.
+        """
+        if name is None:
+            (self.root / ACTIVE).unlink(missing_ok=True)
+        elif self.active_name() != name:
+            self.activate(name)
 
 
 def _fsync_dir_files(folder: Path) -> None:
