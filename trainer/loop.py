@@ -26,9 +26,10 @@ from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from trainer.errors import HarvestError, RoundBusyError, TrainerError
-from trainer.fit import Sample, TrainSettings, evaluate, train
+from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
 from trainer.harvest import Harvest, LabelledTile, harvest
 from trainer.inference import LoadedModel, load_version, read_input
+from trainer.legacy import adopt_legacy_stores
 from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
 from trainer.preannotations import class_results
@@ -94,7 +95,7 @@ def _round(
 ) -> None:
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
     classes = list(config.classes)
-    tiles = {t.task_id: t for t in registry.tiles() if t.task_id is not None}
+    tiles = {t.task_id: t for t in _project_tiles(registry, project_id) if t.task_id is not None}
     found = _harvest(client, project_id, tiles, classes, retry)
     names = ["background", *(c.name for c in classes)]
     store.update(
@@ -320,7 +321,7 @@ def _score_and_push(
     labelled_ids: set[str],
     samples: list[Sample],
 ) -> tuple[list[QueueEntry], dict[str, float]]:
-    """Score every unlabelled tile, push its prediction, set the model version.
+    """Score every unlabelled tile of the project, store and push its prediction.
 
     Returns the next batch and every unlabelled tile's uncertainty.
     """
