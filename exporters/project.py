@@ -34,9 +34,9 @@ from georef.errors import InvalidGeometryError
 from georef.grid import Grid, covering_grid, crs_from_text, crs_to_text, reprojected_grid, union_grid
 from georef.registry import RasterRecord, TileRecord, TileRegistry, TileStatus
 from trainer.harvest import Problem
+from trainer.legacy import adopt_legacy_stores
 from trainer.predictions import PredictionStore
 from trainer.rounds import RoundStore
-from trainer.legacy import adopt_legacy_stores
 from trainer.versions import ModelStore
 
 WHAT = ("labels", "predictions", "tiles")

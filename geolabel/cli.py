@@ -109,9 +109,6 @@ def _config(ctx: click.Context) -> Config:
     return config
 
 
-def _client(config: Config) -> LabelStudioClient:
-    from geolabel.lsclient import client_for  # label_studio_sdk loads only for commands that talk to it
-
 def _project_config(ctx: click.Context, project: str | None) -> Config:
     """The config of ``--project`` (default: ``project.name`` of the file): its stores and rounds only."""
     return _config(ctx).for_project(project)
@@ -122,6 +119,9 @@ project_option = click.option(
     "--project", help="Project (Label Studio project title) to act on (default: project.name in the config)."
 )
 
+
+def _client(config: Config) -> LabelStudioClient:
+    from geolabel.lsclient import client_for  # label_studio_sdk loads only for commands that talk to it
 
     return client_for(config)
 
@@ -287,6 +287,7 @@ def demo(ctx: click.Context, rasters: tuple[Path, ...]) -> None:
 @cli.command()
 @click.option("--limit", type=click.IntRange(min=1), help="Tiles to embed (default: sam.precompute).")
 @click.option("--follow", is_flag=True, help="Keep the next tiles embedded until stopped (Ctrl-C).")
+@project_option
 @click.pass_context
 @handle_errors
 def embed(ctx: click.Context, limit: int | None, follow: bool, project: str | None) -> None:
@@ -305,6 +306,7 @@ def embed(ctx: click.Context, limit: int | None, follow: bool, project: str | No
     help="Keep running: a round whenever trainer.threshold annotations changed "
     "(checked every trainer.check_interval seconds); `geolabel serve` starts this itself.",
 )
+@project_option
 @click.pass_context
 @handle_errors
 def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None) -> None:
@@ -340,6 +342,7 @@ def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None) -
 
 
 @cli.command()
+@project_option
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context, project: str | None) -> None:
@@ -366,7 +369,6 @@ def _parse_what(_ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(
             f"unknown part {', '.join(unknown) or '(none)'}; choose from {','.join(WHAT)}"
         )
-@project_option
     return parts
 
 
@@ -385,7 +387,6 @@ def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write."
 )
-@project_option
 @click.option("--crs", callback=_parse_crs, help="Output CRS, e.g. EPSG:2154 (default: the rasters' own).")
 @click.option(
     "--what", callback=_parse_what, help="Parts to write: labels,predictions,tiles (default: all that exist)."
@@ -393,6 +394,7 @@ def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.option(
     "--overwrite", is_flag=True, help="Replace --out if it exists (only once the new export is complete)."
 )
+@project_option
 @click.pass_context
 @handle_errors
 def export(
@@ -426,7 +428,6 @@ def _has_registry(config: Config) -> bool:
     """True when something was imported; else say what to run."""
     if config.registry_path.is_file():
         return True
-@project_option
     console.print(f"no raster imported yet ({config.registry_path} does not exist); run: geolabel import")
     return False
 
@@ -445,4 +446,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-@project_option

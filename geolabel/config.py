@@ -5,7 +5,9 @@ Relative paths in the file are relative to the file's own folder.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -176,15 +178,39 @@ class Config(_Section):
         root = self.label_studio.document_root
         return (self.base_dir / root).resolve() if root else self.data_dir
 
+    def for_project(self, name: str | None) -> Config:
+        """This config for project ``name`` (None or empty: unchanged); every per-project path follows.
+
+        Raises:
+            ConfigError: if ``name`` is not a valid project name.
+        """
+        if not name or name == self.project.name:
+            return self
+        try:
+            section = ProjectSection.model_validate({**self.project.model_dump(), "name": name})
+        except ValidationError as exc:
+            raise ConfigError(f"--project {name!r}: {_describe(exc, 'project name')}") from None
+        return self.model_copy(update={"project": section})
+
+    @property
+    def project_dir(self) -> Path:
+        """Everything the project owns: ``<data_dir>/projects/<slug of project.name>``."""
+        return self.data_dir / "projects" / project_slug(self.project.name)
+
     @property
     def models_dir(self) -> Path:
-        """Model versions written by the trainer and served by the ML backend."""
-        return self.data_dir / "models"
+        """The project's model versions, written by the trainer and served by the ML backend."""
+        return self.project_dir / "models"
 
     @property
     def predictions_dir(self) -> Path:
-        """Per-tile probabilities of each model version, kept for exports."""
-        return self.data_dir / "predictions"
+        """The project's per-tile probabilities of each model version, kept for exports."""
+        return self.project_dir / "predictions"
+
+    @property
+    def trainer_dir(self) -> Path:
+        """The project's round lock, scheduler lock and scheduler job store."""
+        return self.project_dir / "trainer"
 
     @property
     def embedding_cache_dir(self) -> Path:
@@ -209,6 +235,18 @@ class Config(_Section):
     def token(self) -> str:
         """The API token from the file, else ``$GEOLABEL_LABEL_STUDIO_TOKEN``; empty if neither is set."""
         return self.label_studio.token.get_secret_value() or os.environ.get(TOKEN_ENV, "")
+
+
+def project_slug(name: str) -> str:
+    """A folder name for project ``name``: lower-case letters, digits and dashes.
+
+    A name that is not already such a slug gets a short hash of the exact name appended, so that two
+    names differing only in case or punctuation never share a folder.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "project"
+    if slug == name:
+        return slug
+    return f"{slug}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 def load_config(path: str | Path) -> Config:

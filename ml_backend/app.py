@@ -28,8 +28,8 @@ from ml_backend.errors import BackendError, BadRequestError
 from ml_backend.protocol import PredictRequest, SetupRequest, WebhookEvent, parse_body
 from ml_backend.service import Backend, BackendSettings
 from trainer.dashboard import dashboard_blueprint
-
 from trainer.legacy import adopt_legacy_stores
+
 log = logging.getLogger("geolabel.ml_backend")
 CONFIG_ENV = "GEOLABEL_CONFIG"
 OPEN_ROUTES = ("/", "/health")

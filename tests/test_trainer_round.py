@@ -337,7 +337,7 @@ def test_the_scheduler_runs_one_round_when_enough_annotations_changed_and_only_o
     assert [r.trigger for r in new] == ["scheduled"], log.read_text()
     assert new[0].status in (RoundStatus.PROMOTED, RoundStatus.KEPT), new[0].error
     assert not check(load_config(path)).due
-    assert (project.config.data_dir / "trainer" / "scheduler.sqlite").is_file()
+    assert (project.config.trainer_dir / "scheduler.sqlite").is_file()
     assert label_studio.token not in log.read_text()
 
 

@@ -72,9 +72,9 @@ def run_round(
             raise TrainerError(
                 f"project {config.project.name!r} has no tiles yet; run `geolabel import` first"
             )
+        adopt_legacy_stores(config)
         round_id = store.start(project_id, trigger)
         try:
-        adopt_legacy_stores(config)
             _round(config, client, registry, store, project_id, round_id, retry)
         except Exception as exc:
             store.finish(round_id, RoundStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -120,6 +120,7 @@ def _round(
         config.trainer.block_tiles,
         config.trainer.seed,
     )
+    seed_torch(config.trainer.seed)  # the same labels and seed give the same initial weights
     network = build_model(manifest)
     if active is not None and _compatible(active.manifest, manifest):
         network.load_state_dict(active.network.state_dict())  # warm start
@@ -127,7 +128,6 @@ def _round(
         config.trainer.epochs, config.trainer.batch_size, config.trainer.learning_rate, config.trainer.seed,
         config.trainer.crop,
     )  # fmt: skip
-    seed_torch(config.trainer.seed)  # the same labels and seed give the same initial weights
     train(network, [samples[i] for i in split.train] or samples, settings, _log_epoch(round_id))
     validation = [samples[i] for i in split.validation]
     new = evaluate(network, validation, manifest.outputs).flat(names) if validation else {}
