@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from exporters import gpkg, labels, rasters, styles, tilemap
 from exporters.errors import ExportInputError, OutputExistsError
 from exporters.mosaic import ARGMAX_NODATA, MosaicTile, plan_blocks
 from geolabel.config import Config
+from geolabel.locks import hold_lock, is_locked, process_alive
 from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import LabelledTask
 from geolabel.progress import Progress, SilentProgress
@@ -42,6 +44,8 @@ from trainer.versions import ModelStore
 WHAT = ("labels", "predictions", "tiles")
 #: Label features written to the GeoPackage per append.
 LABEL_CHUNK = 2000
+#: Lock file inside an export's work folder, held while the export lives.
+WORK_LOCK = ".export.lock"
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,11 @@ def export_project(
     project = _load_project(config)
     target_crs = options.crs or _common_crs(project.rasters.values())
     report = ExportReport(out, crs_to_text(target_crs))
+    remove_abandoned_work(out)
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    lock = hold_lock(work / WORK_LOCK)
     try:
         tasks = client.labelled_tasks(project.project_id) if {"labels", "tiles"} & set(options.what) else []
         if "labels" in options.what:
@@ -108,11 +114,46 @@ def export_project(
         if "tiles" in options.what:
             _export_tiles(config, project, tasks, target_crs, work, report)
         _write_manifest(config, work, report)
+        (work / WORK_LOCK).unlink()  # held until the end; the published folder carries no lock file
         _publish(work, out, options.overwrite)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        lock.close()
     return report
+
+
+def remove_abandoned_work(out: Path) -> list[Path]:
+    """Remove the work folders that killed exports to ``out`` left beside it; return them.
+
+    An export writes into ``.<name>.partial-<pid>`` (and, while publishing over an old export, moves
+    that to ``.<name>.old-<pid>``); ``kill -9`` leaves them behind. A folder is abandoned when its
+    process is gone, or when the process now holding that pid does not hold the folder's lock (the pid
+    was reused). A live export's folder, or an old export still needed because ``out`` is missing, is
+    never touched.
+    """
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(partial|old)-([0-9]{{1,10}})")
+    removed = []
+    for path in out.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match is None or path.is_symlink() or not path.is_dir():
+            continue
+        kind, pid = match.group(1), int(match.group(2))
+        if pid == os.getpid() or (kind == "old" and not out.exists()) or _in_use(path, pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _in_use(work: Path, pid: int) -> bool:
+    if not process_alive(pid):
+        return False
+    lock = work / WORK_LOCK
+    return is_locked(lock) or not lock.exists()  # no lock file: a folder being set up, or older geolabel
 
 
 def _load_project(config: Config) -> _Project:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,17 +14,21 @@ from rich.console import Console
 
 from geolabel.config import Config
 from geolabel.credentials import Credentials, load_or_create_credentials
+from geolabel.errors import StackError
 from geolabel.lsclient import LabelStudioClient
-from geolabel.stack import LocalLabelStudio, LocalMLBackend, is_up
+from geolabel.paths import private_dir
+from geolabel.stack import LocalLabelStudio, LocalMLBackend, exit_reason, is_up, tail
 from georef.registry import TileRegistry
 from importers.errors import ImportFailedError
 
 SAMPLE_RASTER = Path(__file__).parent / "samples" / "orthophoto_cogeo.tif"
+WATCH_INTERVAL_S = 1.0  # how often `serve` checks that its servers still run
 
 
 def local_stack(config: Config) -> LocalLabelStudio:
     """The local Label Studio described by the config (credentials created on first use)."""
-    state = config.data_dir / "label-studio"
+    private_dir(config.data_dir)  # Label Studio's database and the credentials live in it
+    state = private_dir(config.data_dir / "label-studio")
     creds = load_or_create_credentials(state, config.label_studio.username)
     return LocalLabelStudio(config.label_studio.url, state, config.document_root, creds)
 
@@ -59,7 +64,12 @@ def local_backend(config: Config, config_path: Path) -> LocalMLBackend:
 
 
 def serve_forever(config: Config, config_path: Path, console: Console) -> None:
-    """Start the local Label Studio and the ML backend, connect them, run until Ctrl-C (or SIGTERM)."""
+    """Start the local Label Studio and the ML backend, connect them, run until Ctrl-C (or SIGTERM).
+
+    Raises:
+        StackError: if Label Studio or the ML backend stops by itself (the other is stopped with it,
+            and the message names the log and how to restart).
+    """
     stack = local_stack(config)
     if _already_serving(stack, console):
         return
@@ -67,7 +77,7 @@ def serve_forever(config: Config, config_path: Path, console: Console) -> None:
     with stop_on_signals(), stack, start_backend(config, config_path, console) as backend:
         connect_backend(config, LabelStudioClient(stack.url, stack.credentials.token), backend, console)
         print_access(stack.url, stack.credentials, console)
-        _wait(stack, console)
+        _wait(stack, console, backend)
 
 
 def run_demo(config: Config, config_path: Path, rasters: list[Path], console: Console) -> None:
@@ -185,13 +195,40 @@ def print_access(url: str, creds: Credentials, console: Console) -> None:
     console.print("Press Ctrl-C to stop.\n")
 
 
-def _wait(stack: LocalLabelStudio, console: Console) -> None:
+def _wait(stack: LocalLabelStudio, console: Console, backend: LocalMLBackend | None = None) -> None:
+    """Watch the servers until Ctrl-C.
+
+    A server that stops by itself is not restarted: what killed it (memory, disk, a broken database)
+    would kill it again, and a supervisor (systemd, Docker's restart policy) restarts ``geolabel serve``
+    on its non-zero exit.
+
+    Raises:
+        StackError: if Label Studio or the ML backend stopped; the caller stops the other one.
+    """
     try:
-        code = stack.wait()
+        while True:
+            _check_alive(stack, backend)
+            time.sleep(WATCH_INTERVAL_S)
     except KeyboardInterrupt:
         console.print("stopping Label Studio...")
-        return
-    console.print(f"Label Studio exited with code {code}; see {stack.log_path}")
+
+
+def _check_alive(stack: LocalLabelStudio, backend: LocalMLBackend | None) -> None:
+    code = stack.exit_code()
+    if code is not None:
+        other = "; the ML backend is stopped with it" if backend is not None else ""
+        raise StackError(
+            f"Label Studio {exit_reason(code)}{other}. Last lines of its log {stack.log_path}:\n"
+            f"{stack.log_tail()}\nFix what the log shows (memory, disk space), then run `geolabel serve` "
+            f"again: projects and annotations are kept in {stack.state_dir}."
+        )
+    code = backend.exit_code() if backend is not None else None
+    if backend is not None and code is not None:
+        raise StackError(
+            f"the ML backend {exit_reason(code)}; Label Studio is stopped with it. Last lines of its log "
+            f"{backend.log_path}:\n{tail(backend.log_path, 15, backend.secrets_to_mask)}\n"
+            "Fix what the log shows, then run `geolabel serve` again."
+        )
 
 
 def _already_serving(stack: LocalLabelStudio, console: Console) -> bool:

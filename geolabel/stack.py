@@ -22,6 +22,7 @@ import httpx
 
 from geolabel.credentials import Credentials
 from geolabel.errors import StackError
+from geolabel.paths import PRIVATE_UMASK, private_dir
 
 START_TIMEOUT_S = 300.0
 
@@ -58,6 +59,21 @@ class _Service(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    @abstractmethod
+    def exit_code(self) -> int | None:
+        """The exit code of a server that exited by itself (negative: killed by that signal), else None."""
+
+
+def exit_reason(code: int) -> str:
+    """A child's exit code in words: ``exited with code 1``, ``was killed by signal 9 (SIGKILL)``."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "unknown signal"
+    return f"was killed by signal {-code} ({name})"
 
 
 class LocalLabelStudio(_Service):
@@ -120,7 +136,9 @@ class LocalLabelStudio(_Service):
             raise StackError(
                 f"something already answers at {self.url}; stop it or set another port in label_studio.url"
             )
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(
+            self.state_dir
+        )  # its database holds the API token, the backend password, the webhook auth
         self.document_root.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable,
@@ -133,7 +151,7 @@ class LocalLabelStudio(_Service):
             "--port",
             str(self.port),
         ]
-        self._process = spawn(command, self.environment(), self.log_path)
+        self._process = spawn(command, self.environment(), self.log_path, umask=PRIVATE_UMASK)
         self._wait_until_up(timeout)
 
     def _wait_until_up(self, timeout: float) -> None:
@@ -166,14 +184,23 @@ class LocalLabelStudio(_Service):
             return 0
         return self._process.wait()
 
+    def exit_code(self) -> int | None:
+        """Label Studio's exit code once it has exited by itself, else None."""
+        return None if self._process is None else self._process.poll()
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server and its children (SIGTERM, then SIGKILL after ``timeout``)."""
         process, self._process = self._process, None
         terminate(process, timeout)
 
 
-def spawn(command: list[str], env: dict[str, str], log_path: Path, nice: int = 0) -> subprocess.Popen[bytes]:
-    """Start ``command`` in its own session (its children stop with it), output appended to ``log_path``."""
+def spawn(
+    command: list[str], env: dict[str, str], log_path: Path, nice: int = 0, umask: int = -1
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session (its children stop with it), output appended to ``log_path``.
+
+    ``nice``: lower its CPU priority by this much; ``umask``: its file-creation mask (-1: inherited).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def lower_priority() -> None:  # runs in the child before exec
@@ -189,6 +216,7 @@ def spawn(command: list[str], env: dict[str, str], log_path: Path, nice: int = 0
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=lower_priority if nice else None,
+            umask=umask,
         )
 
 
@@ -305,6 +333,10 @@ class LocalMLBackend(_Service):
     def running(self) -> bool:
         """True while the server process is alive."""
         return self._server is not None and self._server.poll() is None
+
+    def exit_code(self) -> int | None:
+        """The gunicorn server's exit code once it has exited by itself, else None."""
+        return None if self._server is None else self._server.poll()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the helper jobs and the server."""

@@ -182,6 +182,10 @@ class TileRegistry:
             self._add_missing_columns("rasters", _RASTER_COLUMNS_ADDED)
             self.conn.execute("CREATE INDEX IF NOT EXISTS tiles_raster ON tiles (raster_id, status)")
             self.conn.execute("CREATE INDEX IF NOT EXISTS tiles_task ON tiles (task_id)")
+            self.conn.execute(
+                "CREATE INDEX IF NOT EXISTS events_annotation "
+                "ON annotation_events (project_id, annotation_id)"
+            )
         version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         if int(version) != SCHEMA_VERSION:
             raise RegistryError(
@@ -495,12 +499,26 @@ class TileRegistry:
             for r in rows
         ]
 
-    def count_annotation_events(self, project_id: int, after_id: int = 0) -> int:
-        """Number of events of a project recorded after event ``after_id``."""
+    def count_changed_annotations(self, project_id: int, after_id: int = 0) -> int:
+        """Number of distinct annotations of a project changed after event ``after_id``.
+
+        An annotation saved ten times (or reported by ten copies of one webhook) counts once.
+        """
         row = self.conn.execute(
-            "SELECT COUNT(*) FROM annotation_events WHERE project_id = ? AND id > ?", [project_id, after_id]
+            "SELECT COUNT(DISTINCT annotation_id) FROM annotation_events "
+            "WHERE project_id = ? AND id > ? AND annotation_id IS NOT NULL",
+            [project_id, after_id],
         ).fetchone()
         return int(row[0])
+
+    def annotation_task(self, project_id: int, annotation_id: int) -> int | None:
+        """The task of an annotation recorded for a project (its latest event), or None if never recorded."""
+        row = self.conn.execute(
+            "SELECT task_id FROM annotation_events WHERE project_id = ? AND annotation_id = ? "
+            "AND task_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+            [project_id, annotation_id],
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def iter_tile_ids(self, raster_id: int) -> Iterator[str]:
         """Ids of a raster's tiles, in row-major order."""

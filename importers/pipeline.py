@@ -29,6 +29,7 @@ import rasterio
 from geolabel.classes import LabelClass
 from geolabel.locks import exclusive_lock
 from geolabel.lsclient import IMPORT_BATCH, UNCERTAINTY_SAMPLING, LabelStudioClient, ProjectRef
+from geolabel.paths import private_dir
 from geolabel.progress import Progress, SilentProgress
 from georef.registry import RasterRecord, RasterSpec, RasterStatus, TileRecord, TileRegistry, TileStatus
 from georef.taskgeo import TileGeo
@@ -131,13 +132,14 @@ def import_raster(
 
 @contextmanager
 def import_lock(data_dir: Path) -> Iterator[None]:
-    """Hold the data folder's import lock (one import at a time per registry).
+    """Hold the data folder's import lock (one import at a time per registry); the folder is made private.
 
     Raises:
         ImportFailedError: if another import holds it.
+        PermissionError: if the data folder belongs to another user.
     """
     message = f"another geolabel import is running on {data_dir}; wait for it to finish, then run again"
-    with exclusive_lock(data_dir / ".import.lock", lambda: ImportFailedError(message)):
+    with exclusive_lock(private_dir(data_dir) / ".import.lock", lambda: ImportFailedError(message)):
         yield
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import time
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from geolabel.config import CONFIG_NAME, Config, load_config
 from geolabel.errors import LabelConfigError
@@ -31,8 +32,18 @@ from trainer.dashboard import dashboard_blueprint
 from trainer.legacy import adopt_legacy_stores
 
 log = logging.getLogger("geolabel.ml_backend")
+access_log = logging.getLogger("geolabel.ml_backend.access")
 CONFIG_ENV = "GEOLABEL_CONFIG"
 OPEN_ROUTES = ("/", "/health")
+#: Largest request body accepted (bytes): a click's context carries the task's annotations and drafts
+#: (brush RLE), a batch of pre-annotations up to ``MAX_TASKS`` tasks.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Query parameters whose values are never logged.
+SECRET_PARAMS = re.compile(r"token|key|pass|secret|auth|sig|session|code|cred", re.IGNORECASE)
+_SECRET_IN_QUERY = re.compile(
+    r"([?&][^=&\s\"]*(?:token|key|pass|secret|auth|sig|session|code|cred)[^=&\s\"]*=)[^&\s\"]*", re.IGNORECASE
+)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def settings_from_config(config: Config) -> BackendSettings:
@@ -68,7 +79,9 @@ def create_app(config: Config | None = None, *, backend: Backend | None = None) 
     service = backend or Backend(settings_from_config(config))
     auth = config.ml_backend_auth()
     app = Flask("ml_backend")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    _install_logging()
     app.extensions["geolabel_backend"] = service
     _install_auth(app, auth.username, auth.password)
     _install_errors(app)
@@ -123,8 +136,50 @@ def _install_auth(app: Flask, username: str, password: str) -> None:
     @app.after_request
     def log_request(response: Response) -> Response:
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        log.info("%s %s %s %.0f ms", request.method, request.path, response.status_code, elapsed)
+        access_log.info("%s %s %s %.0f ms", request.method, loggable_path(), response.status_code, elapsed)
         return response
+
+
+def _install_logging() -> None:
+    """Make the backend's INFO records (the access log) reach stderr, the backend's log file.
+
+    Under gunicorn and ``flask run`` nothing configures Python's logging, so INFO records would be
+    dropped; a handler is added once, unless the root logger already has one (pytest, an embedding
+    application): then records propagate to it.
+    """
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    werkzeug_log = logging.getLogger("werkzeug")  # the development server's own request lines
+    if not any(isinstance(f, MaskQuerySecrets) for f in werkzeug_log.filters):
+        werkzeug_log.addFilter(MaskQuerySecrets())
+    if logging.getLogger().handlers or any(getattr(h, "geolabel", False) for h in log.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.geolabel = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+
+
+class MaskQuerySecrets(logging.Filter):
+    """Mask secret-looking query values in log lines written by others (werkzeug's development server)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message with ``***`` for the values; never drops a record."""
+        message = record.getMessage()
+        masked = _SECRET_IN_QUERY.sub(r"\1***", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def loggable_path(limit: int = 300) -> str:
+    """The request's path and query for the log: secret-looking values masked, control characters escaped."""
+    path = request.path
+    if request.args:
+        pairs = (f"{k}={'***' if SECRET_PARAMS.search(k) else v}" for k, v in request.args.items(multi=True))
+        path = f"{path}?{'&'.join(pairs)}"
+    text = path.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _install_errors(app: Flask) -> None:
@@ -138,6 +193,13 @@ def _install_errors(app: Flask) -> None:
         log.warning("%s %s: %s", request.method, request.path, exc)
         return jsonify({"error": str(exc)}), 422
 
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
+        size = f"{request.content_length} bytes" if request.content_length else "a body"
+        message = f"the request carries {size}; the ML backend accepts at most {MAX_BODY_BYTES} bytes"
+        log.warning("%s %s: %s", request.method, request.path, message)
+        return jsonify({"error": message}), BadRequestError.status
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         return jsonify({"error": exc.description or exc.name}), exc.code or 500
@@ -149,7 +211,12 @@ def _install_errors(app: Flask) -> None:
 
 
 def _json() -> Any:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequestError(
+            "the request body is JSON nested too deeply to be a Label Studio request"
+        ) from None
     if body is None:
         raise BadRequestError("the request body must be JSON (Content-Type: application/json)")
     return body

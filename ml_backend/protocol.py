@@ -11,10 +11,12 @@ Label Studio sends (``label_studio/ml/api_connector.py``):
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import math
+import re
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from geolabel.lsmodels import ProjectSchema
 from georef.labelstudio import ImageSize, PercentRect, percent_to_pixel, rect_to_pixel_corners
@@ -22,6 +24,15 @@ from ml_backend.errors import BadRequestError
 from ml_backend.sam import Prompt
 
 M = TypeVar("M", bound=BaseModel)
+
+#: Largest id of a Label Studio object (SQLite and Django integer keys are signed 64-bit).
+MAX_ID = 2**63 - 1
+#: Most tasks one ``/predict`` request may carry (Label Studio asks for one at a time when a task opens;
+#: "Retrieve predictions" on a selection sends the whole selection at once).
+MAX_TASKS = 100
+#: A Label Studio id as it crosses the boundary: 1 .. 2**63 - 1.
+ObjectId = Annotated[int, Field(ge=1, le=MAX_ID)]
+_PROJECT_KEY = re.compile(r"([0-9]{1,19})(\..*)?", re.DOTALL)
 
 
 class _Body(BaseModel):
@@ -31,8 +42,8 @@ class _Body(BaseModel):
 class TaskIn(_Body):
     """A task as Label Studio sends it (only what the backend reads)."""
 
-    id: int
-    project: int | None = None
+    id: ObjectId
+    project: ObjectId | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -67,6 +78,17 @@ class PredictRequest(_Body):
     label_config: str | None = None
     params: Params = Params()
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _at_most_max_tasks(cls, tasks: object) -> object:
+        """Refuse an over-long task list before any task is validated."""
+        if isinstance(tasks, list) and len(tasks) > MAX_TASKS:
+            raise ValueError(
+                f"{len(tasks)} tasks in one request; the backend answers at most {MAX_TASKS} at a time "
+                "(select fewer tasks before retrieving predictions)"
+            )
+        return tasks
+
 
 class SetupRequest(_Body):
     """Body of ``POST /setup`` (``access_token`` is read by nobody and never logged)."""
@@ -76,13 +98,27 @@ class SetupRequest(_Body):
 
 
 class WebhookEvent(_Body):
-    """Body of ``POST /webhook``."""
+    """Body of ``POST /webhook``.
+
+    Label Studio sends ``annotation`` and ``task`` as objects for ``ANNOTATION_CREATED`` and
+    ``ANNOTATION_UPDATED``, as lists for ``ANNOTATIONS_CREATED``, and ``annotations`` (ids only) for
+    ``ANNOTATIONS_DELETED``.
+    """
 
     action: str
     project: dict[str, Any] | None = None
-    task: dict[str, Any] | None = None
-    annotation: dict[str, Any] | None = None
+    task: dict[str, Any] | list[dict[str, Any]] | None = None
+    annotation: dict[str, Any] | list[dict[str, Any]] | None = None
     annotations: list[dict[str, Any]] | None = None
+
+    def reported(self) -> list[dict[str, Any]]:
+        """The annotations the event reports, whatever key and shape it used."""
+        found = self.annotations or self.annotation or []
+        return [found] if isinstance(found, dict) else list(found)
+
+    def single_task_id(self) -> int | None:
+        """The id of the event's task when it names exactly one."""
+        return object_id(self.task.get("id")) if isinstance(self.task, dict) else None
 
 
 def parse_body(model: type[M], body: object) -> M:
@@ -109,10 +145,21 @@ def project_id(project: str | None) -> int | None:
     """
     if not project:
         return None
-    head = project.split(".", 1)[0]
-    if not head.isdigit():
-        raise BadRequestError(f"project {project!r} is not of the form '<id>.<timestamp>'")
-    return int(head)
+    match = _PROJECT_KEY.fullmatch(project)
+    number = int(match.group(1)) if match else 0
+    if not 1 <= number <= MAX_ID:
+        shown = project if len(project) <= 40 else f"{project[:40]}... ({len(project)} characters)"
+        raise BadRequestError(
+            f"project {shown!r} is not of the form '<id>.<timestamp>' with an id from 1 to {MAX_ID}"
+        )
+    return number
+
+
+def object_id(value: object) -> int | None:
+    """An id from a webhook body: an int from 1 to :data:`MAX_ID`, else None (bools are not ids)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
+        return value
+    return None
 
 
 class ClassPrompt(_Body):
@@ -177,11 +224,15 @@ def _check_size(region: ContextRegion, size: ImageSize) -> None:
         )
 
 
-def _number(region: ContextRegion, key: str) -> float:
-    value = region.value.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise BadRequestError(f"a {region.type} region needs a number in value.{key}")
-    return float(value)
+def _number(region: ContextRegion, key: str, default: object = None) -> float:
+    value = region.value.get(key, default)
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int beyond the float range
+        number = math.nan
+    if not math.isfinite(number):
+        raise BadRequestError(f"a {region.type} region needs a finite number in value.{key}")
+    return number
 
 
 def _point(region: ContextRegion, size: ImageSize) -> tuple[float, float]:
@@ -195,7 +246,7 @@ def _box(region: ContextRegion, size: ImageSize) -> tuple[float, float, float, f
         _number(region, "y"),
         _number(region, "width"),
         _number(region, "height"),
-        float(region.value.get("rotation", 0.0) or 0.0),
+        _number(region, "rotation", 0.0) if region.value.get("rotation") is not None else 0.0,
     )
     corners = rect_to_pixel_corners(rect, size)
     (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)

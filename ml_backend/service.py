@@ -30,6 +30,7 @@ from ml_backend.protocol import (
     SetupRequest,
     TaskIn,
     WebhookEvent,
+    object_id,
     project_id,
     prompt_from_context,
 )
@@ -39,6 +40,8 @@ from trainer.inference import LoadedModel, load_version, predict, read_input
 from trainer.preannotations import class_results, mask_results
 from trainer.versions import ModelStore
 
+DELETED = "ANNOTATIONS_DELETED"
+MAX_REASONS = 5  # distinct reasons for ignored annotations given back in a webhook's answer
 NO_MODEL = "no trained model yet: pre-annotations stay empty until the first training round promotes one"
 
 
@@ -257,18 +260,61 @@ class Backend:
     # webhook ---------------------------------------------------------------------
 
     def webhook(self, event: WebhookEvent) -> dict[str, Any]:
-        """Record annotation events for the trainer (training never runs inside a request)."""
+        """Record the annotations an event reports as changed, for the trainer's round threshold.
+
+        Only what the registry vouches for is recorded: the event must name this backend's project and
+        each annotation a task that is a tile of it (a deleted annotation: one recorded before); an
+        annotation reported several times in one event is recorded once, and the threshold counts
+        distinct annotations. Training never runs inside a request.
+
+        Raises:
+            BadRequestError: if the event names no project.
+            UnknownTaskError: if it names another project, or this backend's project is not imported yet.
+        """
         if event.action not in ANNOTATION_ACTIONS:
             return {"status": "ignored", "action": event.action}
-        served = self._check_project(_int((event.project or {}).get("id")))
-        annotations = event.annotations or ([event.annotation] if event.annotation else [{}])
-        task_id = _int((event.task or {}).get("id"))
-        events = [
-            AnnotationEvent(served, _int(a.get("task")) or task_id, _int(a.get("id")), event.action)
-            for a in annotations
-        ]
-        recorded = self.registry.record_annotation_events(events)
-        return {"status": "recorded", "action": event.action, "events": recorded}
+        claimed = object_id((event.project or {}).get("id"))
+        if claimed is None:
+            raise BadRequestError("the event names no project (project.id); Label Studio's webhooks name one")
+        served = self._check_project(claimed)
+        accepted: dict[int, AnnotationEvent] = {}
+        reasons: set[str] = set()
+        ignored = 0
+        for annotation in event.reported():
+            annotation_id = object_id(annotation.get("id"))
+            if annotation_id is not None and annotation_id in accepted:
+                continue  # the same annotation again: counted once
+            found = self._vouched(event, annotation, annotation_id, served)
+            if isinstance(found, str):
+                ignored += 1
+                reasons.add(found)
+            else:
+                accepted[annotation_id or 0] = found
+        recorded = self.registry.record_annotation_events(accepted.values())
+        answer: dict[str, Any] = {"status": "recorded", "action": event.action, "events": recorded}
+        if ignored:
+            answer.update(ignored=ignored, reasons=sorted(reasons)[:MAX_REASONS])
+        return answer
+
+    def _vouched(
+        self, event: WebhookEvent, annotation: dict[str, Any], annotation_id: int | None, served: int
+    ) -> AnnotationEvent | str:
+        """The event to record for one reported annotation, or why it is not recorded."""
+        if annotation_id is None:
+            return "an annotation without a valid id"
+        if event.action == DELETED:  # Label Studio sends only the ids of deleted annotations
+            task_id = self.registry.annotation_task(served, annotation_id)
+            if task_id is None:
+                return f"annotation {annotation_id} was never recorded for project {served}"
+        else:
+            task_id = object_id(annotation.get("task")) or event.single_task_id()
+            if task_id is None:
+                return f"annotation {annotation_id} names no task"
+            try:
+                self._tile(TaskIn(id=task_id), served)
+            except UnknownTaskError as exc:
+                return str(exc)
+        return AnnotationEvent(served, task_id, annotation_id, event.action)
 
     # helpers ---------------------------------------------------------------------
 
@@ -372,7 +418,3 @@ def _claimed_tile(task: TaskIn) -> str | None:
         return str(geo["tile_id"])
     tile_id = task.data.get("tile_id")
     return tile_id if isinstance(tile_id, str) else None
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -21,9 +21,10 @@ from rasterio.crs import CRS
 from rasterio.warp import calculate_default_transform
 from rasterio.warp import transform as warp_points
 
-from exporters.project import ExportOptions, export_project
+from exporters.project import WORK_LOCK, ExportOptions, export_project, remove_abandoned_work
 from geolabel.classes import LabelClass
 from geolabel.cli import cli
+from geolabel.locks import hold_lock
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import TileRecord, TileRegistry
 from tests.conftest import (
@@ -242,6 +243,48 @@ def test_an_existing_folder_is_never_half_overwritten(
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "manifest.json", "tiles.gpkg"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no work folder left
     assert label_studio.token not in output
+
+
+def test_work_folders_of_killed_exports_are_removed_by_the_next_one(
+    scene: ImportedScene, label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    """``kill -9`` leaves ``.out.partial-<pid>``; the next export removes the folders of gone exports only."""
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid names a process that is gone, as after kill -9
+    live = [subprocess.Popen(["sleep", "300"]) for _ in range(3)]
+    try:
+        killed = tmp_path / f".out.partial-{finished.pid}"
+        setting_up = tmp_path / f".out.partial-{live[0].pid}"  # a live export before it takes its lock
+        reused = tmp_path / f".out.partial-{live[1].pid}"  # the pid now names a process without the lock
+        running = tmp_path / f".out.partial-{live[2].pid}"  # a live export holding its lock
+        for folder in (killed, setting_up, reused, running):
+            folder.mkdir()
+            (folder / "labels.gpkg").write_bytes(b"x" * 1000)
+        (reused / WORK_LOCK).write_text("")
+        with hold_lock(running / WORK_LOCK):
+            code, output = run_cli(scene, label_studio, tmp_path, "--out", str(tmp_path / "out"),
+                                   "--what", "tiles")  # fmt: skip
+    finally:
+        for process in live:
+            process.kill()
+            process.wait()
+    assert code == 0, output
+    assert (tmp_path / "out" / "tiles.gpkg").is_file()
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
+    assert left == sorted([setting_up.name, running.name])
+
+
+def test_an_old_export_moved_aside_is_removed_only_once_the_new_one_is_in_place(tmp_path: Path) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    old = tmp_path / f".out.old-{finished.pid}"  # killed between moving the old export aside and publishing
+    old.mkdir()
+    other = tmp_path / f".other.partial-{finished.pid}"  # another export's folder
+    other.mkdir()
+    assert remove_abandoned_work(tmp_path / "out") == []  # out is missing: the old export is all there is
+    (tmp_path / "out").mkdir()
+    assert remove_abandoned_work(tmp_path / "out") == [old]
+    assert other.is_dir()
 
 
 def test_bad_options_are_refused_with_the_fix(scene: ImportedScene, label_studio: LabelStudioServer,

@@ -10,7 +10,10 @@ a shifted point or a wrong class gives another mask.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
 from georef.brush import rle_to_mask
 from georef.registry import TileRecord, TileRegistry
+from georef.tiling import TilePlan
 from ml_backend.app import create_app, settings_from_config
 from ml_backend.errors import PrecomputeBusyError
 from ml_backend.precompute import exclusive, next_tiles, precompute
@@ -395,6 +399,122 @@ def test_bad_requests_get_clear_json_errors_and_the_server_keeps_serving(
     assert secret not in response.text
     assert secret not in caplog.text
     assert httpx.get(f"{served.url}/health").status_code == 200
+
+
+def test_hostile_requests_are_answered_400_with_a_message_never_500(served: Served) -> None:
+    """Ids beyond 64 bits, over-long project keys, deep nesting, huge bodies: a 400 saying what is wrong."""
+    tile = served.tiles[0]
+    body = predict_body(served, tile.task_id)
+    deep = '{"tasks": [{"id": 1, "data": ' + "[" * 100_000 + "]" * 100_000 + "}]}"
+    cases: list[tuple[str, str, bytes, str]] = [
+        ("/predict", "task id 2**63", _json({**body, "tasks": [{"id": 2**63}]}), "less than or equal"),
+        ("/predict", "40-digit project", _json({**body, "project": "1" * 40 + ".1"}), "'<id>.<timestamp>'"),
+        ("/predict", "5000-digit project", _json({**body, "project": "7" * 5000}), "5000 characters"),
+        ("/setup", "project 2**63", _json({"project": f"{2**63}.1"}), "'<id>.<timestamp>'"),
+        ("/predict", "nested 100 000 deep", deep.encode(), "nested too deeply"),
+        ("/predict", "50 MB body", b'{"tasks": [' + b" " * 50_000_000 + b"]}", "at most"),
+        ("/predict", "1 000 000 task ids", _json({**body, "tasks": [{"id": i} for i in range(1, 10**6 + 1)]}),
+         "at most"),
+        ("/predict", "101 tasks", _json({**body, "tasks": [{"id": tile.task_id}] * 101}), "at most 100"),
+        ("/predict", "click at x = 10**400", _json(predict_body(served, tile.task_id, {"result": [
+            {**keypoint(5, 5), "value": {"x": 10**400, "y": 5, "keypointlabels": ["building"]}}]})),
+         "finite number in value.x"),
+        ("/predict", "box rotated by 'abc'", _json(predict_body(served, tile.task_id, {"result": [
+            {"type": "rectanglelabels", "from_name": "sam_box", "value": {"x": 5, "y": 5, "width": 5,
+             "height": 5, "rotation": "abc", "rectanglelabels": ["building"]}}]})), "value.rotation"),
+        ("/webhook", "project id 2**63", _json({"action": "ANNOTATION_CREATED", "project": {"id": 2**63}}),
+         "names no project"),
+    ]  # fmt: skip
+    for path, case, content, message in cases:
+        started = time.perf_counter()
+        response = httpx.post(
+            f"{served.url}{path}", content=content, auth=("geolabel", PASSWORD), timeout=120,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 400, (case, response.text[:300])
+        assert message in response.json()["error"], (case, response.json())
+        logging.getLogger(__name__).info("%s: 400 in %.2f s", case, elapsed)
+    assert httpx.get(f"{served.url}/health").status_code == 200
+
+
+def _json(body: object) -> bytes:
+    return json.dumps(body).encode()
+
+
+def other_projects_task(registry: TileRegistry, tile: TileRecord) -> int:
+    """A task of another project recorded in the same registry (a copy of ``tile``'s raster)."""
+    raster = registry.raster(tile.raster_id)
+    registry.record_project(424_242, "another project")
+    other = registry.add_raster(
+        dataclasses.replace(raster, path=raster.path + ".other", project_id=424_242),
+        [TilePlan(0, 0, tile.window)],
+    )
+    (copy,) = registry.tiles(other.id)
+    registry.mark_rendered([(copy.id, str(tile.image_path))])
+    registry.set_task_ids({copy.id: 424_243})
+    return 424_243
+
+
+def test_webhook_counts_distinct_annotations_of_this_projects_tiles_only(served: Served) -> None:
+    tile = served.tiles[0]
+    with served.registry() as registry:
+        since = max((e.id for e in registry.annotation_events(served.project_id)), default=0)
+        foreign = other_projects_task(registry, tile)
+    project = {"id": served.project_id, "title": "whatever the body says"}
+
+    def created(annotation_id: int, task_id: int, action: str = "ANNOTATION_CREATED") -> dict:
+        return {"action": action, "project": project, "annotation": {"id": annotation_id, "task": task_id},
+                "task": {"id": task_id, "project": served.project_id}}  # fmt: skip
+
+    fakes = [
+        (created(9_000_001, 999_999), 200),  # a task the registry does not know
+        (created(9_000_002, foreign), 200),  # a task of another project
+        ({**created(9_000_003, tile.task_id), "project": None}, 400),  # no project
+        ({"action": "ANNOTATION_CREATED", "annotation": {"id": 9_000_003, "task": tile.task_id}}, 400),
+        (created(9_000_004, tile.task_id, action="PROJECT_UPDATED"), 200),  # not an annotation action
+        ({"action": "ANNOTATIONS_DELETED", "project": project, "annotations": [{"id": 9_000_005}]}, 200),
+        (created(2**63, tile.task_id), 200),  # not an id
+    ]
+    for body, status in fakes:
+        response = served.post("/webhook", body)
+        assert response.status_code == status, (body, response.text)
+        assert status == 400 or response.json().get("events", 0) == 0, response.json()
+    with served.registry() as registry:
+        assert registry.count_changed_annotations(served.project_id, since) == 0
+
+    copies = [{"id": 9_000_006, "task": tile.task_id}] * 5000
+    flood = {"action": "ANNOTATIONS_CREATED", "project": project, "annotation": copies, "task": [{"id": 1}]}
+    assert served.post("/webhook", flood).json()["events"] == 1
+    for _ in range(5):  # the annotator saves the same annotation again and again
+        response = served.post("/webhook", created(9_000_006, tile.task_id, "ANNOTATION_UPDATED"))
+        assert response.json()["events"] == 1
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": project, "annotations": [{"id": 9_000_006}]}
+    assert served.post("/webhook", deleted).json()["events"] == 1
+    with served.registry() as registry:
+        assert registry.count_changed_annotations(served.project_id, since) == 1
+        events = registry.annotation_events(served.project_id, since)
+    assert {(e.task_id, e.annotation_id) for e in events} == {(tile.task_id, 9_000_006)}
+    assert [e.action for e in events] == ["ANNOTATIONS_CREATED"] + ["ANNOTATION_UPDATED"] * 5 + [
+        "ANNOTATIONS_DELETED"
+    ]
+
+
+def test_the_access_log_has_every_request_and_no_secret(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No level set here: the backend itself makes its access log reach the log handlers."""
+    httpx.get(f"{served.url}/health?token=SECRET-in-the-query&page=2", timeout=30)
+    served.post("/predict", {"tasks": []})
+    httpx.post(f"{served.url}/predict", json={}, auth=("geolabel", "wrong-password"), timeout=30)
+    lines = [r.getMessage() for r in caplog.records if r.name == "geolabel.ml_backend.access"]
+    patterns = [r"GET /health\?token=\*\*\*&page=2 200 \d+ ms", r"POST /predict 400 \d+ ms",
+                r"POST /predict 401 \d+ ms"]  # fmt: skip
+    for pattern in patterns:
+        assert any(re.fullmatch(pattern, line) for line in lines), (pattern, lines)
+    assert "SECRET" not in caplog.text
+    assert PASSWORD not in caplog.text
+    assert "wrong-password" not in caplog.text
 
 
 # background precompute ------------------------------------------------------------------------

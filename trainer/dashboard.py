@@ -77,7 +77,7 @@ def collect(config: Config) -> Dashboard:
             return empty
         rounds = store.rounds(project_id)
         tiles = _map_tiles(registry, store, project_id, rounds)
-        pending = registry.count_annotation_events(project_id, store.harvested_upto(project_id))
+        pending = registry.count_changed_annotations(project_id, store.harvested_upto(project_id))
     return Dashboard(config.project.name, rounds, active, tiles, pending, config.trainer.threshold)
 
 

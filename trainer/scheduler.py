@@ -57,7 +57,7 @@ def check(config: Config) -> Check:
         project_id = registry.project_id(config.project.name)
         if project_id is None:
             return Check(None, 0, threshold)
-        changes = registry.count_annotation_events(project_id, rounds.harvested_upto(project_id))
+        changes = registry.count_changed_annotations(project_id, rounds.harvested_upto(project_id))
     return Check(project_id, changes, threshold)
 
 
