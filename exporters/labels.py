@@ -7,7 +7,9 @@ at raster-pixel coordinates (tile pixel + tile offset), so a pixel corner shared
 by two tiles has bit-identical coordinates in both, and shapes cut by a tile
 edge merge exactly. Invalid polygons are repaired (``note`` says so); regions
 that cannot be exported (no area, unknown class, a task whose tile is gone from
-the registry) are reported, never dropped silently.
+the registry) are reported, never dropped silently. Background is no feature (it is
+every labelled pixel no feature covers), and neither are ``unsure`` regions: they
+mark pixels left out of training, not a class.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shapely
 from shapely import STRtree, union_all
 from shapely.geometry.base import BaseGeometry
 
+from geolabel.classes import UNSURE_LABEL
 from geolabel.lsmodels import LabelledTask
 from georef.errors import InvalidGeometryError
 from georef.labelstudio import ImageSize
@@ -91,7 +94,9 @@ def task_features(
             "created_at": _timestamp(annotation.created_at),
             "updated_at": _timestamp(annotation.updated_at),
         }
-        for labelled in label_regions(annotation.result, size, class_ids, report):
+        for labelled in label_regions(annotation.result, size, {*class_ids, UNSURE_LABEL}, report):
+            if labelled.class_name not in class_ids:  # unsure: not a class, not reported either
+                continue
             try:
                 shape = region_shape(labelled.region)
             except InvalidGeometryError as exc:

@@ -123,6 +123,7 @@ class TrainerSection(_Section):
     diversity: float = Field(default=1.0, ge=0, le=10)
     batch: int = Field(default=16, ge=1, le=10000)
     seed: int = 0
+    labelling: Literal["exhaustive", "sparse"] = "exhaustive"
 
 
 class PathsSection(_Section):
@@ -412,5 +413,10 @@ data_dir = "geolabel-data"
 
 [import]
 # Threads reading and encoding display tiles.
+# What a submitted annotation says about the pixels nobody drew. "exhaustive": every class
+# present was drawn, so undrawn pixels are background (train the model where there is nothing);
+# "sparse": scribble-style labelling, undrawn pixels are unknown and left out of training.
+# In both, pixels drawn with the "unsure" label and nodata pixels are never trained on.
+labelling = "exhaustive"
 workers = 2
 """

@@ -7,24 +7,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shapely
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from label_studio_sdk.converter import brush as ls_brush
+from shapely.geometry import Polygon
 
 from geolabel.classes import LabelClass
 from geolabel.errors import LabelConfigError
 from geolabel.lsmodels import read_schema
 from georef.brush import mask_to_rle, rle_to_mask
 from georef.labelstudio import ImageSize
+from georef.shapes import mask_shape
 from importers.labelconfig import label_config
 from ml_backend.embeddings import EmbeddingCache
 from ml_backend.errors import BadRequestError
 from ml_backend.protocol import Context, prompt_from_context
 from ml_backend.sam import Embedding
 from trainer.errors import ModelStoreError
-from trainer.preannotations import mask_polygons, mask_results
+from trainer.preannotations import mask_polygons, mask_results, prediction
+from trainer.predictions import StoredPrediction
 from trainer.versions import InputSpec, ModelManifest, ModelStore
 
 SCHEMA = read_schema(
@@ -91,6 +95,79 @@ def test_mask_results_give_brush_and_polygons_in_percent_of_the_tile() -> None:
     assert xs == pytest.approx([10.0, 20.0])
     assert ys == pytest.approx([50.0, 60.0])
     assert mask_results(np.zeros((4, 4), dtype=bool), "water", SCHEMA) == []
+
+
+# pre-annotations ----------------------------------------------------------------
+
+BUILDING, WATER = (
+    LabelClass(id=1, name="building", color="#ff0000"),
+    LabelClass(id=2, name="water", color="#0000ff"),
+)
+BRUSH_ONLY = read_schema(
+    '<View><Image name="image" value="$image"/>'
+    '<BrushLabels name="label_brush" toName="image">'
+    '<Label value="building"/><Label value="water"/></BrushLabels>'
+    "</View>"
+)
+
+
+def stored_of(class_ids: np.ndarray, classes: int = 2) -> StoredPrediction:
+    """A sure prediction of ``class_ids`` (0 = background), quantised as the prediction store keeps it."""
+    proba = np.stack([np.where(class_ids == band, 255, 0) for band in range(classes + 1)]).astype(np.uint8)
+    return StoredPrediction(proba, np.ones(class_ids.shape, dtype=bool))
+
+
+def polygons_of(results: list[dict], label: str, size: ImageSize) -> list[np.ndarray]:
+    """The pixel vertices of the polygon results of ``label``."""
+    return [
+        np.asarray(r["value"]["points"]) * [size.width / 100, size.height / 100]
+        for r in results
+        if r["value"]["polygonlabels"] == [label]
+    ]
+
+
+def test_pre_annotations_are_foreground_polygons_on_pixel_corners_with_holes_kept() -> None:
+    class_ids = np.zeros((64, 80), dtype=np.uint8)
+    class_ids[10:40, 10:50] = 1  # a building with a courtyard
+    class_ids[20:30, 20:32] = 0
+    class_ids[50:60, 60:75] = 2  # a pond
+    class_ids[2, 2] = 1  # a speck: sieved
+    size = ImageSize(80, 64)
+    found = prediction(stored_of(class_ids), [BUILDING, WATER], SCHEMA, "entropy", "v1")
+    results = found["result"]
+    assert found["model_version"] == "v1"
+    assert found["score"] == pytest.approx(1.0)  # a sure prediction
+    assert {r["type"] for r in results} == {"polygonlabels"}  # editable vertices, no brush layer
+    assert {r["value"]["polygonlabels"][0] for r in results} == {"building", "water"}  # no background
+    assert len({r["id"] for r in results}) == len(results)
+    for label, class_id in (("building", 1), ("water", 2)):
+        rings = polygons_of(results, label, size)
+        for ring in rings:
+            assert np.allclose(ring, np.round(ring), rtol=0, atol=1e-9)  # every vertex a pixel corner
+        union = shapely.union_all([Polygon(ring) for ring in rings])
+        mask = class_ids == class_id
+        mask[2, 2] = False
+        assert union.symmetric_difference(mask_shape(mask).geometry).area == pytest.approx(0, abs=1e-9)
+    building = shapely.union_all([Polygon(r) for r in polygons_of(results, "building", size)])
+    assert len(building.interiors) == 1  # the courtyard is no building: Label Studio has no holes, so it
+    assert len(polygons_of(results, "building", size)) >= 2  # is kept by cutting the building in pieces
+
+
+def test_without_a_polygon_control_each_class_is_one_brush_region_and_empty_gives_nothing() -> None:
+    class_ids = np.zeros((64, 80), dtype=np.uint8)
+    class_ids[10:40, 10:50] = 2
+    class_ids[20:30, 20:32] = 0
+    class_ids[60, 70] = 1  # a speck, the only building pixel: no region
+    results = prediction(stored_of(class_ids), [BUILDING, WATER], BRUSH_ONLY, "entropy", "v1")["result"]
+    (water,) = results
+    assert water["value"]["brushlabels"] == ["water"]
+    assert np.array_equal(rle_to_mask(water["value"]["rle"], 80, 64), class_ids == 2)  # the hole kept
+    empty = np.zeros((64, 80), dtype=np.uint8)
+    for schema in (SCHEMA, BRUSH_ONLY):
+        assert prediction(stored_of(empty), [BUILDING, WATER], schema, "entropy", "v1")["result"] == []
+    nodata = stored_of(np.ones((64, 80), dtype=np.uint8))
+    nodata = StoredPrediction(nodata.proba, np.zeros((64, 80), dtype=bool))
+    assert prediction(nodata, [BUILDING, WATER], SCHEMA, "entropy", "v1")["result"] == []  # no data, no class
 
 
 # prompts ------------------------------------------------------------------------

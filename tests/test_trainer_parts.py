@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
+from affine import Affine
+from rasterio.crs import CRS
 
-from geolabel.classes import LabelClass
+from geolabel.classes import UNSURE_LABEL, LabelClass
+from geolabel.lsmodels import LabelledTask, read_schema
+from georef.grid import Grid, PixelWindow
+from georef.labelstudio import ImageSize, brush_result, polygon_result
+from georef.registry import RasterSpec, TileRecord, TileRegistry, TileStatus
+from georef.tiling import plan_tiles
+from importers.labelconfig import label_config
 from trainer.fit import Sample, TrainSettings, evaluate, train
+from trainer.harvest import harvest
+from trainer.loop import _sample
 from trainer.metrics import IGNORE, confusion, metrics_from_confusion
 from trainer.model import build_model
+from trainer.preannotations import prediction
+from trainer.predictions import StoredPrediction, quantise
+from trainer.scoring import prediction_score
 from trainer.selection import pixel_uncertainty, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
 from trainer.versions import InputSpec, ModelManifest
@@ -176,3 +191,152 @@ def test_batched_scores_equal_one_tile_at_a_time_whatever_the_sizes() -> None:
         assert a.uncertainty == pytest.approx(b.uncertainty, abs=1e-5)
     assert not np.allclose(together[0].features, together[1].features)
     assert not torch.is_inference_mode_enabled()  # the generator kept inference mode to itself
+
+
+# what annotations teach: background, unsure, nodata ----------------------------------------------
+
+BUILDING = LabelClass(id=1, name="building", color="#ff0000")
+
+
+def drawn_task(task_id: int, *annotations: list[dict]) -> LabelledTask:
+    """A task whose annotations (one result list each, by annotators 1, 2, ...) were submitted."""
+    submitted = [
+        {"id": 10 * task_id + n, "completed_by": n + 1, "result": result}
+        for n, result in enumerate(annotations)
+    ]
+    return LabelledTask.model_validate({"id": task_id, "annotations": submitted})
+
+
+def brush_region(mask: np.ndarray, label: str = "building") -> dict:
+    return brush_result(mask, label, "label_brush", "image")
+
+
+def polygon_region(points: list[tuple[float, float]], size: ImageSize, label: str) -> dict:
+    return polygon_result(np.asarray(points, dtype=float), size, label, "label_polygon", "image")
+
+
+def one_tile_project(
+    tmp_path: Path, image: np.ndarray, nodata: float | None
+) -> tuple[TileRegistry, TileRecord]:
+    """A registry holding one 64 x 64 tile of a real GeoTIFF of ``image``."""
+    path = tmp_path / "scene.tif"
+    grid = Grid(64, 64, Affine(0.2, 0, 650000, 0, -0.2, 6860000), CRS.from_epsg(2154))
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 3, "dtype": "uint8", "nodata": nodata,
+               "crs": grid.crs, "transform": grid.transform}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(image)
+    registry = TileRegistry(tmp_path / "registry.sqlite")
+    registry.record_project(1, "project")
+    spec = RasterSpec(path=str(path), name=path.name, content_hash="ab" * 32, grid=grid, band_count=3,
+                      dtype="uint8", nodata=nodata, display_bands=(1, 2, 3), stretch=(), tile_size=64,
+                      overlap=0, project_id=1)  # fmt: skip
+    record = registry.add_raster(spec, plan_tiles(64, 64, 64, 0))
+    (tile,) = registry.tiles(record.id)
+    return registry, tile
+
+
+def test_one_drawn_building_trains_the_rest_as_background_unsure_and_nodata_left_out(tmp_path: Path) -> None:
+    image = np.full((3, 64, 64), 90, dtype=np.uint8)
+    image[:, :, :8] = 0  # nodata: the raster's left edge
+    registry, tile = one_tile_project(tmp_path, image, nodata=0)
+    building = np.zeros((64, 64), dtype=bool)
+    building[10:20, 20:40] = True
+    unsure = polygon_region([(30, 40), (50, 40), (50, 50), (30, 50)], ImageSize(64, 64), UNSURE_LABEL)
+    found = harvest([drawn_task(1, [brush_region(building), unsure])], {1: tile}, [BUILDING])
+    assert found.problems == []  # "unsure" is known: not reported as an unknown class
+    (labelled,) = found.tiles
+    with registry:
+        sample = _sample(registry, labelled, tiny_manifest())
+    expected = np.zeros((64, 64), dtype=np.uint8)  # background: valid pixels nobody drew
+    expected[10:20, 20:40] = 1
+    expected[40:50, 30:50] = IGNORE  # unsure
+    expected[:, :8] = IGNORE  # nodata
+    assert np.array_equal(sample.target, expected)
+
+
+def test_sparse_labelling_keeps_undrawn_pixels_unknown() -> None:
+    tile = registry_free_tile()
+    building = np.zeros((64, 64), dtype=bool)
+    building[10:20, 20:40] = True
+    unsure = polygon_region([(30, 40), (50, 40), (50, 50), (30, 50)], ImageSize(64, 64), UNSURE_LABEL)
+    tasks = [drawn_task(1, [brush_region(building), unsure]), drawn_task(2, [unsure])]
+    found = harvest(tasks, {1: tile, 2: tile}, [BUILDING], labelling="sparse")
+    (labelled,) = found.tiles  # task 2 labels nothing but "unsure": not used in sparse mode
+    expected = np.full((64, 64), IGNORE, dtype=np.uint8)
+    expected[10:20, 20:40] = 1
+    assert np.array_equal(labelled.target, expected)
+    assert [p.task_id for p in found.problems] == [2]
+    (exhaustive,) = harvest(tasks[1:], {2: tile}, [BUILDING]).tiles  # exhaustive: the rest is background
+    assert int((exhaustive.target == 0).sum()) == 64 * 64 - 200
+    assert int((exhaustive.target == IGNORE).sum()) == 200
+
+
+def test_annotators_disagreeing_about_background_leave_the_pixel_out_whoever_comes_next() -> None:
+    tile = registry_free_tile()
+    building = np.zeros((64, 64), dtype=bool)
+    building[0:10, 0:10] = True
+    # annotator 2 submitted the tile empty: all background; annotator 3 agrees with annotator 1
+    found = harvest(
+        [drawn_task(1, [brush_region(building)], [], [brush_region(building)])], {1: tile}, [BUILDING]
+    )
+    (labelled,) = found.tiles
+    assert (labelled.target[0:10, 0:10] == IGNORE).all()  # a class for some, background for another
+    assert (labelled.target[10:, :] == 0).all()
+    assert (labelled.target[:, 10:] == 0).all()
+    assert labelled.annotators == frozenset({"1", "2", "3"})
+    assert found.class_pixels(["background", "building"]) == {"background": 64 * 64 - 100, "building": 0}
+
+
+def registry_free_tile() -> TileRecord:
+    grid = Grid(64, 64, Affine(0.2, 0, 650000, 0, -0.2, 6860000), CRS.from_epsg(2154))
+    return TileRecord(
+        "t", 1, 0, 0, PixelWindow(0, 0, 64, 64), grid, None, 1, TileStatus.IMPORTED, "EPSG:2154"
+    )
+
+
+def test_a_model_trained_on_one_drawn_building_predicts_no_region_on_an_empty_area() -> None:
+    """The harvest's targets train background: an empty area gives a prediction without any region."""
+    rng = np.random.default_rng(5)
+    tile, samples = registry_free_tile(), []
+    for task_id in range(1, 9):
+        image = rng.normal(0, 0.3, (3, 64, 64)).astype(np.float32)
+        building = np.zeros((64, 64), dtype=bool)
+        row, col = rng.integers(0, 40, 2)
+        building[row : row + 24, col : col + 24] = True
+        image[:, building] += 2.0
+        (labelled,) = harvest(
+            [drawn_task(task_id, [brush_region(building)])], {task_id: tile}, [BUILDING]
+        ).tiles
+        samples.append(Sample(image, labelled.target))
+    torch.manual_seed(0)
+    network = build_model(tiny_manifest())
+    train(network, samples, TrainSettings(epochs=12, batch_size=8, learning_rate=1e-3))
+    empty = rng.normal(0, 0.3, (3, 64, 64)).astype(np.float32)  # trained without background: 2 regions
+    (score,) = score_tiles(network, [empty], [np.ones((64, 64), dtype=bool)], "entropy")
+    stored = StoredPrediction(quantise(score.probabilities), np.ones((64, 64), dtype=bool))
+    schema = read_schema(label_config([BUILDING]))
+    assert prediction(stored, [BUILDING], schema, "entropy", "v1")["result"] == []
+    assert score.foreground < 0.01
+
+
+def test_the_score_is_one_minus_the_mean_uncertainty_of_the_stored_probabilities() -> None:
+    sure = np.zeros((2, 4, 4), dtype=np.uint8)
+    sure[1] = 255
+    even = np.full((2, 4, 4), 128, dtype=np.uint8)
+    valid = np.ones((4, 4), dtype=bool)
+    assert prediction_score(sure, valid, "entropy") == pytest.approx(1.0)
+    assert prediction_score(even, valid, "entropy") == pytest.approx(0.0)
+    assert prediction_score(even, valid, "margin") == pytest.approx(0.0)
+    half = sure.copy()
+    half[:, :, :2] = 128  # half the pixels unsure
+    assert prediction_score(half, valid, "entropy") == pytest.approx(0.5)
+    valid[:, :2] = False  # ... but they hold no data
+    assert prediction_score(half, valid, "entropy") == pytest.approx(1.0)
+    assert prediction_score(half, np.zeros((4, 4), dtype=bool), "entropy") == 1.0  # nothing to be unsure of
+    probabilities = (
+        np.random.default_rng(0).dirichlet([1, 1, 1], (8, 8)).transpose(2, 0, 1).astype(np.float32)
+    )
+    expected = 1 - float(pixel_uncertainty(torch.from_numpy(probabilities), "entropy").mean())
+    assert prediction_score(quantise(probabilities), np.ones((8, 8), bool), "entropy") == pytest.approx(
+        expected, abs=5e-3
+    )  # quantisation moves it by less than a rounding step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import signal
 import subprocess
@@ -82,13 +83,13 @@ def fake_tile(task_id: int) -> TileRecord:
 # harvest, without Label Studio ------------------------------------------------------------------
 
 
-def test_brush_and_polygon_land_on_the_right_pixels_and_unlabelled_pixels_are_ignored() -> None:
+def test_brush_and_polygon_land_on_the_right_pixels_and_sparse_labelling_ignores_undrawn_pixels() -> None:
     building = np.zeros((256, 256), dtype=bool)
     building[10:20, 30:50] = True  # rows 10..19, columns 30..49
     # polygon over columns 100..109, rows 200..204 (pixel edges): centres inside are exactly those pixels
     water = polygon([(100, 200), (110, 200), (110, 205), (100, 205)])
     task = {"id": 1, "annotations": [{"id": 11, "completed_by": 5, "result": [brush(building), water]}]}
-    found = harvest([LabelledTask.model_validate(task)], {1: fake_tile(1)}, CATALOGUE)
+    found = harvest([LabelledTask.model_validate(task)], {1: fake_tile(1)}, CATALOGUE, labelling="sparse")
     (tile,) = found.tiles
     expected = np.full((256, 256), IGNORE, dtype=np.uint8)
     expected[10:20, 30:50] = 1
@@ -104,6 +105,7 @@ def test_brush_and_polygon_land_on_the_right_pixels_and_unlabelled_pixels_are_ig
 
 
 def test_annotators_who_disagree_leave_the_pixel_unlabelled() -> None:
+    """Sparse labelling: what one annotator left undrawn, another decides (exhaustive: test_trainer_parts)."""
     first = np.zeros((256, 256), dtype=bool)
     first[0:10, 0:10] = True
     second = np.zeros((256, 256), dtype=bool)
@@ -115,7 +117,7 @@ def test_annotators_who_disagree_leave_the_pixel_unlabelled() -> None:
             {"id": 2, "completed_by": 2, "result": [brush(second, "water")]},
         ],
     }
-    (tile,) = harvest([LabelledTask.model_validate(task)], {2: fake_tile(2)}, CATALOGUE).tiles
+    (tile,) = harvest([LabelledTask.model_validate(task)], {2: fake_tile(2)}, CATALOGUE, "sparse").tiles
     assert (tile.target[0:5, 0:10] == 1).all()
     assert (tile.target[5:10, 0:10] == IGNORE).all()  # building for one, water for the other
     assert (tile.target[10:15, 0:10] == 2).all()
@@ -147,11 +149,13 @@ def test_bad_annotations_are_reported_and_repaired_never_silently_dropped() -> N
     assert any("task 1, annotation 1: self-intersecting polygon repaired" in m for m in messages)
     assert any("zero area" in m for m in messages)
     assert any("forest is not in the class catalogue" in m for m in messages)
-    assert any("task 2, annotation 2: the annotation labels no pixel" in m for m in messages)
+    assert not any("task 2" in m for m in messages)  # submitted empty: all background (exhaustive)
     assert any("task 99: no tile in the registry" in m for m in messages)
     assert not any("keypoint" in m for m in messages)  # SAM prompts are not labels, and not problems
     assert found.skipped_tasks == [3]
-    (tile,) = found.tiles
+    tile, empty = found.tiles
+    assert (empty.tile.task_id, int(empty.target.max())) == (2, 0)
+    assert (tile.target[0:10, 0:10][np.triu_indices(10, 1)] == IGNORE).all()  # the unknown class's pixels
     assert abs(int((tile.target == 2).sum()) - 5000) <= 200  # the repaired bow-tie: two triangles of 2500 px
     assert (tile.target[40:44, 10:14] == 2).all()  # painted after the brush: the later region wins
 
@@ -284,12 +288,16 @@ def scheduler_config(project: Project, folder: Path, threshold: int, epochs: int
     return config_toml(project.config, folder, trainer)
 
 
+_annotation_ids = itertools.count(1_000_000)
+
+
 def record_changes(project: Project, count: int) -> None:
-    """What the ML backend's webhook records when annotators submit ``count`` annotations."""
+    """What the ML backend's webhook records when annotators submit ``count`` distinct annotations."""
     task_id = int(project.tiles[0].task_id or 0)
     with TileRegistry(project.config.registry_path) as registry:
         registry.record_annotation_events(
-            AnnotationEvent(project.project_id, task_id, None, "ANNOTATION_UPDATED") for _ in range(count)
+            AnnotationEvent(project.project_id, task_id, next(_annotation_ids), "ANNOTATION_UPDATED")
+            for _ in range(count)
         )
 
 

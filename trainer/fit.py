@@ -1,8 +1,9 @@
 """Training and evaluating the segmentation network on in-memory samples.
 
 A :class:`Sample` is one labelled tile: normalised model input and a target of
-class *indices* (0 = background, ``i`` = the manifest's ``i``-th class,
-:data:`~trainer.metrics.IGNORE` = nobody labelled this pixel). The functions
+class *indices* (0 = background, trained like any class; ``i`` = the manifest's
+``i``-th class; :data:`~trainer.metrics.IGNORE` = left out: unsure, disagreement,
+nodata, undrawn in sparse labelling; see :mod:`trainer.harvest`). The functions
 here know nothing of Label Studio or rasters, so the active-learning benchmark
 and the rounds run the same code.
 """
@@ -68,8 +69,9 @@ def train(
 ) -> list[float]:
     """Train ``network`` in place on ``samples``; returns the mean loss of each epoch.
 
-    Loss: cross-entropy plus Dice, both ignoring unlabelled pixels. Every batch is augmented with a
-    random flip and a random multiple of 90 degrees (aerial images have no "up").
+    Loss: cross-entropy plus Dice over every class, background included, both skipping IGNORE
+    pixels. Every batch is augmented with a random flip and a random multiple of 90 degrees (aerial
+    images have no "up").
 
     Args:
         network: the model, trained from its current weights (warm start).

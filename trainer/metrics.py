@@ -1,4 +1,9 @@
-"""Segmentation metrics from a confusion matrix: per-class IoU, F1, precision, recall, overall accuracy."""
+"""Segmentation metrics from a confusion matrix: per-class IoU, F1, precision, recall, overall accuracy.
+
+Background (index 0) is a class like the others in the confusion matrix: labelled background
+predicted as a class is a false positive of that class, and background has its own scores
+(``background_iou`` ...). Only :attr:`Metrics.miou` leaves it out (see there).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-#: Target value of pixels nobody labelled: they count neither as a class nor as background.
+#: Target value of pixels left out of training and scoring: drawn ``unsure``, annotators disagreeing,
+#: nodata, and undrawn pixels in sparse labelling. They count neither as a class nor as background.
 IGNORE = 255
 
 
@@ -45,7 +51,12 @@ class Metrics:
 
     @property
     def miou(self) -> float:
-        """Mean IoU over the foreground classes present (background excluded), NaN if none."""
+        """Mean IoU over the foreground classes present in target or prediction, NaN if none.
+
+        Background is left out of the mean (its IoU is ``per_class[0]``): it covers most pixels and
+        would lift the mean while the classes stay poor. A background pixel predicted as a class
+        still lowers that class's IoU, so over-predicting a class is penalised.
+        """
         values = [m.iou for m in self.per_class[1:] if not np.isnan(m.iou)]
         return float(np.mean(values)) if values else float("nan")
 

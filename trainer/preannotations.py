@@ -1,4 +1,17 @@
-"""Masks -> Label Studio results (a brush region, and simplified polygons when the project has them)."""
+"""Masks and model predictions -> Label Studio results annotators can edit.
+
+A model's prediction becomes, per foreground class (never background), simplified
+polygons when the project's labelling config has a polygon control, else one brush
+region; specks under :data:`MIN_POLYGON_PX` pixels are sieved away (holes that small
+are filled). A prediction where the model sees no class gives no region at all.
+
+Label Studio polygons have no holes (a region is one ``points`` ring). A part with
+holes is cut along a pixel-edge line through each hole (vertical or horizontal, the
+hole's longer side) into hole-free polygons whose union is exactly the part, so the
+hole stays out of every region. All pieces are simplified together as a coverage
+(``shapely.coverage_simplify``), so their shared cut edges stay identical: no gap or
+overlap appears between them, and every vertex is a pixel corner of the mask.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +21,21 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import shapely
 from rasterio.features import shapes, sieve
-from shapely.geometry import Polygon
+from shapely.geometry import Polygon, box, shape
+from shapely.geometry.base import BaseGeometry
 
-from geolabel.classes import LabelClass
+from geolabel.classes import BACKGROUND, LabelClass
 from geolabel.lsmodels import ProjectSchema
 from georef.labelstudio import ImageSize, brush_result, polygon_result
+from trainer.predictions import StoredPrediction
+from trainer.scoring import UncertaintyMethod, prediction_score
 
-#: Polygon simplification tolerance in tile pixels (Douglas-Peucker, topology preserved).
+#: Polygon simplification tolerance in tile pixels (Visvalingam-Whyatt: about the square root of the
+#: area of the triangles removed, so the one-pixel stairs of a pixel outline go).
 SIMPLIFY_PX = 1.0
-#: Connected parts of fewer pixels get no polygon (they stay in the brush mask).
+#: Connected parts (and holes) of fewer pixels are sieved away: no polygon, no pre-annotation.
 MIN_POLYGON_PX = 16
 
 
@@ -42,46 +60,133 @@ def mask_results(mask: npt.NDArray[np.bool_], label: str, schema: ProjectSchema)
 
 
 def mask_polygons(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
-    """Outer rings ``(N, 2)`` in pixel ``(col, row)`` of the mask's parts, simplified, largest first.
+    """Hole-free rings ``(N, 2)`` in pixel ``(col, row)`` covering the mask's parts, largest part first.
 
-    Rings follow pixel edges before simplification (so a one-pixel shift would show), holes are dropped:
-    Label Studio polygons have none (the brush region keeps them).
+    Parts and holes under :data:`MIN_POLYGON_PX` pixels are sieved first. Rings follow pixel edges
+    before simplification (so a one-pixel shift would show); a part with holes comes as several
+    rings whose union is the part, holes left out (see the module docstring).
     """
     # Sieving (in GDAL) first drops the specks, which are most of the parts of a noisy mask.
     sieved = sieve(mask.astype(np.uint8), size=MIN_POLYGON_PX, connectivity=8)
-    parts: list[npt.NDArray[np.float64]] = []
-    for geometry, value in shapes(sieved, mask=sieved.astype(bool), connectivity=8):
-        exterior = np.asarray(geometry["coordinates"][0], dtype=np.float64)  # GeoJSON: exterior first
-        if value == 1 and _ring_area(exterior) >= MIN_POLYGON_PX:
-            parts.append(exterior)
-    parts.sort(key=_ring_area, reverse=True)
+    parts = [
+        _valid(shape(geometry))
+        for geometry, value in shapes(sieved, mask=sieved.astype(bool), connectivity=8)
+        if value == 1
+    ]
+    parts = [part for part in parts if part.area >= MIN_POLYGON_PX]
+    parts.sort(key=lambda part: part.area, reverse=True)
     rings = []
-    for exterior in parts:
-        simple = Polygon(exterior).simplify(SIMPLIFY_PX, preserve_topology=True)
-        coords = np.asarray(simple.exterior.coords, dtype=np.float64)[:-1]  # drop the closing point
-        if len(coords) >= 3:
-            rings.append(coords)
+    for part in parts:
+        pieces = [piece for p in _polygons(part) for piece in _without_holes(p)]
+        for simple in shapely.coverage_simplify(pieces, SIMPLIFY_PX):
+            for polygon in _polygons(simple):
+                coords = np.asarray(polygon.exterior.coords, dtype=np.float64)[:-1]  # no closing point
+                if len(coords) >= 3:
+                    rings.append(coords)
     return rings
 
 
-def _ring_area(ring: npt.NDArray[np.float64]) -> float:
-    """Area enclosed by a closed ``(N, 2)`` ring (shoelace formula)."""
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
+def _without_holes(polygon: Polygon) -> list[Polygon]:
+    """``polygon`` cut into hole-free polygons along pixel-edge lines through its holes (same union).
+
+    Each cut crosses the first hole along its longer side, at a whole pixel coordinate strictly
+    inside the hole's extent (sieved holes are at least 16 pixels, so at least 4 long).
+    """
+    if not polygon.interiors:
+        return [polygon]
+    left, bottom, right, top = polygon.bounds
+    hole_left, hole_bottom, hole_right, hole_top = Polygon(polygon.interiors[0]).bounds
+    if hole_right - hole_left >= hole_top - hole_bottom:
+        cut = _inside(hole_left, hole_right)
+        halves = (box(left - 1, bottom - 1, cut, top + 1), box(cut, bottom - 1, right + 1, top + 1))
+    else:
+        cut = _inside(hole_bottom, hole_top)
+        halves = (box(left - 1, bottom - 1, right + 1, cut), box(left - 1, cut, right + 1, top + 1))
+    return [
+        piece
+        for half in halves
+        for part in _polygons(polygon.intersection(half))
+        for piece in _without_holes(part)
+    ]
+
+
+def _inside(low: float, high: float) -> float:
+    """A whole number strictly between ``low`` and ``high`` when there is one, else their middle."""
+    middle = float(np.floor((low + high) / 2))
+    return middle if low < middle < high else (low + high) / 2
+
+
+def _valid(geometry: BaseGeometry) -> BaseGeometry:
+    """The geometry, repaired when a pixel outline touches itself at a corner (8-connected pixels)."""
+    return geometry if geometry.is_valid else shapely.make_valid(geometry)
+
+
+def _polygons(geometry: BaseGeometry) -> list[Polygon]:
+    """The polygons with area in a geometry (intersections may also give lines and points)."""
+    if isinstance(geometry, Polygon):
+        return [geometry] if geometry.area > 0 else []
+    return [part for g in getattr(geometry, "geoms", []) for part in _polygons(g)]
+
+
+def prediction(
+    stored: StoredPrediction,
+    classes: Sequence[LabelClass],
+    schema: ProjectSchema,
+    method: UncertaintyMethod,
+    version: str,
+) -> dict[str, Any]:
+    """A model's prediction for one tile as Label Studio takes it: editable regions, score, version.
+
+    The round that pushes predictions and the backend's pre-annotations both build them here, from
+    the probabilities as stored, so the same tile and version give the same regions and score.
+
+    Args:
+        stored: quantised ``(classes + 1, height, width)`` probabilities (background first), valid mask.
+        classes: the model's classes, in the order of the probability bands after background.
+        schema: the project's labelling config.
+        method: the project's uncertainty method (``[trainer] uncertainty``) for the score.
+        version: the model version's name.
+    """
+    return {
+        "result": class_results(classes, class_map(stored, classes), schema),
+        "score": prediction_score(stored.proba, stored.valid, method),
+        "model_version": version,
+    }
+
+
+def class_map(stored: StoredPrediction, classes: Sequence[LabelClass]) -> npt.NDArray[np.uint8]:
+    """Class id of the most probable band per pixel, background (0) where there is no data.
+
+    The argmax of the quantised probabilities, as ``predictions_argmax.tif`` exports it (a tie goes
+    to the first band, background first).
+    """
+    ids = np.asarray([BACKGROUND, *(c.id for c in classes)], dtype=np.uint8)
+    return np.where(stored.valid, ids[stored.proba.argmax(axis=0)], BACKGROUND).astype(np.uint8)
 
 
 def class_results(
     classes: Sequence[LabelClass], class_ids: npt.NDArray[np.uint8], schema: ProjectSchema
 ) -> list[dict[str, Any]]:
-    """One brush region per class present in a map of class ids (0 = background), for a prediction.
+    """Editable regions of a map of class ids (0 = background): foreground classes only.
 
-    Classes the project's labelling config no longer has are left out: nothing can draw them.
+    Per class present after sieving: one polygon per hole-free piece (:func:`mask_polygons`) when the
+    project has a polygon control, else one brush region. Background gets no region; a map without
+    any class gives none at all. Classes the labelling config no longer has are left out: nothing
+    can draw them.
     """
     results = []
+    size = ImageSize(int(class_ids.shape[1]), int(class_ids.shape[0]))
     for entry in classes:
-        mask = class_ids == entry.id
-        if entry.name in schema.labels and mask.any():
+        if entry.id == BACKGROUND or entry.name not in schema.labels:
+            continue
+        mask = sieve((class_ids == entry.id).astype(np.uint8), size=MIN_POLYGON_PX, connectivity=8) == 1
+        if not mask.any():
+            continue
+        if schema.polygon is None:
             results.append(brush_region(mask, entry.name, schema))
+            continue
+        for ring in mask_polygons(mask):
+            results.append(_with_id(polygon_result(ring, size, entry.name, schema.polygon, schema.image)))
     return results
 
 

@@ -9,20 +9,26 @@ weighted by uncertainty.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from trainer.fit import probabilities
+from trainer.predictions import quantise
+from trainer.scoring import UNCERTAINTY_METHODS, UncertaintyMethod, pixel_uncertainty, tile_uncertainty
 
-UncertaintyMethod = Literal["entropy", "margin"]
-UNCERTAINTY_METHODS: tuple[UncertaintyMethod, ...] = ("entropy", "margin")
+__all__ = [
+    "UNCERTAINTY_METHODS",
+    "TileScore",
+    "UncertaintyMethod",
+    "pixel_uncertainty",
+    "score_tiles",
+    "select_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,8 @@ class TileScore:
     """What the model says about one unlabelled tile.
 
     Attributes:
-        uncertainty: mean pixel uncertainty over valid pixels, 0 (sure) .. 1.
+        uncertainty: mean pixel uncertainty over valid pixels, 0 (sure) .. 1, of the probabilities as
+            stored (:func:`trainer.scoring.tile_uncertainty`).
         foreground: share of valid pixels predicted as a class (not background).
         features: L2-normalised image descriptor (the encoder's deepest features, averaged).
         probabilities: ``(classes, height, width)`` softmax, background first.
@@ -43,23 +50,8 @@ class TileScore:
 
     @property
     def confidence(self) -> float:
-        """``1 - uncertainty``: the ``score`` Label Studio ranks by (lowest served first)."""
+        """``1 - uncertainty``: the prediction's ``score`` (:func:`trainer.scoring.prediction_score`)."""
         return 1.0 - self.uncertainty
-
-
-def pixel_uncertainty(probabilities: torch.Tensor, method: UncertaintyMethod) -> torch.Tensor:
-    """``(height, width)`` uncertainty in 0..1 of a ``(classes, height, width)`` softmax.
-
-    ``entropy``: Shannon entropy divided by ``log(classes)``. ``margin``: ``1 - (p1 - p2)``, one minus the
-    gap between the two most probable classes.
-    """
-    if method == "entropy":
-        entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(dim=0)
-        return entropy / math.log(probabilities.shape[0])
-    if method == "margin":
-        top = probabilities.topk(2, dim=0).values
-        return 1.0 - (top[0] - top[1])
-    raise ValueError(f"unknown uncertainty method {method!r}; use one of {', '.join(UNCERTAINTY_METHODS)}")
 
 
 def score_tiles(
@@ -76,20 +68,23 @@ def score_tiles(
     )
     try:
         for probability, mask in zip(probabilities(network, images), valid, strict=True):
-            yield _tile_score(probability, torch.from_numpy(mask), features.popleft(), method)
+            yield _tile_score(probability.numpy(), mask, features.popleft(), method)
     finally:
         hook.remove()
 
 
 def _tile_score(
-    probabilities: torch.Tensor, valid: torch.Tensor, pooled: torch.Tensor, method: UncertaintyMethod
+    probabilities: npt.NDArray[np.float32],
+    valid: npt.NDArray[np.bool_],
+    pooled: torch.Tensor,
+    method: UncertaintyMethod,
 ) -> TileScore:
     features = pooled / pooled.norm().clamp_min(1e-12)
-    if not bool(valid.any()):
-        return TileScore(0.0, 0.0, features.numpy(), probabilities.numpy())
-    uncertainty = float(pixel_uncertainty(probabilities, method)[valid].mean())
-    foreground = float((probabilities.argmax(dim=0)[valid] > 0).float().mean())
-    return TileScore(uncertainty, foreground, features.numpy(), probabilities.numpy())
+    if not valid.any():
+        return TileScore(0.0, 0.0, features.numpy(), probabilities)
+    uncertainty = tile_uncertainty(quantise(probabilities), valid, method)
+    foreground = float((probabilities.argmax(axis=0)[valid] > 0).mean())
+    return TileScore(uncertainty, foreground, features.numpy(), probabilities)
 
 
 def select_batch(

@@ -1,0 +1,75 @@
+"""How unsure a model is: per pixel, per tile, and the ``score`` a prediction carries in Label Studio.
+
+One meaning everywhere: a prediction's score is the tile's *confidence*, ``1 - tile uncertainty``,
+0 (unsure) .. 1 (sure), and Label Studio serves the lowest first. The round that pushes predictions
+and the ML backend that serves pre-annotations both call :func:`prediction_score` with the
+project's ``[trainer] uncertainty`` method, on the probabilities *as stored*
+(quantised 0-255 by :class:`~trainer.predictions.PredictionStore`), so a stored prediction served
+again by the backend carries exactly the score the round gave it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+UncertaintyMethod = Literal["entropy", "margin"]
+UNCERTAINTY_METHODS: tuple[UncertaintyMethod, ...] = ("entropy", "margin")
+
+
+def pixel_uncertainty(probabilities: torch.Tensor, method: UncertaintyMethod) -> torch.Tensor:
+    """Per-pixel uncertainty in 0..1 of a softmax whose first axis is the class.
+
+    ``entropy``: Shannon entropy divided by ``log(classes)``. ``margin``: ``1 - (p1 - p2)``, one minus the
+    gap between the two most probable classes.
+
+    Raises:
+        ValueError: for an unknown method.
+    """
+    if method == "entropy":
+        entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(dim=0)
+        return entropy / math.log(probabilities.shape[0])
+    if method == "margin":
+        top = probabilities.topk(2, dim=0).values
+        return 1.0 - (top[0] - top[1])
+    raise ValueError(f"unknown uncertainty method {method!r}; use one of {', '.join(UNCERTAINTY_METHODS)}")
+
+
+def tile_uncertainty(
+    proba: npt.NDArray[np.uint8], valid: npt.NDArray[np.bool_], method: UncertaintyMethod
+) -> float:
+    """Mean pixel uncertainty (0..1) over the valid pixels of quantised probabilities; 0 when none is valid.
+
+    Args:
+        proba: ``(classes + 1, height, width)`` probabilities quantised to 0..255, background first
+            (each pixel is renormalised: rounding leaves sums a little off 255).
+        valid: ``(height, width)`` pixels holding data.
+        method: ``entropy`` or ``margin`` (see :func:`pixel_uncertainty`).
+
+    Raises:
+        ValueError: if the shapes differ or the method is unknown.
+    """
+    if proba.shape[1:] != valid.shape:
+        raise ValueError(f"probabilities {proba.shape[1:]} and valid mask {valid.shape} differ in size")
+    if not valid.any():
+        return 0.0
+    pixels = torch.from_numpy(proba[:, valid].astype(np.float64))  # (classes + 1, valid pixels)
+    pixels = pixels / pixels.sum(dim=0).clamp_min(1.0)
+    return float(pixel_uncertainty(pixels, method).mean())
+
+
+def prediction_score(
+    proba: npt.NDArray[np.uint8], valid: npt.NDArray[np.bool_], method: UncertaintyMethod
+) -> float:
+    """The ``score`` of a prediction in Label Studio: ``1 - tile_uncertainty`` (low = uncertain).
+
+    A tile without valid pixels scores 1: there is nothing to be unsure about, so it is served last.
+
+    Raises:
+        ValueError: if the shapes differ or the method is unknown.
+    """
+    return 1.0 - tile_uncertainty(proba, valid, method)
