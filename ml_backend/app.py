@@ -57,10 +57,12 @@ def settings_from_config(config: Config) -> BackendSettings:
         project_title=config.project.name,
         cache_dir=config.embedding_cache_dir,
         models_dir=config.models_dir,
+        predictions_dir=config.predictions_dir,
         sam_model_type=config.sam.model_type,
         sam_checkpoint=config.sam_checkpoint,
         sam_device=config.sam.device,
         memory_cache_items=config.sam.memory_cache,
+        uncertainty=config.trainer.uncertainty,
     )
 
 

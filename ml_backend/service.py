@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,15 @@ from ml_backend.protocol import (
     prompt_from_context,
 )
 from ml_backend.sam import SamEngine, load_sam
-from trainer.errors import TrainerError
-from trainer.inference import LoadedModel, load_version, predict, read_input
-from trainer.preannotations import class_results, mask_results
+from trainer.errors import ModelStoreError, TrainerError
+from trainer.fit import probabilities
+from trainer.inference import LoadedModel, load_version, read_input
+from trainer.preannotations import mask_results, prediction
+from trainer.predictions import PredictionStore, StoredPrediction, quantise
+from trainer.scoring import UncertaintyMethod
 from trainer.versions import ModelStore
 
+log = logging.getLogger("geolabel.ml_backend")
 DELETED = "ANNOTATIONS_DELETED"
 MAX_REASONS = 5  # distinct reasons for ignored annotations given back in a webhook's answer
 NO_MODEL = "no trained model yet: pre-annotations stay empty until the first training round promotes one"
@@ -53,10 +58,12 @@ class BackendSettings:
     project_title: str
     cache_dir: Path
     models_dir: Path
+    predictions_dir: Path
     sam_model_type: str
     sam_checkpoint: Path | None
     sam_device: str = "auto"
     memory_cache_items: int = 32
+    uncertainty: UncertaintyMethod = "entropy"
 
     @property
     def registry_path(self) -> Path:
@@ -230,9 +237,12 @@ class Backend:
         }
 
     def pre_annotations(self, tiles: list[TileRecord], schema: ProjectSchema) -> list[dict[str, Any]]:
-        """Per-class masks of the active model for each tile, with confidence and model version.
+        """The active model's prediction of each tile: editable regions, score and model version.
 
-        Returns an empty list when no model has been trained yet: the backend never invents labels.
+        A prediction the last round stored for the active version is served as stored (no network
+        run); others are computed. Both are built by :func:`trainer.preannotations.prediction`, so
+        they carry the regions and ``score`` the round pushes. Returns an empty list when no model has
+        been trained yet: the backend never invents labels.
 
         Raises:
             ModelUnavailableError: if the active version or a tile's source raster cannot be read.
@@ -246,16 +256,33 @@ class Backend:
         return [self._pre_annotation(loaded, tile, schema) for tile in tiles]
 
     def _pre_annotation(self, loaded: LoadedModel, tile: TileRecord, schema: ProjectSchema) -> dict[str, Any]:
-        raster = self.registry.raster(tile.raster_id)
+        """The tile's prediction by the active version: the one a round stored, else computed now."""
+        manifest = loaded.manifest
+        stored = self._stored_prediction(manifest.version, tile)
+        if stored is None:
+            raster = self.registry.raster(tile.raster_id)
+            try:
+                tile_input = read_input(raster, tile, manifest)
+            except TrainerError as exc:
+                raise ModelUnavailableError(str(exc)) from None
+            (softmax,) = probabilities(loaded.network, [tile_input.pixels])
+            stored = StoredPrediction(quantise(softmax.numpy()), tile_input.valid)
+        return prediction(stored, manifest.classes, schema, self.settings.uncertainty, manifest.version)
+
+    def _stored_prediction(self, version: str, tile: TileRecord) -> StoredPrediction | None:
+        """The prediction of ``tile`` a round stored for ``version``, or None (unreadable: logged)."""
+        store = PredictionStore(self.settings.predictions_dir, version)
+        if not store.has(tile.id):
+            return None
         try:
-            prediction = predict(loaded, read_input(raster, tile, loaded.manifest))
-        except TrainerError as exc:
-            raise ModelUnavailableError(str(exc)) from None
-        return {
-            "result": class_results(loaded.manifest.classes, prediction.classes, schema),
-            "score": prediction.confidence,
-            "model_version": loaded.manifest.version,
-        }
+            stored = store.load(tile.id)
+        except ModelStoreError as exc:
+            log.warning("computing the prediction again: %s", exc)
+            return None
+        if stored.valid.shape != (tile.grid.height, tile.grid.width):
+            log.warning("stored prediction of tile %s has another size; computing it again", tile.id)
+            return None
+        return stored
 
     # webhook ---------------------------------------------------------------------
 

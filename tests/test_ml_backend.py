@@ -30,6 +30,7 @@ from werkzeug.serving import make_server
 from geolabel.classes import LabelClass
 from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
+from geolabel.lsmodels import ProjectSchema, read_schema
 from georef.brush import rle_to_mask
 from georef.registry import TileRecord, TileRegistry
 from georef.tiling import TilePlan
@@ -39,8 +40,13 @@ from ml_backend.precompute import exclusive, next_tiles, precompute
 from ml_backend.sam import PIXEL_CENTRE, Embedding, OnnxDecoder, Prompt, SamEngine, TorchDecoder, load_sam
 from ml_backend.service import Backend, load_rgb
 from tests.conftest import CLASSES, LabelStudioServer, free_port
-from trainer.inference import load_version, predict, read_input
+from trainer import preannotations
+from trainer.fit import Sample, probabilities
+from trainer.inference import load_version, read_input
+from trainer.loop import _score_and_push
 from trainer.model import build_model
+from trainer.predictions import PredictionStore, StoredPrediction, quantise
+from trainer.scoring import prediction_score
 from trainer.versions import InputSpec, ModelManifest, ModelStore
 
 pytestmark = pytest.mark.labelstudio
@@ -296,26 +302,82 @@ def test_no_model_means_no_prediction_then_the_active_model_predicts(served: Ser
 
     served.client.retrieve_predictions(served.project_id, [t.task_id for t in served.tiles])
     loaded = load_version(store, "v-test-1")
+    schema = read_schema(served.client.project(served.project_id)["label_config"])
     with served.registry() as registry:
         for tile in served.tiles:
             (prediction,) = served.client.predictions(tile.task_id)
             assert prediction["model_version"] == "v-test-1"
-            expected = predict(loaded, read_input(registry.raster(tile.raster_id), tile, manifest))
-            assert prediction["score"] == pytest.approx(expected.confidence, abs=1e-6)
+            tile_input = read_input(registry.raster(tile.raster_id), tile, manifest)
+            (softmax,) = probabilities(loaded.network, [tile_input.pixels])
+            stored = StoredPrediction(quantise(softmax.numpy()), tile_input.valid)
+            score = prediction_score(stored.proba, stored.valid, "entropy")  # the project's method
+            assert prediction["score"] == pytest.approx(score, abs=1e-9)
             assert 0.0 < prediction["score"] <= 1.0
-            labels = set()
-            for region in prediction["result"]:
-                (name,) = region["value"]["brushlabels"]
-                labels.add(name)
-                class_id = next(c.id for c in CLASSES if c.name == name)
-                got = rle_to_mask(region["value"]["rle"], tile.grid.width, tile.grid.height)
-                assert np.array_equal(got, expected.classes == class_id)
-            assert labels == {c.name for c in CLASSES if (expected.classes == c.id).any()}
+            assert regions(prediction) == regions(expected_prediction(stored, manifest, schema))
+            assert {r["type"] for r in prediction["result"]} <= {"polygonlabels"}  # the project has polygons
     served.client.set_model_version(served.project_id, "v-test-1")  # what the trainer does after a round
     queue = served.client.queue(served.project_id)
     scores = [t.score for t in queue]
     assert None not in scores
     assert scores == sorted(scores)
+
+
+def regions(prediction: dict) -> list[tuple[str, dict]]:
+    """A prediction's regions without their random ids."""
+    return [(r["type"], r["value"]) for r in prediction["result"]]
+
+
+def expected_prediction(stored: StoredPrediction, manifest: ModelManifest, schema: ProjectSchema) -> dict:
+    return preannotations.prediction(stored, manifest.classes, schema, "entropy", manifest.version)
+
+
+def test_backend_serves_the_rounds_stored_prediction_with_the_rounds_score(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round and backend give one prediction (regions, score) per tile and version, computed once."""
+    manifest = ModelManifest(
+        version="v-test-2",
+        created="2026-11-23T00:00:00+00:00",
+        classes=[LabelClass(id=c.id, name=c.name, color=c.color) for c in CLASSES],
+        input=InputSpec(bands=[1, 2, 3], mean=[120.0, 120.0, 120.0], std=[40.0, 40.0, 40.0]),
+    )
+    torch.manual_seed(2)
+    store = ModelStore(served.config.models_dir)
+    store.save(manifest, build_model(manifest).state_dict())
+    store.activate("v-test-2")
+    loaded = served.backend.models.current()  # the backend's own copy of the active version
+    assert loaded is not None
+    assert loaded.manifest.version == "v-test-2"
+    with served.registry() as registry:
+        first = read_input(registry.raster(served.tiles[0].raster_id), served.tiles[0], manifest)
+        labelled = [Sample(first.pixels, np.zeros(first.valid.shape, dtype=np.uint8))]
+        _score_and_push(served.config, served.client, registry, served.project_id, loaded, set(), labelled)
+    pushed = {
+        tile.task_id: next(
+            p for p in served.client.predictions(tile.task_id) if p["model_version"] == "v-test-2"
+        )
+        for tile in served.tiles
+    }
+
+    def no_network(*args: object) -> None:
+        raise AssertionError("the backend ran the network for a prediction the round stored")
+
+    monkeypatch.setattr(loaded.network, "forward", no_network)
+    for tile in served.tiles:
+        response = served.post("/predict", predict_body(served, int(tile.task_id or 0)))
+        assert response.status_code == 200, response.text
+        (answer,) = response.json()["results"]
+        assert answer["model_version"] == "v-test-2"
+        assert answer["score"] == pytest.approx(pushed[tile.task_id]["score"], abs=1e-12)  # one meaning
+        assert regions(answer) == regions(pushed[tile.task_id])
+
+    monkeypatch.undo()  # the network again, and no stored prediction: the backend computes the same
+    stored = PredictionStore(served.config.predictions_dir, "v-test-2")
+    for tile in served.tiles:
+        stored.path(tile.id).unlink()
+        (answer,) = served.post("/predict", predict_body(served, int(tile.task_id or 0))).json()["results"]
+        assert answer["score"] == pytest.approx(pushed[tile.task_id]["score"], abs=1e-9)
+        assert regions(answer) == regions(pushed[tile.task_id])
 
 
 # webhooks ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Running a model version on tiles: source-raster input, class probabilities, confidence."""
+"""Running a model version on tiles: source-raster input and class probabilities."""
 
 from __future__ import annotations
 
@@ -26,20 +26,6 @@ class TileInput:
 
     pixels: npt.NDArray[np.float32]
     valid: npt.NDArray[np.bool_]
-
-
-@dataclass(frozen=True)
-class TilePrediction:
-    """Per-pixel class ids (0 = background), the winning probability, and the tile's confidence."""
-
-    classes: npt.NDArray[np.uint8]
-    probability: npt.NDArray[np.float32]
-    valid: npt.NDArray[np.bool_]
-
-    @property
-    def confidence(self) -> float:
-        """Mean winning probability over valid pixels (0 when the tile has none): low = uncertain."""
-        return float(self.probability[self.valid].mean()) if self.valid.any() else 0.0
 
 
 @dataclass(frozen=True)
@@ -88,20 +74,6 @@ def read_input(raster: RasterRecord, tile: TileRecord, manifest: ModelManifest) 
     pixels = (np.nan_to_num(data.astype(np.float32)) - mean) / std
     pixels[:, ~valid] = 0.0
     return TileInput(pixels, valid)
-
-
-def predict(model: LoadedModel, tile_input: TileInput) -> TilePrediction:
-    """Class probabilities of one tile; the input is padded to a multiple of 32 and cropped back."""
-    _, height, width = tile_input.pixels.shape
-    padded = pad_to_32(tile_input.pixels)
-    with torch.inference_mode():
-        logits = model.network(torch.from_numpy(padded)[None])[0, :, :height, :width]
-        probabilities = torch.softmax(logits, dim=0)
-        best, classes = probabilities.max(dim=0)
-    ids = np.asarray([0] + [c.id for c in model.manifest.classes], dtype=np.uint8)
-    class_ids = ids[classes.numpy()]
-    class_ids[~tile_input.valid] = 0
-    return TilePrediction(class_ids, best.numpy().astype(np.float32), tile_input.valid)
 
 
 def pad_to_32(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

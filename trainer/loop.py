@@ -27,13 +27,13 @@ from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from trainer.errors import HarvestError, RoundBusyError, TrainerError
 from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
-from trainer.harvest import Harvest, LabelledTile, harvest
+from trainer.harvest import Harvest, LabelledTile, Labelling, harvest
 from trainer.inference import LoadedModel, load_version, read_input
 from trainer.legacy import adopt_legacy_stores
 from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
-from trainer.preannotations import class_results
-from trainer.predictions import PredictionStore
+from trainer.preannotations import prediction
+from trainer.predictions import PredictionStore, StoredPrediction, quantise
 from trainer.rounds import QueueEntry, RoundRecord, RoundStatus, RoundStore, TileState, now
 from trainer.selection import TileScore, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
@@ -96,7 +96,7 @@ def _round(
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
     classes = list(config.classes)
     tiles = {t.task_id: t for t in _project_tiles(registry, project_id) if t.task_id is not None}
-    found = _harvest(client, project_id, tiles, classes, retry)
+    found = _harvest(client, project_id, tiles, classes, retry, config.trainer.labelling)
     names = ["background", *(c.name for c in classes)]
     store.update(
         round_id,
@@ -214,12 +214,13 @@ def _harvest(
     tiles: dict[int, TileRecord],
     classes: list[LabelClass],
     retry: Retry,
+    labelling: Labelling = "exhaustive",
 ) -> Harvest:
     """Annotations from Label Studio, retried with exponential backoff while it is unreachable."""
     wait = retry.wait
     for attempt in range(1, retry.attempts + 1):
         try:
-            return harvest(client.labelled_tasks(project_id), tiles, classes)
+            return harvest(client.labelled_tasks(project_id), tiles, classes, labelling)
         except LabelStudioUnreachableError as exc:
             if attempt == retry.attempts:
                 raise HarvestError(f"Label Studio unreachable after {attempt} attempts: {exc}") from None
@@ -276,6 +277,7 @@ def _compatible(old: ModelManifest, new: ModelManifest) -> bool:
 
 
 def _sample(registry: TileRegistry, labelled: LabelledTile, manifest: ModelManifest) -> Sample:
+    """A labelled tile's model input and target; nodata pixels are IGNORE (never trained on)."""
     tile_input = read_input(registry.raster(labelled.tile.raster_id), labelled.tile, manifest)
     target = np.where(tile_input.valid, labelled.target, IGNORE).astype(np.uint8)
     return Sample(tile_input.pixels, target)
@@ -323,6 +325,10 @@ def _score_and_push(
 ) -> tuple[list[QueueEntry], dict[str, float]]:
     """Score every unlabelled tile of the project, store and push its prediction.
 
+    A pushed prediction (regions, score) is built from the probabilities as stored, by the same
+    function as the backend's pre-annotations (:func:`trainer.preannotations.prediction`), so the
+    backend serving the stored prediction later gives the same regions and score.
+
     Returns the next batch and every unlabelled tile's uncertainty.
     """
     schema = read_schema(client.project(project_id)["label_config"])
@@ -331,25 +337,18 @@ def _score_and_push(
         for t in _project_tiles(registry, project_id, TileStatus.IMPORTED)
         if t.id not in labelled_ids and t.task_id is not None
     ]
-    ids = np.asarray([0] + [c.id for c in loaded.manifest.classes], dtype=np.uint8)
     scores: list[TileScore] = []
     predictions = []
-    stored = PredictionStore(config.predictions_dir, loaded.manifest.version)
+    manifest, method = loaded.manifest, config.trainer.uncertainty
+    stored = PredictionStore(config.predictions_dir, manifest.version)
     for tile in unlabelled:
-        tile_input = read_input(registry.raster(tile.raster_id), tile, loaded.manifest)
-        (score,) = score_tiles(
-            loaded.network, [tile_input.pixels], [tile_input.valid], config.trainer.uncertainty
-        )
-        stored.save(tile.id, score.probabilities, tile_input.valid)  # for exports
+        tile_input = read_input(registry.raster(tile.raster_id), tile, manifest)
+        (score,) = score_tiles(loaded.network, [tile_input.pixels], [tile_input.valid], method)
+        stored.save(tile.id, score.probabilities, tile_input.valid)  # for exports and the backend
         scores.append(_light(score))
-        class_map = np.where(tile_input.valid, ids[score.probabilities.argmax(axis=0)], 0).astype(np.uint8)
+        kept = StoredPrediction(quantise(score.probabilities), tile_input.valid)  # as stored
         predictions.append(
-            {
-                "task": tile.task_id,
-                "result": class_results(loaded.manifest.classes, class_map, schema),
-                "score": score.confidence,
-                "model_version": loaded.manifest.version,
-            }
+            {"task": tile.task_id, **prediction(kept, manifest.classes, schema, method, manifest.version)}
         )
     client.import_predictions(project_id, predictions)  # the model version is set when it is promoted
     uncertainty = {tile.id: score.uncertainty for tile, score in zip(unlabelled, scores, strict=True)}
