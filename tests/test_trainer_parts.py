@@ -26,7 +26,7 @@ from trainer.metrics import IGNORE, confusion, metrics_from_confusion
 from trainer.model import build_model
 from trainer.preannotations import prediction
 from trainer.predictions import StoredPrediction, quantise
-from trainer.scoring import prediction_score
+from trainer.scoring import UncertaintyMethod, prediction_score, tile_uncertainty
 from trainer.selection import pixel_uncertainty, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
 from trainer.versions import InputSpec, ModelManifest
@@ -340,3 +340,16 @@ def test_the_score_is_one_minus_the_mean_uncertainty_of_the_stored_probabilities
     assert prediction_score(quantise(probabilities), np.ones((8, 8), bool), "entropy") == pytest.approx(
         expected, abs=5e-3
     )  # quantisation moves it by less than a rounding step
+
+
+@pytest.mark.parametrize("method", ["entropy", "margin"])
+def test_tile_uncertainty_from_integers_is_the_mean_pixel_uncertainty_of_the_renormalised_pixels(
+    method: UncertaintyMethod,
+) -> None:
+    rng = np.random.default_rng(4)
+    proba = quantise(rng.dirichlet([0.3, 1, 2, 0.5], (30, 20)).transpose(2, 0, 1).astype(np.float32))
+    proba[:, 0, 0] = [255, 0, 0, 0]  # sure pixels and a zero band
+    valid = rng.random((30, 20)) > 0.3
+    pixels = torch.from_numpy(proba[:, valid].astype(np.float64))
+    expected = float(pixel_uncertainty(pixels / pixels.sum(dim=0), method).mean())
+    assert tile_uncertainty(proba, valid, method) == pytest.approx(expected, abs=1e-12)

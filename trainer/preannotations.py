@@ -66,11 +66,21 @@ def mask_polygons(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
     before simplification (so a one-pixel shift would show); a part with holes comes as several
     rings whose union is the part, holes left out (see the module docstring).
     """
-    # Sieving (in GDAL) first drops the specks, which are most of the parts of a noisy mask.
-    sieved = sieve(mask.astype(np.uint8), size=MIN_POLYGON_PX, connectivity=8)
+    return _rings(_sieved(mask))
+
+
+def _sieved(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """The mask without parts or holes under :data:`MIN_POLYGON_PX` pixels (GDAL's sieve)."""
+    # Specks are most of the parts of a noisy mask.
+    sieved: npt.NDArray[np.uint8] = sieve(mask.astype(np.uint8), size=MIN_POLYGON_PX, connectivity=8)
+    return np.asarray(sieved == 1, dtype=bool)
+
+
+def _rings(sieved: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
+    """:func:`mask_polygons` of a mask sieved already."""
     parts = [
         _valid(shape(geometry))
-        for geometry, value in shapes(sieved, mask=sieved.astype(bool), connectivity=8)
+        for geometry, value in shapes(sieved.astype(np.uint8), mask=sieved, connectivity=8)
         if value == 1
     ]
     parts = [part for part in parts if part.area >= MIN_POLYGON_PX]
@@ -179,13 +189,13 @@ def class_results(
     for entry in classes:
         if entry.id == BACKGROUND or entry.name not in schema.labels:
             continue
-        mask = sieve((class_ids == entry.id).astype(np.uint8), size=MIN_POLYGON_PX, connectivity=8) == 1
+        mask = _sieved(class_ids == entry.id)
         if not mask.any():
             continue
         if schema.polygon is None:
             results.append(brush_region(mask, entry.name, schema))
             continue
-        for ring in mask_polygons(mask):
+        for ring in _rings(mask):
             results.append(_with_id(polygon_result(ring, size, entry.name, schema.polygon, schema.image)))
     return results
 
