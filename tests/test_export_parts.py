@@ -18,6 +18,7 @@ from rasterio.warp import transform as warp_points
 from exporters import rasters, styles
 from exporters.labels import merge, task_features
 from exporters.mosaic import ARGMAX_NODATA, Block, MosaicTile, feather, mosaic_block, plan_blocks
+from geolabel.classes import UNSURE_LABEL
 from geolabel.lsmodels import LabelledTask
 from georef.grid import Grid, PixelWindow, reprojected_grid, union_grid
 from georef.labelstudio import ImageSize, brush_result, polygon_result
@@ -193,6 +194,18 @@ def test_a_polygon_lands_on_the_ground_coordinates_rasterio_gives_for_its_pixels
     lons, lats = warp_points(crs, "EPSG:3857", list(xs), list(ys))  # one reprojection, as the export does
     assert np.isfinite(lons).all()
     assert np.isfinite(lats).all()
+
+
+def test_unsure_regions_are_no_label_feature_and_no_problem() -> None:
+    raster, tile = raster_and_tile("EPSG:2154", LAMBERT93_20CM, PixelWindow(0, 0, 256, 256))
+    square = np.array([(10.0, 10.0), (50.0, 10.0), (50.0, 50.0), (10.0, 50.0)])
+    results = [polygon_result(square, ImageSize(256, 256), label, "label_polygon", "image")
+               for label in ("building", UNSURE_LABEL)]  # fmt: skip
+    task = LabelledTask.model_validate({"id": 5, "annotations": [{"id": 9, "result": results}]})
+    problems: list[Problem] = []
+    (feature,) = task_features(task, tile, raster, {"building": 1}, problems)
+    assert feature.attributes["class_name"] == "building"
+    assert problems == []  # "unsure" marks pixels left out of training: not an unknown class
 
 
 def test_a_brush_building_cut_by_a_tile_edge_merges_whole() -> None:
