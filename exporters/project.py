@@ -282,7 +282,8 @@ def _export_predictions(
         return
     tiles = [t for t in project.tiles if t.status in (TileStatus.RENDERED, TileStatus.IMPORTED)]
     store = PredictionStore(config.predictions_dir, version)
-    _predict_missing(config, store, tiles, bar)
+    report.notes += _predict_missing(config, store, tiles, bar)
+    tiles = [t for t in tiles if store.has(t.id)]  # tiles whose raster cannot feed the model are left out
     manifest = ModelStore(config.models_dir).manifest(version)
     bands = [rasters.Band(0, "background", "#000000")] + [
         rasters.Band(c.id, c.name, c.color) for c in manifest.classes
@@ -316,17 +317,20 @@ def _export_predictions(
 
 def _predict_missing(
     config: Config, store: PredictionStore, tiles: Sequence[TileRecord], bar: Progress
-) -> None:
-    """Run the model on the tiles it has not predicted yet (resumable: each tile is stored as it is done)."""
+) -> list[str]:
+    """Run the model on the tiles it has not predicted yet (resumable: each tile is stored as it is done).
+
+    Returns one problem per raster whose tiles cannot feed the model (they are left out, not predicted).
+    """
     missing = set(store.missing(t.id for t in tiles))
     if not missing:
-        return
+        return []
     from trainer.inference import load_version, predict_tiles  # torch loads only when a model must run
 
     model = load_version(ModelStore(config.models_dir), store.version)
     bar.start(f"predicting tiles with {store.version}", len(missing))
     with TileRegistry(config.registry_path) as registry:
-        predict_tiles(registry, model, store, [t for t in tiles if t.id in missing], bar.advance)
+        return predict_tiles(registry, model, store, [t for t in tiles if t.id in missing], bar.advance)
 
 
 def _output_grid(records: Sequence[RasterRecord], crs: CRS | None) -> Grid:

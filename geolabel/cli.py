@@ -6,6 +6,7 @@ options, shows progress and maps errors to messages and exit codes in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sqlite3
@@ -28,6 +29,8 @@ from trainer.errors import TrainerError
 
 if TYPE_CHECKING:  # heavy modules are imported by the commands that need them
     from geolabel.lsclient import LabelStudioClient
+    from georef.registry import TileRegistry
+    from importers.forget import ForgetReport
     from importers.pipeline import ImportOptions, ImportReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -137,7 +140,8 @@ def import_options(config: Config, project: str | None, bands: Sequence[int] | N
         document_root=config.document_root,
         tile_size=config.tiling.size,
         overlap=config.tiling.overlap,
-        bands=list(bands) if bands else (config.display.bands or None),
+        bands=list(bands) if bands and len(bands) in (1, 3) else (config.display.bands or None),
+        input_bands=list(bands) if bands else None,
         stretch=config.display.stretch,
         percentiles=config.display.percentiles,
         workers=config.import_.workers,
@@ -192,13 +196,19 @@ def _parse_bands(_ctx: click.Context, _param: click.Parameter, value: str | None
     try:
         return [int(v) for v in value.split(",")]
     except ValueError:
-        raise click.BadParameter("give 1 or 3 band numbers separated by commas, e.g. 4,1,2") from None
+        raise click.BadParameter("give band numbers separated by commas, e.g. 4,1,2") from None
 
 
 @cli.command(name="import")
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--project", help="Label Studio project title (default: project.name in the config).")
-@click.option("--bands", callback=_parse_bands, help="Display bands, e.g. 4,1,2 (default: display.bands).")
+@click.option(
+    "--bands",
+    callback=_parse_bands,
+    help="Raster bands feeding the project's model, in its input order, e.g. 4,1,2 (default: the project's "
+    "band numbers; a new project: every band, or the display bands beyond 5). 1 or 3 bands are also "
+    "the display bands (default: display.bands).",
+)
 @click.pass_context
 @handle_errors
 def import_command(
@@ -214,6 +224,7 @@ def import_command(
     client.check()
     failures: list[ImportFailedError] = []
     with TileRegistry(config.registry_path) as registry:
+        options = _with_model_bands(config, registry, options)
         for raster in rasters:
             try:
                 with progress_bar() as bar:
@@ -227,12 +238,77 @@ def import_command(
         sys.exit(exit_code(failures[0]))
 
 
+def _with_model_bands(config: Config, registry: TileRegistry, options: ImportOptions) -> ImportOptions:
+    """``options`` with the active model's input bands when the project predates recorded inputs."""
+    title = options.project
+    if registry.project_id(title) is None or registry.project_input(title) is not None:
+        return options
+    from trainer.versions import ModelStore  # only for a project from before inputs were recorded
+
+    store = ModelStore(config.for_project(title).models_dir)
+    name = store.active_name()
+    if name is None:
+        return options
+    return dataclasses.replace(options, model_bands=list(store.manifest(name).input.bands))
+
+
 def print_report(report: ImportReport) -> None:
-    """One summary line per imported raster, then its notes."""
+    """One summary line per imported raster, then its warnings and notes."""
     console.print(
         f"{report.raster}: {report.tiles} tiles ({report.skipped} all-nodata skipped), "
         f"{report.rendered_now} rendered now, {report.tasks_created} tasks created, "
         f"{report.tasks_adopted} adopted; project {report.project_id}",
+        highlight=False,
+    )
+    for warning in report.warnings:
+        err_console.print(f"  [bold yellow]warning:[/] {warning}", highlight=False)
+    for note in report.notes:
+        console.print(f"  note: {note}", highlight=False)
+
+
+@cli.command()
+@click.argument("raster", type=click.Path(path_type=Path))
+@click.option("--project", help="Only if RASTER belongs to this project (Label Studio project title).")
+@click.option(
+    "--with-annotations",
+    is_flag=True,
+    help="Also delete tasks that carry annotations (their labels are lost; export them first).",
+)
+@click.pass_context
+@handle_errors
+def forget(ctx: click.Context, raster: Path, project: str | None, with_annotations: bool) -> None:
+    """Remove an imported RASTER: its Label Studio tasks, display tiles, stored predictions, registry rows.
+
+    Refused while one of its tasks carries annotations, unless --with-annotations is given. Running it
+    again completes an interrupted removal; a raster already forgotten is left alone.
+    """
+    from georef.registry import TileRegistry
+    from importers.forget import forget_raster
+
+    config = _config(ctx)
+    if not config.registry_path.is_file():
+        console.print(f"{raster}: nothing imported yet in {config.data_dir}; nothing to forget")
+        return
+    client = _client(config)
+    client.check()
+    roots = [config.data_dir / "predictions", *sorted(config.data_dir.glob("projects/*/predictions"))]
+    with TileRegistry(config.registry_path) as registry:
+        project_id = None if project is None else registry.project_id(project)
+        if project is not None and project_id is None:
+            raise ConfigError(f"--project {project!r}: no such project in {config.registry_path}")
+        report = forget_raster(raster, registry, client, config.data_dir, roots, project_id, with_annotations)
+    print_forget_report(report)
+
+
+def print_forget_report(report: ForgetReport) -> None:
+    """What ``geolabel forget`` removed."""
+    if not report.found:
+        console.print(f"{report.raster}: not in the registry (never imported, or already forgotten)")
+        return
+    console.print(
+        f"forgot {report.raster}: {report.tiles} tiles, {report.tasks_deleted} Label Studio tasks "
+        f"({report.annotated_deleted} with annotations), {report.images_deleted} display images, "
+        f"{report.predictions_deleted} stored predictions; project {report.project_id}",
         highlight=False,
     )
     for note in report.notes:

@@ -230,6 +230,22 @@ class LabelStudioClient:
         )
         return [TaskState(int(t.id or 0), _tile_id(t.data), int(t.total_annotations or 0)) for t in rows]
 
+    def delete_tasks(self, project_id: int, task_ids: Sequence[int], batch: int = IMPORT_BATCH) -> int:
+        """Delete tasks of a project (with their annotations and predictions) in batches; return how many.
+
+        Task ids that no longer exist are ignored, so an interrupted deletion can simply be run again.
+        """
+        ids = sorted({int(t) for t in task_ids})
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            self._call(
+                "delete tasks",
+                lambda chunk=chunk: self._sdk.actions.create(  # type: ignore[misc]
+                    id="delete_tasks", project=project_id, selected_items={"all": False, "included": chunk}
+                ),
+            )
+        return len(ids)
+
     def _task_rows(self, project_id: int, fields: str, include: str, what: str) -> list[Any]:
         """Every task of a project, all pages, with the ``include`` fields."""
 

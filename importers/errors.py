@@ -21,6 +21,14 @@ class UnsupportedRasterError(ImportFailedError, ValueError):
     """The raster is readable but geolabel cannot display it (complex data, bad band choice...)."""
 
 
+class InputMismatchError(ImportFailedError, ValueError):
+    """The raster cannot provide its project's model input (too few bands, --bands of the wrong length)."""
+
+
+class ForgetRefusedError(ImportFailedError, ValueError):
+    """``geolabel forget`` refused: the raster's tasks carry annotations, or the raster is ambiguous."""
+
+
 class RasterChangedError(ImportFailedError, ValueError):
     """A raster at an already imported path now has different content."""
 

@@ -3,8 +3,10 @@
 The order makes every step resumable and keeps the registry and Label Studio
 in agreement:
 
-1. check the raster and reach Label Studio before writing anything;
-2. record the raster, its display stretch and every planned tile in one transaction;
+1. check the raster (and that it can provide the project's model input) and reach
+   Label Studio before writing anything;
+2. record the raster, its display stretch, the bands feeding the model and every
+   planned tile (exact-overlap plan) in one transaction;
 3. render display tiles (in parallel), recording each chunk as it completes;
 4. reconcile with the project's tasks (adopt tasks an interrupted run created,
    forget tasks deleted in Label Studio), then create the missing tasks in batches,
@@ -21,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import rasterio
@@ -31,11 +33,13 @@ from geolabel.locks import exclusive_lock
 from geolabel.lsclient import IMPORT_BATCH, UNCERTAINTY_SAMPLING, LabelStudioClient, ProjectRef
 from geolabel.paths import private_dir
 from geolabel.progress import Progress, SilentProgress
+from georef.inputs import ProjectInput, resolution_mismatch
 from georef.registry import RasterRecord, RasterSpec, RasterStatus, TileRecord, TileRegistry, TileStatus
 from georef.taskgeo import TileGeo
-from georef.tiling import plan_tiles
+from georef.tiling import TilingPlan, plan_tiles
 from importers.display import Stretch, StretchMethod, choose_bands, compute_stretch
 from importers.errors import AllNodataError, ImportFailedError, RasterChangedError
+from importers.inputs import legacy_project_input, new_project_input, raster_input_bands, record_legacy_input
 from importers.labelconfig import label_config
 from importers.raster import RasterInfo, content_hash, inspect_raster
 from importers.render import GDAL_CACHE_MB, RenderJob, TileTask, render_tiles
@@ -52,6 +56,10 @@ class ImportOptions:
     tile_size: int = 512
     overlap: int = 64
     bands: Sequence[int] | None = None
+    #: Bands feeding the project's model (``--bands``); default: the project's own band numbers.
+    input_bands: Sequence[int] | None = None
+    #: Input bands of the project's active model, for a project created before inputs were recorded.
+    model_bands: Sequence[int] | None = None
     stretch: StretchMethod = "auto"
     percentiles: tuple[float, float] = (2.0, 98.0)
     workers: int = 2
@@ -75,6 +83,7 @@ class ImportReport:
     tasks_adopted: int = 0
     tasks_lost: int = 0
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def prepare_project(client: LabelStudioClient, registry: TileRegistry, options: ImportOptions) -> ProjectRef:
@@ -121,10 +130,13 @@ def import_raster(
         if twin is not None:
             return twin
         display = _display_settings(info, options) if record is None else None
+        model_input = None if display is None else _model_input(info, options, registry, display[0])
         project = prepare_project(client, registry, options)
         if record is None:
-            record = _register(info, digest, project.id, options, registry, display)
+            record = _register(info, digest, project.id, options, registry, display, model_input)
         report = ImportReport(str(info.path), project.id, notes=notes)
+        if model_input is not None:
+            report.warnings += [f"{info.path.name}: {w}" for w in model_input.warnings]
         _check_project(project, record, options, report)
         _check_same_display(record, options, report)
         return _TileSync(record, project.id, options, registry, client, report, progress).run()
@@ -225,6 +237,42 @@ def _display_settings(info: RasterInfo, options: ImportOptions) -> tuple[tuple[i
     return bands, stretch
 
 
+@dataclass(frozen=True)
+class _ModelInput:
+    """A new raster's bands feeding the model and the project's input.
+
+    ``record``: the input is not recorded yet (a new project, or one from before inputs were recorded);
+    it is recorded with the raster, once every check passed.
+    """
+
+    bands: tuple[int, ...]
+    project: ProjectInput
+    record: Literal["new", "legacy"] | None
+    warnings: tuple[str, ...] = ()
+
+
+def _model_input(
+    info: RasterInfo, options: ImportOptions, registry: TileRegistry, display_bands: tuple[int, ...]
+) -> _ModelInput:
+    """Which bands of a new raster feed the project's model (checked before anything is written).
+
+    Raises:
+        InputMismatchError: if the raster cannot provide the project's input.
+    """
+    title = options.project
+    known = registry.project_input(title)
+    record: Literal["legacy"] | None = None
+    if known is None:
+        known = legacy_project_input(registry, title, registry.project_id(title), options.model_bands)
+        record = "legacy"
+    if known is None:
+        fresh = new_project_input(title, info, display_bands, options.input_bands)
+        return _ModelInput(fresh.source_bands, fresh, record="new")
+    bands = raster_input_bands(known, info, options.input_bands)
+    mismatch = resolution_mismatch(known, info.grid)
+    return _ModelInput(bands, known, record, warnings=(mismatch,) if mismatch else ())
+
+
 def _register(
     info: RasterInfo,
     digest: str,
@@ -232,9 +280,17 @@ def _register(
     options: ImportOptions,
     registry: TileRegistry,
     display: tuple[tuple[int, ...], Stretch] | None = None,
+    model_input: _ModelInput | None = None,
 ) -> RasterRecord:
     bands, stretch = display or _display_settings(info, options)
-    plans = plan_tiles(info.grid.width, info.grid.height, options.tile_size, options.overlap)
+    model_input = model_input or _model_input(info, options, registry, bands)
+    if model_input.record == "new":
+        registry.record_project_input(model_input.project)
+    elif model_input.record == "legacy":
+        record_legacy_input(registry, model_input.project, project_id)
+    plans = plan_tiles(
+        info.grid.width, info.grid.height, options.tile_size, options.overlap, TilingPlan.EXACT
+    )
     raster = RasterSpec(
         path=str(info.path),
         name=info.path.name,
@@ -248,6 +304,8 @@ def _register(
         tile_size=options.tile_size,
         overlap=options.overlap,
         project_id=project_id,
+        input_bands=model_input.bands,
+        tiling=TilingPlan.EXACT,
     )
     return registry.add_raster(raster, plans)
 

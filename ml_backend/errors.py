@@ -45,3 +45,9 @@ class ModelUnavailableError(BackendError, RuntimeError):
 
 class PrecomputeBusyError(RuntimeError):
     """Another process is already precomputing into this embedding cache."""
+
+
+class TileInputError(BackendError, ValueError):
+    """The tile's raster cannot provide the project's model input (it has too few bands)."""
+
+    status = 422

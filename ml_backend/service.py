@@ -23,6 +23,7 @@ from ml_backend.errors import (
     ModelUnavailableError,
     SamUnavailableError,
     TileImageMissingError,
+    TileInputError,
     UnknownTaskError,
 )
 from ml_backend.protocol import (
@@ -36,7 +37,7 @@ from ml_backend.protocol import (
     prompt_from_context,
 )
 from ml_backend.sam import SamEngine, load_sam
-from trainer.errors import ModelStoreError, TrainerError
+from trainer.errors import ModelInputError, ModelStoreError, TrainerError
 from trainer.fit import probabilities
 from trainer.inference import LoadedModel, load_version, read_input
 from trainer.preannotations import mask_results, prediction
@@ -263,6 +264,10 @@ class Backend:
             raster = self.registry.raster(tile.raster_id)
             try:
                 tile_input = read_input(raster, tile, manifest)
+            except ModelInputError as exc:  # a raster that cannot provide the project's input: say so
+                raise TileInputError(
+                    f"no pre-annotation for task {tile.task_id} (tile {tile.id}): {exc}"
+                ) from None
             except TrainerError as exc:
                 raise ModelUnavailableError(str(exc)) from None
             (softmax,) = probabilities(loaded.network, [tile_input.pixels])

@@ -283,7 +283,8 @@ def test_real_rasters_from_shared_data(
     shared_data: Path, options: ImportOptions, registry: TileRegistry, client: LabelStudioClient
 ) -> None:
     landsat = import_raster(shared_data / "rasterio" / "RGB.byte.tif", options, registry, client)
-    pan = import_raster(shared_data / "solaris" / "sample_geotiff.tif", options, registry, client)
+    pan_project = dataclasses.replace(options, project=f"{options.project} pan")  # 1 band: its own project
+    pan = import_raster(shared_data / "solaris" / "sample_geotiff.tif", pan_project, registry, client)
     assert landsat.tasks_created == landsat.tiles - landsat.skipped
     assert pan.tasks_created == pan.tiles
     rasters = {r.name: r for r in registry.rasters()}

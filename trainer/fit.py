@@ -118,9 +118,26 @@ def _batches(
     size = settings.batch_size
     for start in range(0, len(order), size):
         pairs = [_augment(_crop(samples[i], settings.crop, rng), rng) for i in order[start : start + size]]
-        images = torch.from_numpy(np.stack([pad_to_32(image) for image, _ in pairs]))
-        targets = torch.from_numpy(np.stack([_pad_target(target) for _, target in pairs]).astype(np.int64))
-        yield images, targets
+        yield _stack(pairs)
+
+
+def _stack(
+    pairs: Sequence[tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of tiles of any sizes (edge tiles are smaller, turned ones swap sides).
+
+    Each image is padded bottom and right to the batch's largest height and width rounded up to a
+    multiple of 32 (reflected pixels); its target there is IGNORE, so padding never trains.
+    """
+    height = max(image.shape[1] for image, _ in pairs)
+    width = max(image.shape[2] for image, _ in pairs)
+    height, width = height + -height % 32, width + -width % 32
+    images, targets = [], []
+    for image, target in pairs:
+        pad = ((0, height - image.shape[1]), (0, width - image.shape[2]))
+        images.append(np.pad(image, ((0, 0), *pad), mode="reflect") if any(p for _, p in pad) else image)
+        targets.append(np.pad(target, pad, constant_values=IGNORE))
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets).astype(np.int64))
 
 
 def _crop(sample: Sample, side: int, rng: np.random.Generator) -> Sample:
@@ -142,11 +159,6 @@ def _augment(
     if flip:
         image, target = image[:, :, ::-1], target[:, ::-1]
     return np.ascontiguousarray(image), np.ascontiguousarray(target)
-
-
-def _pad_target(target: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    height, width = target.shape
-    return np.pad(target, ((0, -height % 32), (0, -width % 32)), constant_values=IGNORE)
 
 
 @torch.inference_mode()

@@ -51,17 +51,35 @@ def load_version(store: ModelStore, name: str) -> LoadedModel:
     return LoadedModel(manifest, network.eval())
 
 
-def read_input(raster: RasterRecord, tile: TileRecord, manifest: ModelManifest) -> TileInput:
-    """Read the model's bands of ``tile`` from its source raster and normalise them.
+def input_bands(raster: RasterRecord, manifest: ModelManifest) -> list[int]:
+    """The bands of ``raster`` that feed ``manifest``'s inputs: the raster's recorded mapping.
+
+    A raster imported before mappings were recorded feeds the model's own band numbers when it has them.
 
     Raises:
-        ModelInputError: if the raster is missing or has fewer bands than the model reads.
+        ModelInputError: if the raster cannot provide the model's input; the message names the raster,
+            what the model reads and what to do.
     """
-    bands = manifest.input.bands
-    if max(bands) > raster.band_count:
-        raise ModelInputError(
-            f"model {manifest.version} reads bands {bands} but {raster.path} has {raster.band_count}"
-        )
+    wanted = len(manifest.input.bands)
+    bands = list(raster.input_bands) if raster.input_bands is not None else list(manifest.input.bands)
+    if len(bands) == wanted and max(bands) <= raster.band_count:
+        return bands
+    has = f"maps bands {bands} to it" if raster.input_bands is not None else f"has {raster.band_count} bands"
+    raise ModelInputError(
+        f"{raster.name} cannot feed model {manifest.version}: the model reads {wanted} bands "
+        f"(bands {manifest.input.bands} of the project's first raster) and {raster.name} {has}; its "
+        f"tiles are left out. Remove it with `geolabel forget {raster.path}` and import it into a project "
+        "of its own"
+    )
+
+
+def read_input(raster: RasterRecord, tile: TileRecord, manifest: ModelManifest) -> TileInput:
+    """Read the bands of ``tile`` that feed the model (:func:`input_bands`) and normalise them.
+
+    Raises:
+        ModelInputError: if the raster is missing or cannot provide the model's input.
+    """
+    bands = input_bands(raster, manifest)
     window = Window(tile.window.col_off, tile.window.row_off, tile.window.width, tile.window.height)
     try:
         with rasterio.open(raster.path) as src:
@@ -85,6 +103,29 @@ def pad_to_32(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
 
 
+def feeding_tiles(
+    registry: TileRegistry, tiles: Sequence[TileRecord], manifest: ModelManifest
+) -> tuple[list[TileRecord], list[str]]:
+    """The tiles whose raster can provide ``manifest``'s input, and one problem per raster that cannot.
+
+    A raster imported before projects fixed their input may not have the model's bands: its tiles are
+    left out (and said so) instead of stopping a round or an export of every other tile.
+    """
+    problems: dict[int, str] = {}
+    rasters: dict[int, RasterRecord] = {}
+    kept: list[TileRecord] = []
+    for tile in tiles:
+        if tile.raster_id not in rasters:
+            rasters[tile.raster_id] = raster = registry.raster(tile.raster_id)
+            try:
+                input_bands(raster, manifest)
+            except ModelInputError as exc:
+                problems[tile.raster_id] = str(exc)
+        if tile.raster_id not in problems:
+            kept.append(tile)
+    return kept, list(problems.values())
+
+
 def predict_tiles(
     registry: TileRegistry,
     model: LoadedModel,
@@ -92,20 +133,28 @@ def predict_tiles(
     tiles: Sequence[TileRecord],
     advance: Callable[[int], None] | None = None,
     chunk: int = 16,
-) -> None:
+) -> list[str]:
     """Run ``model`` on ``tiles`` (read from their source rasters) and store each prediction.
 
     Tiles are read and predicted ``chunk`` at a time (same-size tiles run as one batch); each stored
     tile calls ``advance(1)``. Already stored tiles are not skipped here: pass
-    ``store.missing(...)`` to resume.
+    ``store.missing(...)`` to resume. Tiles whose raster cannot provide the model's input are left
+    out (:func:`feeding_tiles`) and also call ``advance(1)``.
+
+    Returns:
+        One problem per raster whose tiles were left out.
     """
     from trainer.fit import probabilities  # trainer.fit imports this module
 
-    for start in range(0, len(tiles), chunk):
-        part = tiles[start : start + chunk]
+    kept, problems = feeding_tiles(registry, tiles, model.manifest)
+    if advance is not None and len(kept) < len(tiles):
+        advance(len(tiles) - len(kept))
+    for start in range(0, len(kept), chunk):
+        part = kept[start : start + chunk]
         inputs = [read_input(registry.raster(t.raster_id), t, model.manifest) for t in part]
         softmaxes = probabilities(model.network, [i.pixels for i in inputs])
         for tile, tile_input, softmax in zip(part, inputs, softmaxes, strict=True):
             store.save(tile.id, softmax.numpy(), tile_input.valid)
             if advance is not None:
                 advance(1)
+    return problems

@@ -25,10 +25,11 @@ from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
+from importers.inputs import project_input
 from trainer.errors import HarvestError, RoundBusyError, TrainerError
 from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
 from trainer.harvest import Harvest, LabelledTile, Labelling, harvest
-from trainer.inference import LoadedModel, load_version, read_input
+from trainer.inference import LoadedModel, feeding_tiles, load_version, read_input
 from trainer.legacy import adopt_legacy_stores
 from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
@@ -113,6 +114,11 @@ def _round(
         logger.warning("removed %s, left by a round killed while writing its version", name)
     active = _active(models)
     manifest = _manifest(registry, found.tiles, classes, active)
+    found, left_out = _feeding(registry, found, manifest)  # rasters that cannot feed it stop nothing
+    if left_out:
+        store.update(
+            round_id, labelled_tiles=len(found.tiles), problems=[str(p) for p in found.problems] + left_out
+        )
     samples = [_sample(registry, labelled, manifest) for labelled in found.tiles]
     split = spatial_split(
         [_footprint(t.tile) for t in found.tiles],
@@ -251,24 +257,50 @@ def _manifest(
     classes: list[LabelClass],
     active: LoadedModel | None,
 ) -> ModelManifest:
-    """The new version's manifest: the active one's input when the classes are the same, else fresh."""
+    """The new version's manifest: the active one's input when the classes are the same, else fresh.
+
+    A fresh manifest reads the project's input (fixed at its first import); each raster feeds it
+    with its own recorded bands. Its normalisation comes from labelled tiles whose raster can.
+
+    Raises:
+        TrainerError: if no labelled tile's raster can provide the project's input.
+    """
     if active is not None and active.manifest.classes == classes:
         return active.manifest.model_copy(update={"version": new_version_name(), "metrics": {}})
-    raster = registry.raster(tiles[0].tile.raster_id)
-    bands = list(range(1, raster.band_count + 1))
-    if len(bands) > MAX_BANDS:
-        bands = list(raster.display_bands)
+    bands = list(_project_bands(registry, tiles, active))
     placeholder = InputSpec(bands=bands, mean=[0.0] * len(bands), std=[1.0] * len(bands))
     draft = ModelManifest(version=new_version_name(), created="", classes=classes, input=placeholder)
+    feeding, problems = feeding_tiles(registry, [t.tile for t in tiles], draft)
+    if not feeding:
+        raise TrainerError(f"no labelled tile can feed the model: {'; '.join(problems)}")
     pixels = np.concatenate(
         [
-            read_input(registry.raster(t.tile.raster_id), t.tile, draft).pixels.reshape(len(bands), -1)
-            for t in tiles[:64]
+            read_input(registry.raster(t.raster_id), t, draft).pixels.reshape(len(bands), -1)
+            for t in feeding[:64]
         ],
         axis=1,
     )
     spec = InputSpec(bands=bands, mean=pixels.mean(axis=1).tolist(), std=(pixels.std(axis=1) + 1e-6).tolist())
     return draft.model_copy(update={"input": spec, "created": now()})
+
+
+def _project_bands(
+    registry: TileRegistry, tiles: Sequence[LabelledTile], active: LoadedModel | None
+) -> tuple[int, ...]:
+    """The project's input bands (recorded now for a project from before inputs were recorded)."""
+    raster = registry.raster(tiles[0].tile.raster_id)
+    title = registry.project_title(raster.project_id) or ""
+    model_bands = active.manifest.input.bands if active is not None else None
+    recorded = project_input(registry, title, raster.project_id, model_bands)
+    return recorded.source_bands if recorded is not None else tuple(range(1, raster.band_count + 1))
+
+
+def _feeding(registry: TileRegistry, found: Harvest, manifest: ModelManifest) -> tuple[Harvest, list[str]]:
+    """The harvest without tiles whose raster cannot provide the model's input, and why they were left out."""
+    kept, problems = feeding_tiles(registry, [t.tile for t in found.tiles], manifest)
+    kept_ids = {t.id for t in kept}
+    tiles = [t for t in found.tiles if t.tile.id in kept_ids]
+    return Harvest(tiles, found.problems, found.skipped_tasks), problems
 
 
 def _compatible(old: ModelManifest, new: ModelManifest) -> bool:
@@ -337,6 +369,7 @@ def _score_and_push(
         for t in _project_tiles(registry, project_id, TileStatus.IMPORTED)
         if t.id not in labelled_ids and t.task_id is not None
     ]
+    unlabelled, _ = feeding_tiles(registry, unlabelled, loaded.manifest)  # the round reported the others
     scores: list[TileScore] = []
     predictions = []
     manifest, method = loaded.manifest, config.trainer.uncertainty
