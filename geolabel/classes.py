@@ -22,6 +22,17 @@ class LabelClass(BaseModel):
     id: int = Field(ge=1, le=255)
     name: str = Field(min_length=1, pattern=r"^[^<>&\"]+$")
     color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+    #: What the class covers, for the annotators' instructions and the label's hover hint.
+    description: str = Field(default="", max_length=500)
+
+    def __eq__(self, other: object) -> bool:
+        """Same id, name and colour: a description documents a class, it does not change it (or its model)."""
+        if not isinstance(other, LabelClass):
+            return NotImplemented
+        return (self.id, self.name, self.color) == (other.id, other.name, other.color)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.name, self.color))
 
     @field_validator("name")
     @classmethod

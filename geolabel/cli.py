@@ -145,6 +145,7 @@ def import_options(config: Config, project: str | None, bands: Sequence[int] | N
         stretch=config.display.stretch,
         percentiles=config.display.percentiles,
         workers=config.import_.workers,
+        sparse=config.trainer.labelling == "sparse",
     )
 
 

@@ -303,31 +303,38 @@ DEFAULT_CONFIG = """\
 # Title of the Label Studio project the tiles are imported into.
 name = "geolabel"
 
-# The class catalogue: id (value in class masks, 1-255), name (shown in Label Studio), colour.
+# The class catalogue: id (value in class masks, 1-255), name (shown in Label Studio), colour, and an
+# optional description (default "") shown in the annotators' instructions and as the label's hover hint.
+# "background" (pixels nobody drew) and "unsure" (pixels left out of training) are reserved names.
 [[classes]]
 id = 1
 name = "building"
 color = "#e31a1c"
+description = "roofs of buildings, sheds and greenhouses included; not their shadows"
 
 [[classes]]
 id = 2
 name = "road"
 color = "#636363"
+description = "paved and unpaved roads, tracks and car parks"
 
 [[classes]]
 id = 3
 name = "vegetation"
 color = "#33a02c"
+description = "trees, hedges, crops and grass"
 
 [[classes]]
 id = 4
 name = "water"
 color = "#1f78b4"
+description = "rivers, lakes, ponds and swimming pools"
 
 [[classes]]
 id = 5
 name = "bare_soil"
 color = "#b15928"
+description = "bare earth, sand, gravel and ploughed fields"
 
 [tiling]
 # Display tile size in pixels and overlap between neighbouring tiles.

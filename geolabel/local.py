@@ -20,6 +20,7 @@ from geolabel.paths import private_dir
 from geolabel.stack import LocalLabelStudio, LocalMLBackend, exit_reason, is_up, tail
 from georef.registry import TileRegistry
 from importers.errors import ImportFailedError
+from importers.labelconfig import apply_labelling, project_labelling
 
 SAMPLE_RASTER = Path(__file__).parent / "samples" / "orthophoto_cogeo.tif"
 WATCH_INTERVAL_S = 1.0  # how often `serve` checks that its servers still run
@@ -134,6 +135,7 @@ def connect_backend(
     )
     health = ml_backend_health(config.ml_backend.url) or {}
     sam = health.get("sam") or {}
+    sync_sam_tools(config, client, project_id, bool(sam.get("enabled")), console)
     model = health.get("model") or {}
     sam_text = (
         f"SAM {sam.get('model_type')} on {sam.get('device')}"
@@ -155,6 +157,28 @@ def connect_backend(
             f"  round scheduler: a training round at {config.trainer.threshold} annotation changes, "
             f"checked every {config.trainer.check_interval:.0f} s ({backend.trainer_log_path})"
         )
+
+
+def sync_sam_tools(
+    config: Config, client: LabelStudioClient, project_id: int, sam: bool, console: Console
+) -> bool:
+    """Show SAM's tools on the project's labelling page exactly when the backend has SAM loaded.
+
+    The labelling config and instructions follow the classes, SAM on or off and the labelling mode; when
+    Label Studio refuses the change (existing annotations use a dropped tool), the old config is kept and
+    a warning says so.
+
+    Returns:
+        Whether the project now shows what ``sam`` asks for.
+    """
+    wanted = project_labelling(config.classes, sam, sparse=config.trainer.labelling == "sparse")
+    warning = apply_labelling(client, project_id, wanted)
+    if warning is not None:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        return False
+    tools = "with the SAM click and box tools" if sam else "without SAM tools (SAM is off)"
+    console.print(f"labelling page of project {project_id}: {tools}")
+    return True
 
 
 def _import_and_wait(

@@ -159,8 +159,12 @@ class LabelStudioClient:
         )
         return [int(p.id or 0) for p in projects if p.title == title]
 
-    def ensure_project(self, title: str, label_config: str, known_id: int | None = None) -> ProjectRef:
+    def ensure_project(
+        self, title: str, label_config: str, known_id: int | None = None, instructions: str = ""
+    ) -> ProjectRef:
         """Return project ``known_id`` if it exists, else the one titled ``title``, else create it.
+
+        A new project gets ``label_config`` and, when given, ``instructions`` (HTML) shown to annotators.
 
         Raises:
             LabelStudioError: if several projects share the title, or a request fails.
@@ -185,7 +189,11 @@ class LabelStudioClient:
         project = self._call(
             "create the project",
             lambda: self._sdk.projects.create(
-                title=title, label_config=label_config, sampling=UNCERTAINTY_SAMPLING
+                title=title,
+                label_config=label_config,
+                sampling=UNCERTAINTY_SAMPLING,
+                expert_instruction=instructions,
+                show_instruction=bool(instructions),
             ),
         )
         return ProjectRef(
@@ -200,6 +208,26 @@ class LabelStudioClient:
         """The project's settings as a plain dict."""
         project = self._call("read the project", lambda: self._sdk.projects.get(id=project_id))
         return project.model_dump()
+
+    def set_label_config(self, project_id: int, label_config: str) -> None:
+        """Replace the project's labelling config.
+
+        Raises:
+            LabelStudioError: if Label Studio refuses it (e.g. existing annotations use labels it drops).
+        """
+        self._call(
+            "change the project's labelling config",
+            lambda: self._sdk.projects.update(id=project_id, label_config=label_config),
+        )
+
+    def set_instructions(self, project_id: int, instructions: str) -> None:
+        """Set the annotators' instructions (HTML) and show them before labelling."""
+        self._call(
+            "set the project's instructions",
+            lambda: self._sdk.projects.update(
+                id=project_id, expert_instruction=instructions, show_instruction=True
+            ),
+        )
 
     # storage and tasks --------------------------------------------------------
 

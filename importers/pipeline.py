@@ -40,7 +40,7 @@ from georef.tiling import TilingPlan, plan_tiles
 from importers.display import Stretch, StretchMethod, choose_bands, compute_stretch
 from importers.errors import AllNodataError, ImportFailedError, RasterChangedError
 from importers.inputs import legacy_project_input, new_project_input, raster_input_bands, record_legacy_input
-from importers.labelconfig import label_config
+from importers.labelconfig import apply_labelling, has_sam_tools, project_labelling, same_config
 from importers.raster import RasterInfo, content_hash, inspect_raster
 from importers.render import GDAL_CACHE_MB, RenderJob, TileTask, render_tiles
 
@@ -63,6 +63,8 @@ class ImportOptions:
     stretch: StretchMethod = "auto"
     percentiles: tuple[float, float] = (2.0, 98.0)
     workers: int = 2
+    #: Sparse labelling (undrawn pixels are unknown, not background): the annotators' instructions say so.
+    sparse: bool = False
 
     @property
     def tiles_dir(self) -> Path:
@@ -99,8 +101,13 @@ def prepare_project(client: LabelStudioClient, registry: TileRegistry, options: 
             f"display tiles go to {tiles_dir}, outside Label Studio's document root "
             f"{options.document_root}; set label_studio.document_root to a parent of paths.data_dir"
         )
-    config = label_config(options.classes)
-    ref = client.ensure_project(options.project, config, known_id=registry.project_id(options.project))
+    new = project_labelling(options.classes, sam=False, sparse=options.sparse)  # SAM: when serve finds it
+    ref = client.ensure_project(
+        options.project,
+        new.config,
+        known_id=registry.project_id(options.project),
+        instructions=new.instructions,
+    )
     tiles_dir.mkdir(parents=True, exist_ok=True)
     client.ensure_local_storage(ref.id, tiles_dir)
     registry.record_project(ref.id, options.project)
@@ -138,6 +145,7 @@ def import_raster(
         if model_input is not None:
             report.warnings += [f"{info.path.name}: {w}" for w in model_input.warnings]
         _check_project(project, record, options, report)
+        _sync_labelling(client, project, options, report)
         _check_same_display(record, options, report)
         return _TileSync(record, project.id, options, registry, client, report, progress).run()
 
@@ -185,11 +193,6 @@ def _unless_replaced(
 def _check_project(
     project: ProjectRef, record: RasterRecord, options: ImportOptions, report: ImportReport
 ) -> None:
-    if _normalised(project.label_config) != _normalised(label_config(options.classes)):
-        report.notes.append(
-            "the project's labelling config differs from the one geolabel.toml's classes give "
-            "(edited in Label Studio, or classes changed); it was left as it is"
-        )
     if project.sampling != UNCERTAINTY_SAMPLING:
         report.notes.append(
             f"the project samples tasks by {project.sampling!r}, not {UNCERTAINTY_SAMPLING!r}; "
@@ -197,6 +200,23 @@ def _check_project(
         )
     if record.project_id != project.id:
         report.notes.append(f"moved from project {record.project_id} (no longer found) to {project.id}")
+
+
+def _sync_labelling(
+    client: LabelStudioClient, project: ProjectRef, options: ImportOptions, report: ImportReport
+) -> None:
+    """Give an existing project the labelling config and instructions of the classes (its SAM state kept).
+
+    ``geolabel serve`` switches the SAM tools when it finds SAM on or off; an import keeps them as they are.
+    """
+    if project.created:
+        return
+    wanted = project_labelling(options.classes, has_sam_tools(project.label_config), options.sparse)
+    warning = apply_labelling(client, project.id, wanted)
+    if warning is not None:
+        report.notes.append(warning)
+    elif not same_config(project.label_config, wanted.config):
+        report.notes.append("the project's labelling config now shows geolabel.toml's classes")
 
 
 def _check_known(
@@ -308,10 +328,6 @@ def _register(
         tiling=TilingPlan.EXACT,
     )
     return registry.add_raster(raster, plans)
-
-
-def _normalised(config: str) -> str:
-    return "".join(config.split())
 
 
 def _check_same_display(record: RasterRecord, options: ImportOptions, report: ImportReport) -> None:

@@ -1,4 +1,5 @@
-"""A polygon drawn with the mouse in Label Studio's real labelling page lands where it should on Earth.
+"""Label Studio's real labelling page: a polygon drawn with the mouse lands where it should on Earth, and
+at 1366x768 every class is beside the image without scrolling, SAM tools only when SAM is on.
 
 Runs headless Debian chromium through Playwright against the test run's Label Studio; skipped with a
 reason where chromium or Playwright is missing (``make test`` installs both when it can).
@@ -7,6 +8,7 @@ reason where chromium or Playwright is missing (``make test`` installs both when
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,9 +16,12 @@ import pytest
 import rasterio
 import rasterio.transform
 
+from geolabel.classes import UNSURE_LABEL, LabelClass
+from geolabel.config import DEFAULT_CONFIG
 from geolabel.lsclient import LabelStudioClient
 from georef.labelstudio import ImageSize, parse_result, region_to_world
 from georef.registry import TileRegistry
+from importers.labelconfig import SAM_BOX_HEADER, SAM_POINT_HEADER, apply_labelling, project_labelling
 from importers.pipeline import ImportOptions, import_raster
 from tests.conftest import GeoTiffFactory, LabelStudioServer, chromium_path
 
@@ -35,6 +40,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+LAPTOP = {"width": 1366, "height": 768}
 UI_TIMEOUT_MS = 120_000  # generous: a wait for the page to be ready, never a timed assert
 CLICK_GAP_MS = 600  # separate clicks, not a double click (Konva's double-click window is 400 ms)
 
@@ -119,3 +125,67 @@ def _log_in(page: Page, url: str, username: str, password: str) -> None:
     page.fill("input[name=password]", password)
     page.click("button[type=submit], input[type=submit]")
     page.wait_for_url(lambda current: "/user/login" not in current)
+
+
+def _template_classes() -> list[LabelClass]:
+    """The five classes of the ``geolabel init`` template, each with a description."""
+    classes = tomllib.loads(DEFAULT_CONFIG)["classes"]
+    return [
+        LabelClass.model_validate({**c, "description": f"every {c['name']} seen from above"}) for c in classes
+    ]
+
+
+@pytest.mark.parametrize("sam", [False, True], ids=["sam-off", "sam-on"])
+def test_at_1366x768_every_class_is_beside_the_image_without_scrolling(
+    sam: bool,
+    make_geotiff: GeoTiffFactory,
+    label_studio: LabelStudioServer,
+    options: ImportOptions,
+    registry: TileRegistry,
+    client: LabelStudioClient,
+) -> None:
+    classes = _template_classes()
+    options = dataclasses.replace(options, classes=classes, tile_size=512, overlap=0)
+    report = import_raster(make_geotiff(width=512, height=512), options, registry, client)
+    assert apply_labelling(client, report.project_id, project_labelling(classes, sam=sam)) is None
+    (tile,) = registry.tiles()
+
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=LAPTOP)
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        _log_in(page, label_studio.url, *_credentials(label_studio))
+        page.goto(f"{label_studio.url}/projects/{report.project_id}/data?task={tile.task_id}")
+        page.get_by_text("Outline (polygon)").wait_for()
+        image = _labelling_image_box(page)
+        rows = 4 if sam else 2  # brush, polygon (+ SAM points, SAM boxes): unsure only in the first two
+        for name in [c.name for c in classes]:
+            _assert_beside_and_in_view(page, name, rows, image)
+        _assert_beside_and_in_view(page, UNSURE_LABEL, 2, image)
+        for heading in (SAM_POINT_HEADER, SAM_BOX_HEADER):
+            if sam:
+                _assert_beside_and_in_view(page, heading, 1, image)
+            else:
+                assert page.get_by_text(heading).count() == 0
+        assert page.get_by_text("SAM", exact=False).count() == (2 if sam else 0)
+        assert page.evaluate("() => window.scrollY") == 0
+        page.get_by_role("button", name="Instructions").click()
+        for label in classes:
+            page.get_by_text(label.description).wait_for()
+        browser.close()
+
+
+def _assert_beside_and_in_view(page: Page, text: str, count: int, image: dict[str, float]) -> None:
+    """``count`` elements show exactly ``text``, each right of the image, on screen and not covered."""
+    found = page.get_by_text(text, exact=True)
+    assert found.count() == count, text
+    for index in range(count):
+        box = found.nth(index).bounding_box()
+        assert box is not None, text
+        assert box["x"] >= image["x"] + image["width"], (text, box, image)
+        assert box["x"] + box["width"] <= LAPTOP["width"], (text, box)
+        assert box["y"] >= 0, (text, box)
+        assert box["y"] + box["height"] <= LAPTOP["height"], (text, box)
+        centre = [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2]
+        shown = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.textContent ?? ''", centre)
+        assert shown == text, (text, shown)  # what a user sees there, not clipped or scrolled away

@@ -60,8 +60,11 @@ def test_each_tile_becomes_one_task_that_knows_where_it_is(
         assert geo.raster == str(raster.resolve())
     project = client.project(report.project_id)
     assert project["sampling"] == "Uncertainty sampling"
-    for tag in ("BrushLabels", "PolygonLabels", 'KeyPointLabels name="sam_point"', 'smart="true"'):
+    for tag in ("BrushLabels", "PolygonLabels", '<Label value="unsure"'):
         assert tag in project["label_config"]
+    assert "KeyPointLabels" not in project["label_config"]  # SAM tools come when a backend has SAM on
+    assert project["show_instruction"] is True
+    assert "background" in project["expert_instruction"]
 
 
 def test_display_tiles_are_served_by_label_studio(
@@ -103,8 +106,9 @@ def test_reimport_adds_nothing_and_a_second_raster_joins_the_project(
         options, classes=[*CLASSES, LabelClass(id=3, name="road", color="#636363")]
     )
     changed = import_raster(first, more_classes, registry, client)
-    assert "labelling config differs" in changed.notes[0]
-    assert "road" not in client.project(report.project_id)["label_config"]
+    assert any("labelling config now shows geolabel.toml's classes" in n for n in changed.notes)
+    assert '<Label value="road"' in client.project(report.project_id)["label_config"]
+    assert "road" in client.project(report.project_id)["expert_instruction"]
     copy = first.with_name("copy.tif")
     copy.write_bytes(first.read_bytes())
     twin = import_raster(copy, options, registry, client)

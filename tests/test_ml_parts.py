@@ -230,7 +230,7 @@ def test_bad_prompts_are_refused_with_a_reason(regions: list[dict], message: str
 
 def test_schema_needs_an_image_and_brush_labels() -> None:
     assert (SCHEMA.brush, SCHEMA.polygon, SCHEMA.image) == ("label_brush", "label_polygon", "image")
-    assert SCHEMA.labels == ("building", "water")
+    assert SCHEMA.labels == ("building", "water", "unsure")  # unsure: brush and polygon only
     no_polygon = read_schema(
         '<View><Image name="img" value="$image"/>'
         '<BrushLabels name="b" toName="img"><Label value="a"/></BrushLabels></View>'
