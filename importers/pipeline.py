@@ -214,7 +214,7 @@ def _sync_labelling(
     wanted = project_labelling(options.classes, has_sam_tools(project.label_config), options.sparse)
     warning = apply_labelling(client, project.id, wanted)
     if warning is not None:
-        report.notes.append(warning)
+        report.warnings.append(warning)
     elif not same_config(project.label_config, wanted.config):
         report.notes.append("the project's labelling config now shows geolabel.toml's classes")
 
