@@ -77,7 +77,11 @@ class Harvest:
     skipped_tasks: list[int] = field(default_factory=list)  # every annotation cancelled ("skip")
 
     def class_pixels(self, names: Sequence[str]) -> dict[str, int]:
-        """Labelled pixels per class name (``names`` per class index, background first)."""
+        """Labelled pixels per class name (``names`` per class index, background first).
+
+        In exhaustive labelling background counts every undrawn pixel, nodata included: harvest
+        reads no raster (nodata becomes IGNORE in the training samples).
+        """
         counts = np.zeros(len(names), dtype=np.int64)
         for tile in self.tiles:
             labelled = tile.target[tile.target != IGNORE]

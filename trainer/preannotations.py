@@ -45,9 +45,10 @@ def region_id() -> str:
 
 
 def mask_results(mask: npt.NDArray[np.bool_], label: str, schema: ProjectSchema) -> list[dict[str, Any]]:
-    """Results for one class mask on a tile: a brush region, plus a polygon per part if the project has them.
+    """Results for one class mask on a tile (a SAM click): a brush region, plus hole-free polygons.
 
-    An empty mask gives no result.
+    The polygons (:func:`mask_polygons`) come only when the project has a polygon control. An empty
+    mask gives no result.
     """
     if not mask.any():
         return []
