@@ -312,13 +312,16 @@ def test_a_legacy_raster_without_the_input_stops_neither_round_nor_export(
     scene = import_scene(label_studio, tmp_path / "rgb.tif", synthetic(3, 256, 512, "uint8", seed=4),
                          "legacy input project", overlap=0, trainer=trainer)  # fmt: skip
     config, client, project_id = scene.config, label_studio.client(), scene.report.project_id
+    tasks = {}
     with TileRegistry(config.registry_path) as registry:
-        gray = legacy_raster(registry, make_geotiff("gray.tif", count=1, width=256, height=256), project_id)
-        (gray_tile,) = registry.tiles(gray.id)
-        registry.mark_rendered([(gray_tile.id, "tiles/legacy/gray.png")])
-        payload = {"data": {"image": "/data/local-files/?d=tiles/legacy/gray.png", "tile_id": gray_tile.id}}
-        (gray_task,) = client.import_tasks(project_id, [payload])
-        registry.set_task_ids({gray_tile.id: gray_task})
+        for name in ("gray.tif", "unlabelled_gray.tif"):  # the second one's tile gets no annotation
+            raster = make_geotiff(name, count=1, width=256, height=256)
+            (tile,) = registry.tiles(legacy_raster(registry, raster, project_id).id)
+            registry.mark_rendered([(tile.id, f"tiles/legacy/{name}.png")])
+            payload = {"data": {"image": f"/data/local-files/?d=tiles/legacy/{name}.png", "tile_id": tile.id}}
+            (tasks[name],) = client.import_tasks(project_id, [payload])
+            registry.set_task_ids({tile.id: tasks[name]})
+    gray_task = tasks["gray.tif"]
     square = np.zeros((256, 256), dtype=bool)
     square[40:120, 60:160] = True
     for task in (int(scene.tiles[0].task_id or 0), gray_task):
@@ -327,7 +330,8 @@ def test_a_legacy_raster_without_the_input_stops_neither_round_nor_export(
     record = run_round(config, client, retry=Retry(2, 0.01))
     assert record.status == RoundStatus.PROMOTED, record.error
     assert record.labelled_tiles == 1
-    assert any("gray.tif cannot feed model" in p for p in record.problems), record.problems
+    for name in ("gray.tif", "unlabelled_gray.tif"):
+        assert any(p.startswith(f"{name} cannot feed model") for p in record.problems), record.problems
 
     report = export_project(config, client, ExportOptions(tmp_path / "export"))
     assert (tmp_path / "export" / "predictions_argmax.tif").is_file()

@@ -114,7 +114,7 @@ def _round(
         logger.warning("removed %s, left by a round killed while writing its version", name)
     active = _active(models)
     manifest = _manifest(registry, found.tiles, classes, active)
-    found, left_out = _feeding(registry, found, manifest)  # rasters that cannot feed it stop nothing
+    found, left_out = _feeding(registry, found, list(tiles.values()), manifest)  # they stop nothing
     if left_out:
         store.update(
             round_id, labelled_tiles=len(found.tiles), problems=[str(p) for p in found.problems] + left_out
@@ -295,12 +295,19 @@ def _project_bands(
     return recorded.source_bands if recorded is not None else tuple(range(1, raster.band_count + 1))
 
 
-def _feeding(registry: TileRegistry, found: Harvest, manifest: ModelManifest) -> tuple[Harvest, list[str]]:
-    """The harvest without tiles whose raster cannot provide the model's input, and why they were left out."""
-    kept, problems = feeding_tiles(registry, [t.tile for t in found.tiles], manifest)
+def _feeding(
+    registry: TileRegistry, found: Harvest, tiles: Sequence[TileRecord], manifest: ModelManifest
+) -> tuple[Harvest, list[str]]:
+    """The harvest without tiles whose raster cannot provide the model's input, and why.
+
+    One problem per such raster of the project (``tiles``: every tile with a task), labelled or not:
+    scoring leaves their tiles out too.
+    """
+    _, problems = feeding_tiles(registry, tiles, manifest)
+    kept, _ = feeding_tiles(registry, [t.tile for t in found.tiles], manifest)
     kept_ids = {t.id for t in kept}
-    tiles = [t for t in found.tiles if t.tile.id in kept_ids]
-    return Harvest(tiles, found.problems, found.skipped_tasks), problems
+    labelled = [t for t in found.tiles if t.tile.id in kept_ids]
+    return Harvest(labelled, found.problems, found.skipped_tasks), problems
 
 
 def _compatible(old: ModelManifest, new: ModelManifest) -> bool:
