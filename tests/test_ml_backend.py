@@ -289,16 +289,8 @@ def test_no_model_means_no_prediction_then_the_active_model_predicts(served: Ser
     assert health["model"]["active_version"] is None
     assert "no trained model" in health["model"]["reason"]
 
-    manifest = ModelManifest(
-        version="v-test-1",
-        created="2026-11-22T00:00:00+00:00",
-        classes=[LabelClass(id=c.id, name=c.name, color=c.color) for c in CLASSES],
-        input=InputSpec(bands=[1, 2, 3], mean=[120.0, 120.0, 120.0], std=[40.0, 40.0, 40.0]),
-    )
-    torch.manual_seed(1)
+    manifest = activate_random_version(served, "v-test-1", seed=1)
     store = ModelStore(served.config.models_dir)
-    store.save(manifest, build_model(manifest).state_dict())
-    store.activate("v-test-1")
 
     served.client.retrieve_predictions(served.project_id, [t.task_id for t in served.tiles])
     loaded = load_version(store, "v-test-1")
@@ -322,6 +314,21 @@ def test_no_model_means_no_prediction_then_the_active_model_predicts(served: Ser
     assert scores == sorted(scores)
 
 
+def activate_random_version(served: Served, version: str, seed: int) -> ModelManifest:
+    """Save a model version of the project's classes with seeded random weights and make it active."""
+    manifest = ModelManifest(
+        version=version,
+        created="2026-11-22T00:00:00+00:00",
+        classes=[LabelClass(id=c.id, name=c.name, color=c.color) for c in CLASSES],
+        input=InputSpec(bands=[1, 2, 3], mean=[120.0, 120.0, 120.0], std=[40.0, 40.0, 40.0]),
+    )
+    torch.manual_seed(seed)
+    store = ModelStore(served.config.models_dir)
+    store.save(manifest, build_model(manifest).state_dict())
+    store.activate(version)
+    return manifest
+
+
 def regions(prediction: dict) -> list[tuple[str, dict]]:
     """A prediction's regions without their random ids."""
     return [(r["type"], r["value"]) for r in prediction["result"]]
@@ -335,16 +342,7 @@ def test_backend_serves_the_rounds_stored_prediction_with_the_rounds_score(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Round and backend give one prediction (regions, score) per tile and version, computed once."""
-    manifest = ModelManifest(
-        version="v-test-2",
-        created="2026-11-23T00:00:00+00:00",
-        classes=[LabelClass(id=c.id, name=c.name, color=c.color) for c in CLASSES],
-        input=InputSpec(bands=[1, 2, 3], mean=[120.0, 120.0, 120.0], std=[40.0, 40.0, 40.0]),
-    )
-    torch.manual_seed(2)
-    store = ModelStore(served.config.models_dir)
-    store.save(manifest, build_model(manifest).state_dict())
-    store.activate("v-test-2")
+    manifest = activate_random_version(served, "v-test-2", seed=2)
     loaded = served.backend.models.current()  # the backend's own copy of the active version
     assert loaded is not None
     assert loaded.manifest.version == "v-test-2"
