@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import stat
 import tomllib
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def test_import_then_tiles(
     make_geotiff: GeoTiffFactory, tmp_path: Path, label_studio: LabelStudioServer, ls_data_dir: Path
 ) -> None:
     config = write_config(tmp_path, label_studio.url, ls_data_dir)
+    ls_data_dir.chmod(0o755)  # readable by every local user, as older geolabel versions left it
     env = {"GEOLABEL_LABEL_STUDIO_TOKEN": label_studio.token}
     good = make_geotiff("good.tif", width=400, height=300)
     bad = tmp_path / "bad.tif"
@@ -115,6 +117,7 @@ def test_import_then_tiles(
     assert "not a raster GDAL can read" in output
     assert "good.tif: 4 tiles" in output
     assert label_studio.token not in output
+    assert stat.S_IMODE(ls_data_dir.stat().st_mode) == 0o700  # the import made the data folder private
 
     code, output = run("--config", str(config), "import", str(good), "--project", "other name", env=env)
     assert code == 3, output
