@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from geolabel.config import Config
 from geolabel.errors import LabelStudioError
@@ -91,12 +93,16 @@ def rounds_table(config: Config) -> tuple[Table, list[str]]:
         "mIoU",
         "note",
     ):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a narrow terminal folds a cell, never cuts it
+    errors = []
     for record in data.rounds:
         miou = record.metrics.get("miou")
         note = record.error or (f"{len(record.problems)} annotation problem(s)" if record.problems else "")
         score = "" if miou is None else f"{miou:.3f}"
         cells = (record.number, record.status, record.started, record.ended or "", record.labelled_tiles,
-                 record.model_version or "", record.validation_tiles, score, note[:60])  # fmt: skip
-        table.add_row(*(str(cell) for cell in cells))
-    return table, status_lines(data)
+                 record.model_version or "", record.validation_tiles, score, note)  # fmt: skip
+        table.add_row(*(Text(str(cell)) for cell in cells))  # Text: "[Errno 28]" is not markup to drop
+        if record.error:
+            line = f"Round {record.number} ({record.status}, {record.started}): {record.error}"
+            errors.append(escape(line))
+    return table, [*errors, *status_lines(data)]

@@ -387,9 +387,9 @@ def dashboard_url(project: Project) -> Iterator[tuple[str, str]]:
 def test_the_dashboard_needs_the_backend_login(dashboard_url: tuple[str, str]) -> None:
     url, user = dashboard_url
     assert httpx.get(f"{url}/dashboard").status_code == 401
-    assert httpx.get(f"{url}/dashboard/tiles.png").status_code == 401
+    assert httpx.get(f"{url}/dashboard/learning-curve.png").status_code == 401
     assert httpx.get(f"{url}/dashboard/nothing.png", auth=(user, PASSWORD)).status_code == 404
-    plot = httpx.get(f"{url}/dashboard/tiles.png", auth=(user, PASSWORD))
+    plot = httpx.get(f"{url}/dashboard/learning-curve.png", auth=(user, PASSWORD))
     assert plot.headers["content-type"] == "image/png"
     assert plot.content.startswith(b"\x89PNG")
 
@@ -419,12 +419,18 @@ def test_the_dashboard_renders_in_headless_chromium(
             assert f"Active model version: {ModelStore(project.config.models_dir).active_name()}" in status
             assert "4 labelled" in status
             sizes = page.eval_on_selector_all(
-                "img", "images => images.map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+                ".plots img",
+                "images => images.map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])",
             )
+            page.wait_for_function("window.geolabelDashboard && window.geolabelDashboard.refreshes >= 1")
+            assert page.locator("path.leaflet-interactive").count() == len(project.tiles)  # every tile mapped
             assert sorted(s[0] for s in sizes) == sorted(PLOTS)
             assert all(complete and width > 300 and height > 200 for _, complete, width, height in sizes), (
                 sizes
             )
+            page.locator(f'#raster-list tr[data-raster="{project.tiles[0].raster_id}"]').click()
+            page.wait_for_selector("img.leaflet-tile-loaded", state="attached")
+            page.wait_for_load_state("networkidle")
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         finally:
             browser.close()

@@ -2,47 +2,53 @@
 
 Read-only. :func:`collect` reads the registry, the rounds record and the model
 store (never Label Studio, so the page stays fast whatever Label Studio is
-doing); the ``*_png`` functions draw one plot each with matplotlib;
-:func:`dashboard_blueprint` serves them under ``/dashboard`` in the ML backend's
-Flask app, behind its HTTP basic auth.
+doing); the ``*_png`` functions draw one plot each with matplotlib; the map
+(:mod:`trainer.dashboard_map`) shows every raster of the project over its own
+imagery, rendered as web-mercator tiles by :mod:`importers.maptiles`.
+:func:`dashboard_blueprint` serves it all under ``/dashboard`` in the ML
+backend's Flask app, behind its HTTP basic auth; the page refreshes itself from
+``/dashboard/data.json``. Every asset (Leaflet included) is served by the app.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
-from flask import Blueprint, Response, abort
+from flask import Blueprint, Response, abort, jsonify, send_from_directory
 from markupsafe import escape
 
 from geolabel.config import Config
-from georef.registry import TileRegistry, TileStatus
-from trainer.rounds import RoundRecord, RoundStatus, RoundStore
+from georef.registry import RasterRecord, TileRegistry, TileStatus
+from importers.errors import RasterNotFoundError, RasterReadError
+from importers.maptiles import empty_tile_png, render_map_tile
+from trainer.dashboard_map import (
+    STATE_COLOURS,
+    UNCERTAINTY_STOPS,
+    MapTile,
+    TileLinks,
+    map_source,
+    raster_json,
+    tiles_json,
+)
+from trainer.rounds import RoundRecord, RoundStatus, RoundStore, now
 from trainer.versions import ModelManifest, ModelStore
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-#: Map colours of the tile states; unlabelled tiles are coloured by uncertainty instead.
-STATE_COLOURS = {"labelled": "#1b9e77", "skipped": "#9e9e9e", "nodata": "#e0e0e0", "annotated": "#66c2a5"}
 METRICS = ("iou", "f1", "precision", "recall")
-
-
-@dataclass(frozen=True)
-class MapTile:
-    """A tile on the map: outline in its raster's CRS, state, uncertainty, whether it is in the next batch."""
-
-    tile_id: str
-    crs: str
-    corners: npt.NDArray[np.float64]  # (4, 2) world coordinates, clockwise from top-left
-    state: str  # labelled, annotated (since the last round), skipped, nodata, unlabelled
-    uncertainty: float | None
-    next_batch: bool
+REFRESH_SECONDS = 30
+STATIC_DIR = Path(__file__).with_name("dashboard_static")
+_PLOT_LOCK = threading.Lock()
+__all__ = ["STATE_COLOURS", "Dashboard", "MapTile", "collect", "dashboard_blueprint"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,9 @@ class Dashboard:
     tiles: list[MapTile]
     pending_changes: int
     threshold: int
+    project_id: int | None = None  # Label Studio's id of the project (None before the first import)
+    rasters: list[RasterRecord] = field(default_factory=list)
+    label_studio_url: str = ""
 
     @property
     def last_scored(self) -> RoundRecord | None:
@@ -76,13 +85,19 @@ def collect(config: Config) -> Dashboard:
         if project_id is None:
             return empty
         rounds = store.rounds(project_id)
-        tiles = _map_tiles(registry, store, project_id, rounds)
+        rasters = [r for r in registry.rasters() if r.project_id == project_id]
+        tiles = _map_tiles(registry, store, project_id, rounds, rasters)
         pending = registry.count_changed_annotations(project_id, store.harvested_upto(project_id))
-    return Dashboard(config.project.name, rounds, active, tiles, pending, config.trainer.threshold)
+    return Dashboard(config.project.name, rounds, active, tiles, pending, config.trainer.threshold,
+                     project_id, rasters, config.label_studio.url)  # fmt: skip
 
 
 def _map_tiles(
-    registry: TileRegistry, store: RoundStore, project_id: int, rounds: list[RoundRecord]
+    registry: TileRegistry,
+    store: RoundStore,
+    project_id: int,
+    rounds: list[RoundRecord],
+    rasters: list[RasterRecord],
 ) -> list[MapTile]:
     """The project's tiles as the newest promoted round left them, updated by annotations since."""
     promoted = [r for r in rounds if r.status == RoundStatus.PROMOTED]
@@ -90,9 +105,9 @@ def _map_tiles(
     batch = {e.tile_id for e in store.queue(promoted[-1].id)} if promoted else set()
     events = registry.annotation_events(project_id, store.harvested_upto(project_id))
     annotated = {e.task_id for e in events}
-    rasters = {r.id for r in registry.rasters() if r.project_id == project_id}
+    raster_ids = {r.id for r in rasters}
     tiles = []
-    for tile in (t for t in registry.tiles() if t.raster_id in rasters):
+    for tile in (t for t in registry.tiles() if t.raster_id in raster_ids):
         known = states.get(tile.id)
         state = known.state if known else "unlabelled"
         if tile.status == TileStatus.SKIPPED:
@@ -101,7 +116,8 @@ def _map_tiles(
             state = "annotated"
         uncertainty = known.uncertainty if known and state == "unlabelled" else None
         corners = tile.grid.corners_world().astype(np.float64)
-        tiles.append(MapTile(tile.id, tile.crs_text, corners, state, uncertainty, tile.id in batch))
+        tiles.append(MapTile(tile.id, tile.raster_id, tile.task_id, tile.crs_text, corners, state,
+                             uncertainty, tile.id in batch))  # fmt: skip
     return tiles
 
 
@@ -192,46 +208,10 @@ def annotators_png(data: Dashboard) -> bytes:
     return _png(figure)
 
 
-def tile_map_png(data: Dashboard) -> bytes:
-    """Tile footprints by state, unlabelled ones coloured by uncertainty; the next batch outlined."""
-    from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.collections import PolyCollection
-    from matplotlib.colors import Normalize
-    from matplotlib.patches import Patch
-
-    figure = _figure(8.0, 6.0)
-    if not data.tiles:
-        return _nothing(figure, "no tile imported yet")
-    crs = max({t.crs for t in data.tiles}, key=lambda c: sum(t.crs == c for t in data.tiles))
-    tiles = [t for t in data.tiles if t.crs == crs]  # one map per CRS would need reprojection: the main one
-    axes = figure.add_subplot()
-    scale, cmap = Normalize(0, 1), colormaps["magma_r"]
-    colours = [
-        cmap(scale(t.uncertainty)) if t.uncertainty is not None else STATE_COLOURS.get(t.state, "#ffffff")
-        for t in tiles
-    ]
-    axes.add_collection(PolyCollection([t.corners for t in tiles], facecolors=colours, edgecolors="#ffffff",
-                                       linewidths=0.3))  # fmt: skip
-    batch = [t.corners for t in tiles if t.next_batch]
-    if batch:
-        axes.add_collection(PolyCollection(batch, facecolors="none", edgecolors="#00bfff", linewidths=1.8))
-    axes.autoscale_view()
-    axes.set_aspect("equal")
-    axes.set_title(f"Tiles ({crs}): colour = uncertainty of unlabelled tiles; blue outline = next batch")
-    axes.tick_params(labelsize=7)
-    axes.ticklabel_format(useOffset=False, style="plain")
-    figure.colorbar(ScalarMappable(norm=scale, cmap=cmap), ax=axes, label="uncertainty", shrink=0.7)
-    handles = [Patch(facecolor=colour, label=state) for state, colour in STATE_COLOURS.items()]
-    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(0, -0.08), ncols=4, fontsize=8)
-    return _png(figure)
-
-
 PLOTS: dict[str, Callable[[Dashboard], bytes]] = {
     "learning-curve": learning_curve_png,
     "class-metrics": class_metrics_png,
     "annotators": annotators_png,
-    "tiles": tile_map_png,
 }
 
 
@@ -263,15 +243,77 @@ def status_lines(data: Dashboard) -> list[str]:
 
 
 def page_html(data: Dashboard) -> str:
-    """The dashboard page: status lines, the rounds table and the plots (served as PNG routes)."""
+    """The dashboard page: status lines, the map, the rounds table, throughput and the plots.
+
+    The page fills itself again from ``dashboard/data.json`` every :data:`REFRESH_SECONDS`
+    (the map keeps its pan and zoom); every asset comes from this app.
+    """
     plots = "".join(
         f'<figure><img src="dashboard/{name}.png" alt="{escape(name)}"></figure>' for name in PLOTS
     )
+    sections = page_sections(data)
     return _PAGE.format(
         project=escape(data.project),
-        lines="".join(f"<li>{escape(line)}</li>" for line in status_lines(data)),
-        rounds=_rounds_table(data.rounds),
+        refresh=REFRESH_SECONDS,
         plots=plots,
+        legend=_legend(),
+        **sections,
+    )
+
+
+def page_sections(data: Dashboard) -> dict[str, str]:
+    """The page's parts that change, as HTML: what ``data.json`` carries for the page to swap in."""
+    return {
+        "status": "".join(f"<li>{escape(line)}</li>" for line in status_lines(data)),
+        "rasters": _rasters_table(data),
+        "rounds": _rounds_table(data.rounds),
+    }
+
+
+def map_json(data: Dashboard) -> dict[str, Any]:
+    """What the page refreshes from: the changing sections (HTML) and the map's rasters and tiles."""
+    counts: dict[int, int] = {}
+    for tile in data.tiles:
+        counts[tile.raster_id] = counts.get(tile.raster_id, 0) + 1
+    links = TileLinks(data.label_studio_url, data.project_id)
+    return {
+        "project": data.project,
+        "generated": now(),
+        "sections": page_sections(data),
+        "rasters": [raster_json(r, counts.get(r.id, 0)) for r in data.rasters],
+        "tiles": tiles_json(data.tiles, links),
+    }
+
+
+def _rasters_table(data: Dashboard) -> str:
+    if not data.rasters:
+        return "<p>No raster imported yet: run geolabel import.</p>"
+    counts: dict[int, int] = {}
+    for tile in data.tiles:
+        counts[tile.raster_id] = counts.get(tile.raster_id, 0) + 1
+    rows = []
+    for raster in data.rasters:
+        entry = raster_json(raster, counts.get(raster.id, 0))
+        note = entry["problem"] or "on the map"
+        cells = (raster.name, entry["crs"], entry["tiles"], raster.path, note)
+        row = "".join(f"<td>{escape(str(c))}</td>" for c in cells)
+        shown = "problem" if entry["problem"] else "shown"
+        rows.append(f'<tr class="{shown}" data-raster="{raster.id}" title="click: zoom to it">{row}</tr>')
+    head = "".join(f"<th>{h}</th>" for h in ("raster", "CRS", "tiles", "file", "map"))
+    return f'<table id="raster-list"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _legend() -> str:
+    states = "".join(
+        f'<span class="swatch" style="border-color:{c};background:{c}66"></span>{escape(s)} '
+        for s, c in STATE_COLOURS.items()
+        if s != "unlabelled"
+    )
+    ramp = ", ".join(UNCERTAINTY_STOPS)
+    return (
+        f"{states}<span>unlabelled, by uncertainty: low</span>"
+        f'<span class="ramp" style="background:linear-gradient(to right, {ramp})"></span><span>high</span>'
+        '<span class="swatch next"></span>next batch (dashed); click a tile to open its task'
     )
 
 
@@ -282,9 +324,9 @@ def _rounds_table(rounds: list[RoundRecord]) -> str:
             "mIoU", "previous mIoU", "problems", "error")  # fmt: skip
     rows = []
     for r in reversed(rounds):
-        cells = (r.id, r.trigger, r.status, r.started, r.ended or "", r.labelled_tiles, r.model_version or "",
-                 r.validation_tiles, _score(r.metrics.get("miou")), _score(r.previous_metrics.get("miou")),
-                 len(r.problems), r.error or "")  # fmt: skip
+        cells = (r.number or r.id, r.trigger, r.status, r.started, r.ended or "", r.labelled_tiles,
+                 r.model_version or "", r.validation_tiles, _score(r.metrics.get("miou")),
+                 _score(r.previous_metrics.get("miou")), len(r.problems), r.error or "")  # fmt: skip
         row = "".join(f"<td>{escape(str(c))}</td>" for c in cells)
         rows.append(f'<tr class="{escape(str(r.status))}">{row}</tr>')
     header = "".join(f"<th>{h}</th>" for h in head)
@@ -298,18 +340,21 @@ def _score(value: float | None) -> str:
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>geolabel: {project}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; text-align: left; }}
-tr.promoted td:nth-child(3) {{ color: #1b9e77; }} tr.kept td:nth-child(3) {{ color: #d95f02; }}
-tr.failed td:nth-child(3), tr.failed td:last-child {{ color: #c62828; }}
-.plots {{ display: flex; flex-wrap: wrap; gap: 1em; }} figure {{ margin: 0; }}
-</style></head>
-<body><h1>Active learning: {project}</h1>
-<ul id="status">{lines}</ul>
-<h2>Rounds</h2>{rounds}
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="dashboard/static/leaflet/leaflet.css">
+<link rel="stylesheet" href="dashboard/static/dashboard.css">
+</head>
+<body data-refresh="{refresh}">
+<header><h1>Active learning: {project}</h1><p id="updated" role="status"></p></header>
+<ul id="status">{status}</ul>
+<h2>Map</h2>
+<div id="map" aria-label="map of the project's tiles over their imagery"></div>
+<p id="legend">{legend}</p>
+<div id="rasters">{rasters}</div>
+<h2>Rounds</h2><div id="rounds-section">{rounds}</div>
 <h2>Plots</h2><div class="plots">{plots}</div>
+<script src="dashboard/static/leaflet/leaflet.js"></script>
+<script src="dashboard/static/dashboard.js"></script>
 </body></html>"""
 
 
@@ -317,20 +362,87 @@ tr.failed td:nth-child(3), tr.failed td:last-child {{ color: #c62828; }}
 
 
 def dashboard_blueprint(config: Config) -> Blueprint:
-    """``GET /dashboard`` (the page) and ``GET /dashboard/<plot>.png``; the app's auth covers both."""
+    """The dashboard's routes; the app's basic auth covers every one of them.
+
+    ``GET /dashboard`` (the page), ``/dashboard/data.json`` (what it refreshes from),
+    ``/dashboard/<plot>.png``, ``/dashboard/tiles/<raster>/<z>/<x>/<y>.png`` (the imagery) and
+    ``/dashboard/static/...`` (the page's script and style, and Leaflet's).
+    """
     blueprint = Blueprint("dashboard", __name__)
 
     @blueprint.get("/dashboard")
     def page() -> Response:
-        return Response(page_html(collect(config)), mimetype="text/html")
+        return _no_store(Response(page_html(collect(config)), mimetype="text/html"))
+
+    @blueprint.get("/dashboard/data.json")
+    def data() -> Response:
+        return _no_store(jsonify(map_json(collect(config))))
 
     @blueprint.get("/dashboard/<name>.png")
     def plot(name: str) -> Response:
         draw = PLOTS.get(name)
         if draw is None:
-            abort(404)
-        response = Response(draw(collect(config)), mimetype="image/png")
-        response.headers["Cache-Control"] = "no-store"
+            abort(404, f"no plot {name!r}; the plots are {', '.join(PLOTS)}")
+        data = collect(config)
+        with _PLOT_LOCK:  # matplotlib's first import is not thread-safe; drawing one plot at a time is
+            png = draw(data)
+        return _no_store(Response(png, mimetype="image/png"))
+
+    @blueprint.get("/dashboard/tiles/<int:raster_id>/<int:z>/<int:x>/<int:y>.png")
+    def map_tile(raster_id: int, z: int, x: int, y: int) -> Response:
+        response = Response(map_tile_png(config, raster_id, z, x, y), mimetype="image/png")
+        response.headers["Cache-Control"] = "private, max-age=300"
         return response
 
+    @blueprint.get("/dashboard/static/leaflet/<path:filename>")
+    def leaflet(filename: str) -> Response:
+        return send_from_directory(leaflet_dir(), filename, max_age=3600)
+
+    @blueprint.get("/dashboard/static/<path:filename>")
+    def static(filename: str) -> Response:
+        return send_from_directory(STATIC_DIR, filename, max_age=60)
+
     return blueprint
+
+
+def map_tile_png(config: Config, raster_id: int, z: int, x: int, y: int) -> bytes:
+    """Web-mercator tile ``z/x/y`` of raster ``raster_id`` of the configured project (transparent outside it).
+
+    Raises:
+        NotFound: (HTTP 404) for a raster of another project, an unknown one, a file that is gone
+            or a tile that does not exist at that zoom.
+        InternalServerError: (HTTP 500) when GDAL cannot read the file, with the reason.
+    """
+    if not config.registry_path.is_file():
+        abort(404, "no raster imported yet")
+    with TileRegistry(config.registry_path) as registry:
+        project_id = registry.project_id(config.project.name)
+        raster = next((r for r in registry.rasters() if r.id == raster_id), None)
+    if raster is None or project_id is None or raster.project_id != project_id:
+        abort(404, f"no raster {raster_id} in project {config.project.name!r}")
+    try:
+        png = render_map_tile(map_source(raster), x, y, z)
+    except ValueError as exc:
+        abort(404, str(exc))
+    except RasterNotFoundError as exc:
+        abort(404, str(exc))
+    except RasterReadError as exc:
+        abort(500, str(exc))
+    return png if png is not None else empty_tile_png()
+
+
+def leaflet_dir() -> Path:
+    """The folder of Leaflet's script, style and images, from the ``django-js-lib-leaflet`` package.
+
+    Raises:
+        InternalServerError: (HTTP 500) when the package is not installed, saying how to install it.
+    """
+    spec = importlib.util.find_spec("js_lib_leaflet")
+    if spec is None or not spec.submodule_search_locations:
+        abort(500, "the map library is missing: pip install django-js-lib-leaflet (a geolabel dependency)")
+    return Path(next(iter(spec.submodule_search_locations))) / "static" / "js_lib_leaflet"
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
