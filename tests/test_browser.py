@@ -42,6 +42,7 @@ CHROMIUM_ARGS = [
 ]
 LAPTOP = {"width": 1366, "height": 768}
 UI_TIMEOUT_MS = 120_000  # generous: a wait for the page to be ready, never a timed assert
+SETTLE_MS = 500  # the layout has settled when nothing moved for this long
 CLICK_GAP_MS = 600  # separate clicks, not a double click (Konva's double-click window is 400 ms)
 
 
@@ -157,7 +158,7 @@ def test_at_1366x768_every_class_is_beside_the_image_without_scrolling(
         _log_in(page, label_studio.url, *_credentials(label_studio))
         page.goto(f"{label_studio.url}/projects/{report.project_id}/data?task={tile.task_id}")
         page.get_by_text("Outline (polygon)").wait_for()
-        image = _labelling_image_box(page)
+        image = _settled_image_box(page)
         rows = 4 if sam else 2  # brush, polygon (+ SAM points, SAM boxes): unsure only in the first two
         for name in [c.name for c in classes]:
             _assert_beside_and_in_view(page, name, rows, image)
@@ -173,6 +174,18 @@ def test_at_1366x768_every_class_is_beside_the_image_without_scrolling(
         for label in classes:
             page.get_by_text(label.description).wait_for()
         browser.close()
+
+
+def _settled_image_box(page: Page) -> dict[str, float]:
+    """The labelling image's screen box once the layout has settled (the same twice, half a second apart)."""
+    box = _labelling_image_box(page)
+    for _ in range(UI_TIMEOUT_MS // SETTLE_MS):
+        page.wait_for_timeout(SETTLE_MS)
+        again = _labelling_image_box(page)
+        if again == box:
+            return box
+        box = again
+    raise AssertionError(f"the labelling image kept moving: last at {box}")
 
 
 def _assert_beside_and_in_view(page: Page, text: str, count: int, image: dict[str, float]) -> None:
