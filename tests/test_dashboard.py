@@ -25,11 +25,13 @@ from werkzeug.serving import make_server
 
 from geolabel.cli import cli
 from geolabel.config import Config
+from geolabel.lsmodels import LabelledTask
 from georef.registry import RasterRecord, TileRecord, TileRegistry
 from importers.pipeline import ImportOptions, import_raster
 from ml_backend.app import create_app
 from tests.conftest import CLASSES, LabelStudioServer, chromium_path, config_toml, free_port, import_scene
-from trainer.dashboard import collect, map_json
+from trainer.dashboard import collect, map_json, throughput_table
+from trainer.dashboard_throughput import AnnotatorDay, ThroughputTally, load_throughput, save_throughput
 from trainer.rounds import RoundStatus, RoundStore
 
 PASSWORD = "map-test-password"
@@ -349,3 +351,53 @@ def test_errors_and_times_are_never_cut_in_the_page_nor_in_geolabel_status(
     assert " ".join(LONG_ERROR.split()) in " ".join(result.output.split())  # in full, words intact
     assert record.started in result.output
     assert record.ended in result.output
+
+
+def annotated_task(task_id: int, *annotations: tuple[str, str, bool]) -> LabelledTask:
+    """A labelled task whose annotations are ``(annotator e-mail, created_at, was_cancelled)``."""
+    return LabelledTask.model_validate(
+        {
+            "id": task_id,
+            "annotations": [
+                {
+                    "id": task_id * 10 + i,
+                    "completed_by": {"id": i, "email": who},
+                    "created_at": when,
+                    "was_cancelled": cancelled,
+                    "result": [],
+                }
+                for i, (who, when, cancelled) in enumerate(annotations)
+            ],
+        }
+    )
+
+
+def test_throughput_counts_distinct_tiles_per_annotator_and_utc_day(tmp_path: Path) -> None:
+    tasks = [
+        annotated_task(
+            1, ("ann@x.org", "2026-11-29T10:00:00.5Z", False), ("bob@x.org", "2026-11-29T11:00:00Z", False)
+        ),
+        annotated_task(
+            2, ("ann@x.org", "2026-11-29T12:00:00Z", False), ("ann@x.org", "2026-11-29T13:00:00Z", False)
+        ),
+        annotated_task(3, ("ann@x.org", "2026-11-29T23:30:00-02:00", False)),  # 2026-11-30 in UTC
+        annotated_task(4, ("bob@x.org", "2026-11-30T09:00:00Z", True)),  # a skip labels nothing
+        annotated_task(99, ("bob@x.org", "2026-11-30T09:00:00Z", False)),  # not a tile of this project
+    ]
+    tally = ThroughputTally({1, 2, 3, 4})
+    assert [t.id for t in tally.watch(tasks)] == [1, 2, 3, 4, 99]  # the harvest sees every task
+    expected = [
+        AnnotatorDay("ann@x.org", "2026-11-29", 2),  # task 2 annotated twice that day: one tile
+        AnnotatorDay("ann@x.org", "2026-11-30", 1),
+        AnnotatorDay("bob@x.org", "2026-11-29", 1),
+    ]
+    assert tally.counts() == expected
+    registry = tmp_path / "registry.sqlite"
+    save_throughput(registry, 7, expected)
+    save_throughput(registry, 8, [AnnotatorDay("eve@x.org", "2026-11-30", 5)])
+    assert load_throughput(registry, 7) == expected  # each project sees its own counts only
+    save_throughput(registry, 7, expected[:1])  # the next harvest replaces them
+    assert load_throughput(registry, 7) == expected[:1]
+    table = throughput_table(expected)
+    assert table.count("<tr>") == 3  # header + two annotators
+    assert "<td>ann@x.org</td><td>1</td><td>2</td><td>3</td>" in table  # newest day first, then all days

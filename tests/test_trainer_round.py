@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import errno
 import itertools
 import os
@@ -366,6 +367,9 @@ def test_the_dashboard_data_shows_every_tile_state_and_the_next_batch(project: P
     assert {t.tile_id for t in data.tiles if t.next_batch} == {t.id for t in project.tiles[4:]}
     first = next(t for t in data.tiles if t.tile_id == project.tiles[0].id)
     assert np.allclose(first.corners[0], project.tiles[0].grid.transform @ (0, 0))  # top-left corner
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    throughput = [(d.annotator, d.day, d.tiles) for d in data.throughput]
+    assert throughput == [("admin@geolabel.test", today, 4)]  # the fixture labelled 4 tiles today
 
 
 @pytest.fixture
@@ -424,6 +428,7 @@ def test_the_dashboard_renders_in_headless_chromium(
             )
             page.wait_for_function("window.geolabelDashboard && window.geolabelDashboard.refreshes >= 1")
             assert page.locator("path.leaflet-interactive").count() == len(project.tiles)  # every tile mapped
+            assert "admin@geolabel.test" in page.locator("#throughput").inner_text()
             assert sorted(s[0] for s in sizes) == sorted(PLOTS)
             assert all(complete and width > 300 and height > 200 for _, complete, width, height in sizes), (
                 sizes

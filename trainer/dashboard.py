@@ -38,6 +38,7 @@ from trainer.dashboard_map import (
     raster_json,
     tiles_json,
 )
+from trainer.dashboard_throughput import AnnotatorDay, load_throughput
 from trainer.rounds import RoundRecord, RoundStatus, RoundStore, now
 from trainer.versions import ModelManifest, ModelStore
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 METRICS = ("iou", "f1", "precision", "recall")
 REFRESH_SECONDS = 30
+THROUGHPUT_DAYS = 14
 STATIC_DIR = Path(__file__).with_name("dashboard_static")
 _PLOT_LOCK = threading.Lock()
 __all__ = ["STATE_COLOURS", "Dashboard", "MapTile", "collect", "dashboard_blueprint"]
@@ -64,6 +66,7 @@ class Dashboard:
     project_id: int | None = None  # Label Studio's id of the project (None before the first import)
     rasters: list[RasterRecord] = field(default_factory=list)
     label_studio_url: str = ""
+    throughput: list[AnnotatorDay] = field(default_factory=list)  # as of the newest harvest
 
     @property
     def last_scored(self) -> RoundRecord | None:
@@ -88,8 +91,9 @@ def collect(config: Config) -> Dashboard:
         rasters = [r for r in registry.rasters() if r.project_id == project_id]
         tiles = _map_tiles(registry, store, project_id, rounds, rasters)
         pending = registry.count_changed_annotations(project_id, store.harvested_upto(project_id))
+    throughput = load_throughput(config.registry_path, project_id)
     return Dashboard(config.project.name, rounds, active, tiles, pending, config.trainer.threshold,
-                     project_id, rasters, config.label_studio.url)  # fmt: skip
+                     project_id, rasters, config.label_studio.url, throughput)  # fmt: skip
 
 
 def _map_tiles(
@@ -267,6 +271,7 @@ def page_sections(data: Dashboard) -> dict[str, str]:
         "status": "".join(f"<li>{escape(line)}</li>" for line in status_lines(data)),
         "rasters": _rasters_table(data),
         "rounds": _rounds_table(data.rounds),
+        "throughput": throughput_table(data.throughput),
     }
 
 
@@ -301,6 +306,23 @@ def _rasters_table(data: Dashboard) -> str:
         rows.append(f'<tr class="{shown}" data-raster="{raster.id}" title="click: zoom to it">{row}</tr>')
     head = "".join(f"<th>{h}</th>" for h in ("raster", "CRS", "tiles", "file", "map"))
     return f'<table id="raster-list"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def throughput_table(days: list[AnnotatorDay], columns: int = THROUGHPUT_DAYS) -> str:
+    """Tiles per annotator per day (UTC), the newest ``columns`` days with annotations, and totals."""
+    if not days:
+        return "<p>No annotation harvested yet: the counts come with each round's harvest.</p>"
+    shown = sorted({d.day for d in days}, reverse=True)[:columns]
+    counts = {(d.annotator, d.day): d.tiles for d in days}
+    totals: dict[str, int] = {}
+    for entry in days:
+        totals[entry.annotator] = totals.get(entry.annotator, 0) + entry.tiles
+    head = "".join(f"<th>{escape(h)}</th>" for h in ("annotator", *shown, "all days"))
+    rows = []
+    for who in sorted(totals, key=lambda name: (-totals[name], name)):
+        cells = (who, *(counts.get((who, day), "") for day in shown), totals[who])
+        rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
+    return f'<table id="throughput"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _legend() -> str:
@@ -352,6 +374,8 @@ _PAGE = """<!doctype html>
 <p id="legend">{legend}</p>
 <div id="rasters">{rasters}</div>
 <h2>Rounds</h2><div id="rounds-section">{rounds}</div>
+<h2>Annotator throughput (tiles per annotator per day, UTC; as of the newest round's harvest)</h2>
+<div id="throughput-section">{throughput}</div>
 <h2>Plots</h2><div class="plots">{plots}</div>
 <script src="dashboard/static/leaflet/leaflet.js"></script>
 <script src="dashboard/static/dashboard.js"></script>

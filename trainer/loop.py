@@ -26,6 +26,7 @@ from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from importers.inputs import project_input
+from trainer.dashboard_throughput import ThroughputTally, save_throughput
 from trainer.errors import HarvestError, RoundBusyError, TrainerError
 from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
 from trainer.harvest import Harvest, LabelledTile, Labelling, harvest
@@ -97,7 +98,8 @@ def _round(
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
     classes = list(config.classes)
     tiles = {t.task_id: t for t in _project_tiles(registry, project_id) if t.task_id is not None}
-    found = _harvest(client, project_id, tiles, classes, retry, config.trainer.labelling)
+    found, tally = _harvest(client, project_id, tiles, classes, retry, config.trainer.labelling)
+    save_throughput(config.registry_path, project_id, tally.counts())  # the dashboard's tiles per day
     names = ["background", *(c.name for c in classes)]
     store.update(
         round_id,
@@ -221,12 +223,16 @@ def _harvest(
     classes: list[LabelClass],
     retry: Retry,
     labelling: Labelling = "exhaustive",
-) -> Harvest:
-    """Annotations from Label Studio, retried with exponential backoff while it is unreachable."""
+) -> tuple[Harvest, ThroughputTally]:
+    """Annotations from Label Studio, retried with exponential backoff while it is unreachable.
+
+    Also counts each annotator's tiles per day on the way (:mod:`trainer.dashboard_throughput`).
+    """
     wait = retry.wait
     for attempt in range(1, retry.attempts + 1):
         try:
-            return harvest(client.labelled_tasks(project_id), tiles, classes, labelling)
+            tally = ThroughputTally(tiles)
+            return harvest(tally.watch(client.labelled_tasks(project_id)), tiles, classes, labelling), tally
         except LabelStudioUnreachableError as exc:
             if attempt == retry.attempts:
                 raise HarvestError(f"Label Studio unreachable after {attempt} attempts: {exc}") from None

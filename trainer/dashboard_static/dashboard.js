@@ -10,6 +10,7 @@
   "use strict";
 
   const REFRESH = Number(document.body.dataset.refresh || "30") * 1000;
+  const SECTIONS = { rounds: "rounds-section", throughput: "throughput-section" }; // element ids
   const ZOOM_OUT = 3; // imagery shown from 3 zoom levels above the raster's coarsest own level
   // minZoom 0: the imagery layers' own minimum must not stop the map from zooming out to every raster.
   const map = L.map("map", { attributionControl: false, minZoom: 0, maxZoom: 24, zoomSnap: 0.5 });
@@ -138,7 +139,7 @@
 
   function update(data) {
     Object.keys(data.sections).forEach(function (name) {
-      const target = document.getElementById(name === "rounds" ? "rounds-section" : name);
+      const target = document.getElementById(SECTIONS[name] || name);
       if (target) target.innerHTML = data.sections[name];
     });
     fitOnce(data.rasters);
