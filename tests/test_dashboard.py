@@ -27,6 +27,7 @@ from geolabel.cli import cli
 from geolabel.config import Config
 from geolabel.lsmodels import LabelledTask
 from georef.registry import RasterRecord, TileRecord, TileRegistry
+from importers.maptiles import MapSource, render_map_tile
 from importers.pipeline import ImportOptions, import_raster
 from ml_backend.app import create_app
 from tests.conftest import CLASSES, LabelStudioServer, chromium_path, config_toml, free_port, import_scene
@@ -401,3 +402,37 @@ def test_throughput_counts_distinct_tiles_per_annotator_and_utc_day(tmp_path: Pa
     table = throughput_table(expected)
     assert table.count("<tr>") == 3  # header + two annotators
     assert "<td>ann@x.org</td><td>1</td><td>2</td><td>3</td>" in table  # newest day first, then all days
+
+
+@pytest.mark.parametrize("degrees", [30, 90])
+def test_map_tiles_of_rotated_rasters_put_each_pixel_in_its_place(degrees: float, tmp_path: Path) -> None:
+    transform = Affine(0.2, 0.0, 650000.0, 0.0, -0.2, 6860000.0) @ Affine.rotation(degrees)
+    image = blocks(3, 200, 296)
+    path = tmp_path / f"rotated{degrees}.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=296, height=200, count=3, dtype="uint8",
+                       crs="EPSG:2154", transform=transform) as dst:  # fmt: skip
+        dst.write(image)
+    to_lonlat = Transformer.from_crs("EPSG:2154", "EPSG:4326", always_xy=True)
+    to_source = Transformer.from_crs("EPSG:4326", "EPSG:2154", always_xy=True)
+    source = MapSource(str(path), (1, 2, 3), ((0.0, 255.0),) * 3)
+    compared = 0
+    for corner in [(4.5, 4.5), (291.5, 4.5), (291.5, 195.5), (4.5, 195.5)]:  # tiles at all four corners
+        tile = WEB_MERCATOR.tile(*to_lonlat.transform(*(transform @ corner)), 20)
+        png = render_map_tile(source, tile.x, tile.y, 20)
+        assert png is not None
+        shown = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+        bounds = WEB_MERCATOR.bounds(tile)
+        for row in range(2, 256, 9):
+            for col in range(2, 256, 9):
+                lon = bounds.left + (col + 0.5) / 256 * (bounds.right - bounds.left)
+                x, y = to_source.transform(lon, _lat(bounds, row))
+                pixel_col, pixel_row = ~transform @ (x, y)
+                inside = 0 <= pixel_col < 296 and 0 <= pixel_row < 200
+                if not inside:
+                    continue
+                if min(pixel_col % 8, 8 - pixel_col % 8, pixel_row % 8, 8 - pixel_row % 8) < 0.5:
+                    continue  # a block edge: GDAL's approximate transformer may land on either side
+                assert shown[row, col, 3] == 255
+                assert tuple(shown[row, col, :3]) == tuple(image[:, int(pixel_row), int(pixel_col)])
+                compared += 1
+    assert compared > 200
