@@ -207,7 +207,7 @@ def annotators_png(data: Dashboard) -> bytes:
     axes.barh([f"user {who}" for who, _ in counts][::-1], [n for _, n in counts][::-1], color="#7570b3")
     axes.set_xlabel("labelled tiles")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_title(f"Annotations per annotator (round {harvested[-1].id})")
+    axes.set_title(f"Annotations per annotator (round {harvested[-1].number or harvested[-1].id})")
     axes.grid(axis="x", alpha=0.3)
     return _png(figure)
 
@@ -242,7 +242,7 @@ def status_lines(data: Dashboard) -> list[str]:
         f"Annotation changes since the last round: {data.pending_changes} "
         f"(a round starts at {data.threshold})",
         f"Next batch: {sum(t.next_batch for t in data.tiles)} tiles"
-        + (f" (round {last.id})" if last else ""),
+        + (f" (round {last.number or last.id})" if last else ""),
     ]
 
 
