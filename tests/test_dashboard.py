@@ -436,3 +436,31 @@ def test_map_tiles_of_rotated_rasters_put_each_pixel_in_its_place(degrees: float
                 assert tuple(shown[row, col, :3]) == tuple(image[:, int(pixel_row), int(pixel_col)])
                 compared += 1
     assert compared > 200
+
+
+def test_the_dashboard_shows_only_the_backends_project(
+    two_crs: TwoCrsProject,
+    app_client: tuple[FlaskClient, str],
+    label_studio: LabelStudioServer,
+    tmp_path: Path,
+) -> None:
+    other_path = tmp_path / "other.tif"
+    with rasterio.open(other_path, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8",
+                       crs="EPSG:32631", transform=UTM31_20CM) as dst:  # fmt: skip
+        dst.write(blocks(4, 256, 256))
+    config = two_crs.config
+    options = ImportOptions("dashboard another project", CLASSES, config.data_dir, label_studio.document_root,
+                            tile_size=256, overlap=0, workers=1)  # fmt: skip
+    with TileRegistry(config.registry_path) as registry:
+        import_raster(other_path, options, registry, label_studio.client())
+        other = next(r for r in registry.rasters() if r.path == str(other_path.resolve()))
+    assert other.project_id != two_crs.project_id  # same data folder, another project
+    data = map_json(collect(config))
+    assert {r["id"] for r in data["rasters"]} == {r.id for r in two_crs.rasters}
+    assert {t["raster"] for t in data["tiles"]} == {r.id for r in two_crs.rasters}
+    client, user = app_client
+    tile = WEB_MERCATOR.tile(*Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True).transform(
+        *(UTM31_20CM @ (128, 128))), 19)  # fmt: skip
+    refused = client.get(f"/dashboard/tiles/{other.id}/19/{tile.x}/{tile.y}.png", auth=(user, PASSWORD))
+    assert refused.status_code == 404
+    assert "no raster" in refused.get_json()["error"]
