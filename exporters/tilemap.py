@@ -66,12 +66,11 @@ def summarise(tasks: Sequence[LabelledTask]) -> dict[int, TaskSummary]:
 
 def round_view(store: RoundStore, project_id: int) -> RoundView:
     """Scores and selections recorded by the project's rounds (empty before the first round)."""
-    rounds = store.rounds(project_id)
+    promoted = [r for r in store.rounds(project_id) if r.status == RoundStatus.PROMOTED]  # failed: nothing
     selection: dict[str, tuple[int, int]] = {}
-    for record in rounds:  # oldest first: later rounds overwrite
+    for record in promoted:  # oldest first: later rounds overwrite
         for entry in store.queue(record.id):
-            selection[entry.tile_id] = (record.id, entry.rank)
-    promoted = [r for r in rounds if r.status == RoundStatus.PROMOTED]
+            selection[entry.tile_id] = (record.number, entry.rank)  # the project's round number
     if not promoted:
         return RoundView({}, "", selection)
     latest = promoted[-1]

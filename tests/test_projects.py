@@ -15,6 +15,7 @@ from affine import Affine
 from click.testing import CliRunner
 from pydantic import SecretStr
 
+from exporters.tilemap import round_view
 from geolabel.cli import cli
 from geolabel.config import TOKEN_ENV, Config, parse_config, project_slug
 from geolabel.errors import ConfigError, LabelStudioUnreachableError
@@ -313,6 +314,8 @@ def test_a_round_failing_after_training_changes_nothing_anywhere(
     assert collect(trained).active is not None
     assert collect(trained).active.version == before
     assert client.project(project_id)["model_version"] == before
+    with RoundStore(trained.registry_path) as rounds:
+        tile_map = round_view(rounds, project_id)  # what tiles.gpkg says of scores and selections
     monkeypatch.setattr("trainer.loop._not_worse", lambda new, old: True)  # promote: reach every step
     failure(monkeypatch)  # type: ignore[operator]
     with pytest.raises(TrainerError):
@@ -326,6 +329,8 @@ def test_a_round_failing_after_training_changes_nothing_anywhere(
     with RoundStore(trained.registry_path) as rounds:
         last = rounds.rounds(project_id)[-1]
     assert last.status == RoundStatus.FAILED
+    with RoundStore(trained.registry_path) as rounds:
+        assert round_view(rounds, project_id) == tile_map
     assert collect(trained).last_scored is not None
     assert collect(trained).last_scored.id != last.id
 
