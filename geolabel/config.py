@@ -411,8 +411,13 @@ uncertainty = "entropy"
 diversity = 1.0
 # Tiles in the next batch frozen in the round's record and served first by Label Studio.
 batch = 16
-# Seed of the split, batch order and augmentation.
+# Seed of everything random in a round: initial weights, split, batch order, augmentation.
 seed = 0
+# What a submitted annotation says about the pixels nobody drew. "exhaustive": every class
+# present was drawn, so undrawn pixels are background (train the model where there is nothing);
+# "sparse": scribble-style labelling, undrawn pixels are unknown and left out of training.
+# In both, pixels drawn with the "unsure" label and nodata pixels are never trained on.
+labelling = "exhaustive"
 
 [paths]
 # Registry, display tiles and the local Label Studio's data live here.
@@ -420,10 +425,5 @@ data_dir = "geolabel-data"
 
 [import]
 # Threads reading and encoding display tiles.
-# What a submitted annotation says about the pixels nobody drew. "exhaustive": every class
-# present was drawn, so undrawn pixels are background (train the model where there is nothing);
-# "sparse": scribble-style labelling, undrawn pixels are unknown and left out of training.
-# In both, pixels drawn with the "unsure" label and nodata pixels are never trained on.
-labelling = "exhaustive"
 workers = 2
 """
