@@ -80,13 +80,17 @@ class Harvest:
         """Labelled pixels per class name (``names`` per class index, background first).
 
         In exhaustive labelling background counts every undrawn pixel, nodata included: harvest
-        reads no raster (nodata becomes IGNORE in the training samples).
+        reads no raster. A round records :func:`class_pixels` of its training samples instead.
         """
-        counts = np.zeros(len(names), dtype=np.int64)
-        for tile in self.tiles:
-            labelled = tile.target[tile.target != IGNORE]
-            counts += np.bincount(labelled, minlength=len(names))[: len(names)]
-        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+        return class_pixels([tile.target for tile in self.tiles], names)
+
+
+def class_pixels(targets: Iterable[npt.NDArray[np.uint8]], names: Sequence[str]) -> dict[str, int]:
+    """Pixels per class name in class-index ``targets`` (IGNORE left out; ``names`` background first)."""
+    counts = np.zeros(len(names), dtype=np.int64)
+    for target in targets:
+        counts += np.bincount(target[target != IGNORE], minlength=len(names))[: len(names)]
+    return {name: int(count) for name, count in zip(names, counts, strict=True)}
 
 
 def harvest(

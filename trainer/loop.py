@@ -29,7 +29,7 @@ from importers.inputs import project_input
 from trainer.dashboard_throughput import ThroughputTally, save_throughput
 from trainer.errors import HarvestError, RoundBusyError, TrainerError
 from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
-from trainer.harvest import Harvest, LabelledTile, Labelling, harvest
+from trainer.harvest import Harvest, LabelledTile, Labelling, class_pixels, harvest
 from trainer.inference import LoadedModel, feeding_tiles, load_version, read_input
 from trainer.legacy import adopt_legacy_stores
 from trainer.metrics import IGNORE, Metrics
@@ -42,8 +42,6 @@ from trainer.splits import Footprint, spatial_split
 from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_name
 
 logger = logging.getLogger(__name__)
-#: Bands a new model reads when a raster has more than this: its display bands.
-MAX_BANDS = 5
 
 
 @dataclass(frozen=True)
@@ -122,6 +120,7 @@ def _round(
             round_id, labelled_tiles=len(found.tiles), problems=[str(p) for p in found.problems] + left_out
         )
     samples = [_sample(registry, labelled, manifest) for labelled in found.tiles]
+    store.update(round_id, class_pixels=class_pixels([s.target for s in samples], names))  # nodata out
     split = spatial_split(
         [_footprint(t.tile) for t in found.tiles],
         config.trainer.validation_share,
