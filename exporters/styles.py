@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from trainer.rounds import LabelState
+
 
 @dataclass(frozen=True)
 class Category:
@@ -24,10 +26,10 @@ class Category:
 
 #: Tile states in ``tiles.gpkg`` and their colours.
 TILE_STATES = (
-    Category("labelled", "labelled", "#33a02c"),
-    Category("skipped", "skipped in Label Studio", "#ff7f00"),
-    Category("unlabelled", "unlabelled", "#a6cee3"),
-    Category("no data", "no image (all nodata)", "#bdbdbd"),
+    Category(LabelState.LABELLED, "labelled", "#33a02c"),
+    Category(LabelState.SKIPPED, "skipped in Label Studio", "#ff7f00"),
+    Category(LabelState.UNLABELLED, "unlabelled", "#a6cee3"),
+    Category(LabelState.NO_DATA, "no image (all nodata)", "#bdbdbd"),
 )
 
 

@@ -16,7 +16,7 @@ from shapely.geometry import Polygon
 
 from geolabel.lsmodels import LabelledTask
 from georef.registry import TileRecord, TileStatus
-from trainer.rounds import RoundStatus, RoundStore
+from trainer.rounds import LabelState, RoundStatus, RoundStore
 
 TILES_SCHEMA = {
     "tile_id": "str",
@@ -106,11 +106,11 @@ def footprint(tile: TileRecord) -> Polygon:
     return Polygon(tile.grid.corners_world())
 
 
-def _state(tile: TileRecord, summary: TaskSummary | None) -> str:
+def _state(tile: TileRecord, summary: TaskSummary | None) -> LabelState:
     if tile.status == TileStatus.SKIPPED:
-        return "no data"
+        return LabelState.NO_DATA
     if summary is None:
-        return "unlabelled"
+        return LabelState.UNLABELLED
     if summary.annotations:
-        return "labelled"
-    return "skipped" if summary.cancelled else "unlabelled"
+        return LabelState.LABELLED
+    return LabelState.SKIPPED if summary.cancelled else LabelState.UNLABELLED

@@ -39,7 +39,7 @@ from trainer.dashboard_map import (
     tiles_json,
 )
 from trainer.dashboard_throughput import AnnotatorDay, load_throughput
-from trainer.rounds import RoundRecord, RoundStatus, RoundStore, now
+from trainer.rounds import LabelState, RoundRecord, RoundStatus, RoundStore, now
 from trainer.versions import ModelManifest, ModelStore
 
 if TYPE_CHECKING:
@@ -113,12 +113,12 @@ def _map_tiles(
     tiles = []
     for tile in (t for t in registry.tiles() if t.raster_id in raster_ids):
         known = states.get(tile.id)
-        state = known.state if known else "unlabelled"
+        state = known.state if known else LabelState.UNLABELLED
         if tile.status == TileStatus.SKIPPED:
-            state = "nodata"
-        elif tile.task_id in annotated and state != "labelled":
-            state = "annotated"
-        uncertainty = known.uncertainty if known and state == "unlabelled" else None
+            state = LabelState.NO_DATA
+        elif tile.task_id in annotated and state != LabelState.LABELLED:
+            state = LabelState.ANNOTATED
+        uncertainty = known.uncertainty if known and state == LabelState.UNLABELLED else None
         corners = tile.grid.corners_world().astype(np.float64)
         tiles.append(MapTile(tile.id, tile.raster_id, tile.task_id, tile.crs_text, corners, state,
                              uncertainty, tile.id in batch))  # fmt: skip
@@ -329,7 +329,7 @@ def _legend() -> str:
     states = "".join(
         f'<span class="swatch" style="border-color:{c};background:{c}66"></span>{escape(s)} '
         for s, c in STATE_COLOURS.items()
-        if s != "unlabelled"
+        if s != LabelState.UNLABELLED
     )
     ramp = ", ".join(UNCERTAINTY_STOPS)
     return (

@@ -23,14 +23,15 @@ from georef.grid import crs_to_text
 from georef.registry import RasterRecord
 from importers.errors import ImportFailedError
 from importers.maptiles import MapSource, zoom_range
+from trainer.rounds import LabelState
 
 #: Fill and outline colours of the tile states; unlabelled tiles are coloured by uncertainty instead.
 STATE_COLOURS = {
-    "labelled": "#1b9e77",
-    "annotated": "#66c2a5",
-    "skipped": "#9e9e9e",
-    "nodata": "#bdbdbd",
-    "unlabelled": "#ffffff",
+    LabelState.LABELLED: "#1b9e77",
+    LabelState.ANNOTATED: "#66c2a5",
+    LabelState.SKIPPED: "#9e9e9e",
+    LabelState.NO_DATA: "#bdbdbd",
+    LabelState.UNLABELLED: "#ffffff",
 }
 #: Uncertainty ramp (low to high), the stops of matplotlib's ``magma_r`` used for the legend too.
 UNCERTAINTY_STOPS = ("#fcfdbf", "#fe9f6d", "#de4968", "#8c2981", "#3b0f70", "#000004")
@@ -60,7 +61,7 @@ class MapTile:
     task_id: int | None
     crs: str
     corners: npt.NDArray[np.float64]  # (4, 2) world coordinates, clockwise from top-left
-    state: str  # labelled, annotated (since the last round), skipped, nodata, unlabelled
+    state: LabelState
     uncertainty: float | None
     next_batch: bool
 

@@ -36,7 +36,7 @@ from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
 from trainer.preannotations import prediction
 from trainer.predictions import PredictionStore, StoredPrediction, quantise
-from trainer.rounds import QueueEntry, RoundRecord, RoundStatus, RoundStore, TileState, now
+from trainer.rounds import LabelState, QueueEntry, RoundRecord, RoundStatus, RoundStore, TileState, now
 from trainer.selection import TileScore, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
 from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_name
@@ -152,9 +152,9 @@ def _round(
     queue, uncertainty = _score_and_push(config, client, registry, project_id, loaded, labelled_ids, samples)
     skipped = {tiles[t].id for t in found.skipped_tasks if t in tiles} - labelled_ids
     states = (
-        [TileState(t, "labelled") for t in sorted(labelled_ids)]
-        + [TileState(t, "skipped") for t in sorted(skipped)]
-        + [TileState(t, "unlabelled", u) for t, u in uncertainty.items() if t not in skipped]
+        [TileState(t, LabelState.LABELLED) for t in sorted(labelled_ids)]
+        + [TileState(t, LabelState.SKIPPED) for t in sorted(skipped)]
+        + [TileState(t, LabelState.UNLABELLED, u) for t, u in uncertainty.items() if t not in skipped]
     )
     _promote(client, models, store, project_id, round_id, version.version, queue, states)
 

@@ -39,6 +39,16 @@ class QueueEntry:
     confidence: float
 
 
+class LabelState(StrEnum):
+    """What is known of a tile's labelling: the one set of tile states (rounds, dashboard, exports)."""
+
+    LABELLED = "labelled"  # at least one submitted annotation
+    SKIPPED = "skipped"  # only cancelled annotations (skips in Label Studio)
+    UNLABELLED = "unlabelled"
+    NO_DATA = "no data"  # every pixel is nodata: no image, no task
+    ANNOTATED = "annotated"  # annotated since the last round (the dashboard's live view)
+
+
 @dataclass(frozen=True)
 class TileState:
     """What a round knew of a tile: ``labelled``, ``skipped`` (cancelled in Label Studio) or ``unlabelled``.
@@ -47,7 +57,7 @@ class TileState:
     """
 
     tile_id: str
-    state: str
+    state: LabelState
     uncertainty: float | None = None
 
 
@@ -228,7 +238,7 @@ class RoundStore:
         rows = self.conn.execute(
             "SELECT tile_id, state, uncertainty FROM round_tiles WHERE round_id = ?", (round_id,)
         )
-        return {row[0]: TileState(*row) for row in rows}
+        return {row[0]: TileState(row[0], LabelState(row[1]), row[2]) for row in rows}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
