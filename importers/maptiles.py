@@ -23,10 +23,10 @@ from rio_tiler.io import Reader
 
 from importers.display import Stretch, encode_png, to_uint8
 from importers.errors import RasterNotFoundError, RasterReadError
+from importers.render import GDAL_CACHE_MB
 
 TILE_SIZE = 256
 MAX_ZOOM = 24
-GDAL_CACHE_MB = 64
 
 
 @dataclass(frozen=True)
