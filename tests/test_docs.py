@@ -53,3 +53,14 @@ def test_every_config_key_is_in_the_init_template() -> None:
             assert name in template["classes"][0]
         else:
             assert name in template[section], f"{key} missing from the geolabel init template"
+
+
+def test_every_geolabel_module_sits_in_a_layer_of_the_import_contract() -> None:
+    """import-linter checks only the modules its layers name: every geolabel module must be in one."""
+    root = Path(__file__).resolve().parents[1]
+    contract = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    named = {m.strip() for layer in contract["layers"] for m in layer.replace("|", ":").split(":")}
+    modules = {f"geolabel.{p.stem}" for p in (root / "geolabel").glob("*.py") if p.stem != "__init__"}
+    assert modules - named == set()
+    assert {"georef", "importers", "ml_backend", "trainer", "exporters"} <= named
+    assert "import-linter" in README
