@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -272,6 +275,37 @@ def test_work_folders_of_killed_exports_are_removed_by_the_next_one(
     assert (tmp_path / "out" / "tiles.gpkg").is_file()
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
     assert left == sorted([setting_up.name, running.name])
+
+
+def test_a_real_export_killed_with_sigkill_is_cleaned_up_by_the_next_one(
+    scene: ImportedScene, label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    """The real thing: ``geolabel export`` killed -9 as soon as its work folder exists, then run again."""
+    path = config_toml(scene.config, tmp_path)
+    out = tmp_path / "out"
+    command = [
+        str(Path(sys.executable).with_name("geolabel")),
+        "--config",
+        str(path),
+        "export",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "GEOLABEL_LABEL_STUDIO_TOKEN": label_studio.token}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tmp_path / f".out.partial-{process.pid}"
+    deadline = time.monotonic() + 120
+    while not work.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL, "the export ended before it could be killed"
+    assert work.is_dir()  # what kill -9 leaves behind
+    assert not out.exists()  # never a half export in place
+    code, output = run_cli(scene, label_studio, tmp_path, "--out", str(out))
+    assert code == 0, output
+    assert (out / "labels.gpkg").is_file()
+    assert (out / "predictions_proba.tif").is_file()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
 def test_an_old_export_moved_aside_is_removed_only_once_the_new_one_is_in_place(tmp_path: Path) -> None:
