@@ -7,6 +7,9 @@ checkpoint can be downloaded here): the encoder and decoder do exactly the work 
 weights, but their masks are noise-like, which makes the brush RLE and polygons of every
 answer larger than for a real object (reported separately as "post-processing").
 
+The load test runs twice: with pre-annotations computed by the backend, then with the
+predictions a round stores (``load_stored``), which the backend serves without the network.
+
 Usage: .venv/bin/python bench/bench_ml_backend.py [--clicks 100] [--load 240] [--clients 8]
 Writes bench/out/bench_ml_backend.json.
 """
@@ -39,13 +42,15 @@ from geolabel.credentials import load_or_create_credentials  # noqa: E402
 from geolabel.local import SAMPLE_RASTER, local_backend  # noqa: E402
 from geolabel.lsclient import LabelStudioClient  # noqa: E402
 from geolabel.stack import LocalLabelStudio  # noqa: E402
-from georef.registry import TileRegistry  # noqa: E402
+from georef.registry import TileRegistry, TileStatus  # noqa: E402
 from importers.pipeline import ImportOptions, import_raster  # noqa: E402
 from ml_backend.app import settings_from_config  # noqa: E402
 from ml_backend.precompute import precompute  # noqa: E402
 from ml_backend.sam import Prompt  # noqa: E402
 from ml_backend.service import Backend  # noqa: E402
+from trainer.inference import load_version, predict_tiles  # noqa: E402
 from trainer.model import build_model  # noqa: E402
+from trainer.predictions import PredictionStore  # noqa: E402
 from trainer.versions import InputSpec, ModelManifest, ModelStore  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -149,7 +154,9 @@ class Bench:
                 self.results["worker_rss_mb_after_start"] = round(self.worker.memory_info().rss / 1e6)
                 self.clicks(client, ref.id)
                 self.add_model_version(client)
-                self.load_test()
+                self.load_test("load")  # pre-annotations computed by the backend
+                self.store_predictions()
+                self.load_test("load_stored")  # pre-annotations the round stored, served as stored
         return self.results
 
     def import_sample(self, client: LabelStudioClient) -> None:
@@ -204,6 +211,11 @@ class Bench:
         )
         print(json.dumps({k: self.results[k] for k in ("precompute", "decoder_only")}), flush=True)
 
+    def size(self, tile_index: int) -> tuple[int, int]:
+        """Width and height of a tile's image (edge tiles are smaller than the tile size)."""
+        window = self.tiles[tile_index].window
+        return window.width, window.height
+
     def predict(self, tile_index: int, context: dict[str, Any] | None) -> httpx.Response:
         tile = self.tiles[tile_index]
         body: dict[str, Any] = {
@@ -220,7 +232,7 @@ class Bench:
         rng = random.Random(2)
         cold_index = self.args.precompute  # first tile without an embedding
         started = time.perf_counter()
-        response = self.predict(cold_index, keypoint_context(40, 60, (512, 512)))
+        response = self.predict(cold_index, keypoint_context(40, 60, self.size(cold_index)))
         self.results["cold_click_s"] = round(time.perf_counter() - started, 2)
         response.raise_for_status()
         warm = list(range(self.args.precompute + 1))
@@ -229,16 +241,17 @@ class Bench:
             index = rng.choice(warm)
             started = time.perf_counter()
             self.predict(
-                index, keypoint_context(rng.uniform(1, 99), rng.uniform(1, 99), (512, 512))
+                index, keypoint_context(rng.uniform(1, 99), rng.uniform(1, 99), self.size(index))
             ).raise_for_status()
             times.append(time.perf_counter() - started)
         self.results["warm_click_http_backend"] = percentiles(times)
         times = []
         for _ in range(20):
-            task = self.tiles[rng.choice(warm)].task_id
+            index = rng.choice(warm)
+            task = self.tiles[index].task_id
             started = time.perf_counter()
             client.interactive(
-                ml_id, task, keypoint_context(rng.uniform(1, 99), rng.uniform(1, 99), (512, 512))
+                ml_id, task, keypoint_context(rng.uniform(1, 99), rng.uniform(1, 99), self.size(index))
             )
             times.append(time.perf_counter() - started)
         self.results["warm_click_through_label_studio"] = percentiles(times)
@@ -265,7 +278,14 @@ class Bench:
             store.save(manifest, build_model(manifest).state_dict())
         store.activate("bench-v1")
 
-    def load_test(self) -> None:
+    def store_predictions(self) -> None:
+        """What a round leaves behind: the active version's prediction of every tile, stored."""
+        with TileRegistry(self.config.registry_path) as registry:
+            model = load_version(ModelStore(self.config.models_dir), "bench-v1")
+            store = PredictionStore(self.config.predictions_dir, "bench-v1")
+            predict_tiles(registry, model, store, registry.tiles(status=TileStatus.IMPORTED))
+
+    def load_test(self, key: str) -> None:
         rng = random.Random(3)
         warm = list(range(self.args.precompute + 1))
         plan = [
@@ -284,7 +304,7 @@ class Bench:
         def one(item: tuple[str, int]) -> None:
             kind, index = item
             context = (
-                keypoint_context(rng.uniform(1, 99), rng.uniform(1, 99), (512, 512))
+                keypoint_context(rng.uniform(1, 99), rng.uniform(1, 99), self.size(index))
                 if kind == "click"
                 else None
             )
@@ -304,7 +324,7 @@ class Bench:
             list(pool.map(one, plan))
         wall = time.perf_counter() - started
         stop.set()
-        self.results["load"] = {
+        self.results[key] = {
             "requests": len(plan),
             "clients": self.args.clients,
             "wall_s": round(wall, 1),
@@ -315,7 +335,7 @@ class Bench:
             "predict": percentiles(timings["predict"]),
             "worker_rss_mb_min_max": [round(min(rss) / 1e6), round(max(rss) / 1e6)],
         }
-        print(json.dumps(self.results["load"]), flush=True)
+        print(key, json.dumps(self.results[key]), flush=True)
 
 
 def main() -> int:

@@ -66,6 +66,20 @@ def test_mask_polygon_follows_pixel_edges() -> None:
     assert {tuple(p) for p in ring.tolist()} == {(30.0, 10.0), (50.0, 10.0), (50.0, 20.0), (30.0, 20.0)}
 
 
+def test_parts_touching_at_a_pixel_corner_are_repaired_exactly() -> None:
+    """8-connected squares meet at one corner: the outline touches itself and must be repaired, not lost."""
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:20, 10:20] = True
+    mask[20:30, 20:30] = True  # touches the first square at (20, 20) only
+    mask[40:50, 40:50] = True
+    mask[44:46, 40:50] = False  # a cut that leaves two 4x10 bars ...
+    mask[44:46, 45] = True  # ... joined by a 2-pixel bridge
+    rings = mask_polygons(mask)
+    union = shapely.union_all([Polygon(r) for r in rings])
+    assert union.area == mask.sum()  # no pixel lost or added by the repair
+    assert all(np.array_equal(r, np.round(r)) for r in rings)  # vertices on pixel corners
+
+
 def test_parts_under_the_minimum_size_get_no_polygon_largest_part_first() -> None:
     mask = np.zeros((64, 80), dtype=bool)
     mask[0:4, 0:4] = True  # 16 px: kept
