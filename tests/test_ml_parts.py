@@ -27,7 +27,7 @@ from ml_backend.errors import BadRequestError
 from ml_backend.protocol import Context, prompt_from_context
 from ml_backend.sam import Embedding
 from trainer.errors import ModelStoreError
-from trainer.preannotations import mask_polygons, mask_results, prediction
+from trainer.preannotations import class_results, mask_polygons, mask_results, prediction, too_fragmented
 from trainer.predictions import StoredPrediction
 from trainer.versions import InputSpec, ModelManifest, ModelStore
 
@@ -78,6 +78,26 @@ def test_parts_touching_at_a_pixel_corner_are_repaired_exactly() -> None:
     union = shapely.union_all([Polygon(r) for r in rings])
     assert union.area == mask.sum()  # no pixel lost or added by the repair
     assert all(np.array_equal(r, np.round(r)) for r in rings)  # vertices on pixel corners
+
+
+def test_a_mask_too_fragmented_for_polygons_comes_as_brush_only() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.random((256, 256)) < 0.5  # thousands of parts and holes: no annotator edits that
+    noise[:64] = noise[:64] | (np.arange(256) % 2 == 0)  # stripes, sieving keeps them
+    assert too_fragmented(noise)
+    assert [r["type"] for r in mask_results(noise, "building", SCHEMA)] == ["brushlabels"]
+    classes = [
+        LabelClass(id=1, name="building", color="#ff0000"),
+        LabelClass(id=2, name="water", color="#0000ff"),
+    ]
+    class_ids = np.where(noise, 1, 0).astype(np.uint8)
+    class_ids[200:240, 200:240] = 2  # a pond: one polygon
+    kinds = sorted((r["type"], r["value"][r["type"]][0]) for r in class_results(classes, class_ids, SCHEMA))
+    assert kinds == [("brushlabels", "building"), ("polygonlabels", "water")]
+    blob = np.zeros((256, 256), dtype=bool)
+    blob[40:120, 60:200] = True
+    assert not too_fragmented(blob)
+    assert [r["type"] for r in mask_results(blob, "building", SCHEMA)] == ["brushlabels", "polygonlabels"]
 
 
 def test_parts_under_the_minimum_size_get_no_polygon_largest_part_first() -> None:

@@ -3,7 +3,8 @@
 A model's prediction becomes, per foreground class (never background), simplified
 polygons when the project's labelling config has a polygon control, else one brush
 region; specks under :data:`MIN_POLYGON_PX` pixels are sieved away (holes that small
-are filled). A prediction where the model sees no class gives no region at all.
+are filled). A class too fragmented to edit as polygons (:func:`too_fragmented`) is one
+brush region too. A prediction where the model sees no class gives no region at all.
 
 Label Studio polygons have no holes (a region is one ``points`` ring). A part with
 holes is cut along a pixel-edge line through each hole (vertical or horizontal, the
@@ -37,6 +38,10 @@ from trainer.scoring import UncertaintyMethod, prediction_score
 SIMPLIFY_PX = 1.0
 #: Connected parts (and holes) of fewer pixels are sieved away: no polygon, no pre-annotation.
 MIN_POLYGON_PX = 16
+#: A mask whose outline (pixel edges between it and the rest) is longer than this many times the
+#: tile's height + width is too fragmented to edit as polygons (thousands of pieces, seconds to
+#: cut): it is given as a brush region, exact and quick, instead.
+MAX_OUTLINE = 8
 
 
 def region_id() -> str:
@@ -47,17 +52,27 @@ def region_id() -> str:
 def mask_results(mask: npt.NDArray[np.bool_], label: str, schema: ProjectSchema) -> list[dict[str, Any]]:
     """Results for one class mask on a tile (a SAM click): a brush region, plus hole-free polygons.
 
-    The polygons (:func:`mask_polygons`) come only when the project has a polygon control. An empty
-    mask gives no result.
+    The polygons (:func:`mask_polygons`) come only when the project has a polygon control and the
+    mask is not :func:`too_fragmented`. An empty mask gives no result.
     """
     if not mask.any():
         return []
     results = [brush_region(mask, label, schema)]
-    if schema.polygon is not None:
-        size = ImageSize(int(mask.shape[1]), int(mask.shape[0]))
-        for ring in mask_polygons(mask):
-            results.append(_with_id(polygon_result(ring, size, label, schema.polygon, schema.image)))
+    if schema.polygon is None:
+        return results
+    sieved = _sieved(mask)
+    if too_fragmented(sieved):
+        return results
+    size = ImageSize(int(mask.shape[1]), int(mask.shape[0]))
+    for ring in _rings(sieved):
+        results.append(_with_id(polygon_result(ring, size, label, schema.polygon, schema.image)))
     return results
+
+
+def too_fragmented(mask: npt.NDArray[np.bool_]) -> bool:
+    """True when the mask's outline is longer than :data:`MAX_OUTLINE` times its height + width."""
+    outline = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+    return outline > MAX_OUTLINE * (mask.shape[0] + mask.shape[1])
 
 
 def mask_polygons(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
@@ -189,9 +204,9 @@ def class_results(
     """Editable regions of a map of class ids (0 = background): foreground classes only.
 
     Per class present after sieving: one polygon per hole-free piece (:func:`mask_polygons`) when the
-    project has a polygon control, else one brush region. Background gets no region; a map without
-    any class gives none at all. Classes the labelling config no longer has are left out: nothing
-    can draw them.
+    project has a polygon control and the class is not :func:`too_fragmented`, else one brush
+    region. Background gets no region; a map without any class gives none at all. Classes the
+    labelling config no longer has are left out: nothing can draw them.
     """
     results = []
     size = ImageSize(int(class_ids.shape[1]), int(class_ids.shape[0]))
@@ -201,7 +216,7 @@ def class_results(
         mask = _sieved(class_ids == entry.id)
         if not mask.any():
             continue
-        if schema.polygon is None:
+        if schema.polygon is None or too_fragmented(mask):
             results.append(brush_region(mask, entry.name, schema))
             continue
         for ring in _rings(mask):
