@@ -244,13 +244,10 @@ def _with_model_bands(config: Config, registry: TileRegistry, options: ImportOpt
     title = options.project
     if registry.project_id(title) is None or registry.project_input(title) is not None:
         return options
-    from trainer.versions import ModelStore  # only for a project from before inputs were recorded
+    from trainer.legacy import active_model_bands  # only for a project from before inputs were recorded
 
-    store = ModelStore(config.for_project(title).models_dir)
-    name = store.active_name()
-    if name is None:
-        return options
-    return dataclasses.replace(options, model_bands=list(store.manifest(name).input.bands))
+    bands = active_model_bands(config, title)
+    return options if bands is None else dataclasses.replace(options, model_bands=bands)
 
 
 def print_report(report: ImportReport) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from geolabel.config import Config
 from georef.registry import TileRegistry
+from trainer.versions import ModelStore
 
 logger = logging.getLogger(__name__)
 LEGACY_FOLDERS = ("models", "predictions")
@@ -55,3 +56,14 @@ def _adopt(folder: Path, target: Path) -> str:
     note = f"moved {folder} to {target} (stores are per project now)"
     logger.info(note)
     return note
+
+
+def active_model_bands(config: Config, title: str) -> list[int] | None:
+    """The input bands of project ``title``'s active model version, None without one.
+
+    A project from before model inputs were recorded at import takes its input from the model it
+    already trained (see :mod:`importers.inputs`).
+    """
+    store = ModelStore(config.for_project(title).models_dir)
+    name = store.active_name()
+    return list(store.manifest(name).input.bands) if name is not None else None
