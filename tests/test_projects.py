@@ -173,12 +173,17 @@ def test_a_round_of_one_project_never_reads_or_scores_another_projects_tiles(
     assert not (two.data_dir / "predictions").exists()
 
 
+def promoted_version_of_a(two: TwoProjects, label_studio: LabelStudioServer) -> str | None:
+    """Project A's active version, after a round if it has none yet (tests may run alone)."""
+    if ModelStore(two.a.models_dir).active_name() is None:
+        run_round(two.a, label_studio.client(), retry=Retry(1, 0.01))
+    return ModelStore(two.a.models_dir).active_name()
+
+
 def test_a_project_without_a_round_reports_serves_and_exports_no_model(
     two: TwoProjects, label_studio: LabelStudioServer, tmp_path: Path
 ) -> None:
-    if ModelStore(two.a.models_dir).active_name() is None:
-        run_round(two.a, label_studio.client(), retry=Retry(1, 0.01))
-    active_a = ModelStore(two.a.models_dir).active_name()
+    active_a = promoted_version_of_a(two, label_studio)
     path = config_toml(
         two.a, tmp_path, "[trainer]\nepochs = 2\nbatch_size = 4\nblock_tiles = 1\ncrop = 128\n\n"
     )
@@ -205,9 +210,7 @@ def test_a_project_without_a_round_reports_serves_and_exports_no_model(
 def test_round_numbers_start_at_one_in_every_project(
     two: TwoProjects, label_studio: LabelStudioServer, tmp_path: Path
 ) -> None:
-    if ModelStore(two.a.models_dir).active_name() is None:
-        run_round(two.a, label_studio.client(), retry=Retry(1, 0.01))
-    active_a = ModelStore(two.a.models_dir).active_name()
+    active_a = promoted_version_of_a(two, label_studio)
     label(label_studio.client(), two.b_tiles[:1], two.b_truth)
     path = config_toml(
         two.a, tmp_path, "[trainer]\nepochs = 2\nbatch_size = 4\nblock_tiles = 1\ncrop = 128\n\n"
