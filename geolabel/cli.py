@@ -359,6 +359,50 @@ def demo(ctx: click.Context, rasters: tuple[Path, ...]) -> None:
 
 
 @cli.command()
+@click.option("--bind", help="HOST:PORT to listen on (default: 127.0.0.1 and the port of ml_backend.url).")
+@click.option("--workers", type=click.IntRange(1, 32), help="gunicorn workers (default: ml_backend.workers).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    help="Threads per worker (default: ml_backend.threads).",
+)
+@click.pass_context
+@handle_errors
+def backend(ctx: click.Context, bind: str | None, workers: int | None, threads: int | None) -> None:
+    """Serve the ML backend under gunicorn in the foreground (the deployment's backend service)."""
+    from urllib.parse import urlsplit
+
+    from geolabel.deploy import exec_backend
+
+    config = _config(ctx)
+    port = urlsplit(config.ml_backend.url).port or 9090
+    exec_backend(config, ctx.obj["config_path"], bind or f"127.0.0.1:{port}",
+                 workers or config.ml_backend.workers, threads or config.ml_backend.threads)  # fmt: skip
+
+
+@cli.command()
+@project_option
+@click.pass_context
+@handle_errors
+def connect(ctx: click.Context, project: str | None) -> None:
+    """Connect the ML backend at ml_backend.url to the project (after its first import)."""
+    from geolabel.deploy import connect as connect_project
+
+    connect_project(_project_config(ctx, project), console)
+
+
+@cli.command(name="ssrf-allow")
+@click.argument("addresses", nargs=-1, required=True)
+@handle_errors
+def ssrf_allow(addresses: tuple[str, ...]) -> None:
+    """Print Label Studio's SSRF settings that let it reach only the backend at ADDRESSES."""
+    from geolabel.deploy import ssrf_settings
+
+    for name, value in ssrf_settings(list(addresses)).items():
+        click.echo(f"{name}={value}")
+
+
+@cli.command()
 @click.option("--limit", type=click.IntRange(min=1), help="Tiles to embed (default: sam.precompute).")
 @click.option("--follow", is_flag=True, help="Keep the next tiles embedded until stopped (Ctrl-C).")
 @project_option

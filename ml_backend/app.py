@@ -1,6 +1,6 @@
 """The Flask app: Label Studio's ML-backend protocol over :class:`~ml_backend.service.Backend`.
 
-Routes: ``GET /health`` (open: Label Studio polls it), ``POST /setup``, ``POST /predict``,
+Routes: ``GET /health`` (open: Label Studio polls it), ``GET /``, ``POST /setup``, ``POST /predict``,
 ``POST /webhook``, ``GET /versions`` and the coordinators' ``GET /dashboard`` (HTTP basic
 auth). Errors are JSON
 ``{"error": "..."}`` with the status of their :class:`~ml_backend.errors.BackendError`;
@@ -17,6 +17,7 @@ import hmac
 import logging
 import os
 import re
+import sys
 import time
 from typing import Any
 
@@ -34,7 +35,7 @@ from trainer.legacy import adopt_legacy_stores
 log = logging.getLogger("geolabel.ml_backend")
 access_log = logging.getLogger("geolabel.ml_backend.access")
 CONFIG_ENV = "GEOLABEL_CONFIG"
-OPEN_ROUTES = ("/", "/health")
+OPEN_ROUTES = ("/health",)  # Label Studio polls it; every other route needs the basic auth
 #: Largest request body accepted (bytes): a click's context carries the task's annotations and drafts
 #: (brush RLE), a batch of pre-annotations up to ``MAX_TASKS`` tasks.
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -44,6 +45,25 @@ _SECRET_IN_QUERY = re.compile(
     r"([?&][^=&\s\"]*(?:token|key|pass|secret|auth|sig|session|code|cred)[^=&\s\"]*=)[^&\s\"]*", re.IGNORECASE
 )
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def gunicorn_argv(bind: str, workers: int, threads: int) -> list[str]:
+    """The command that serves the backend under gunicorn (``geolabel backend``, ``geolabel serve``).
+
+    Args:
+        bind: ``HOST:PORT`` to listen on.
+        workers: worker processes (each loads SAM: about 0.4 GB for vit_b).
+        threads: threads per worker.
+    """
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", bind,
+        "--workers", str(workers),
+        "--threads", str(threads),
+        "--timeout", "600",  # a cold click runs SAM's image encoder: seconds to minutes on a CPU
+        "--graceful-timeout", "10",
+        "ml_backend.app:create_app()",
+    ]  # fmt: skip
 
 
 def settings_from_config(config: Config) -> BackendSettings:
