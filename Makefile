@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= demo/geolabel.toml
 
-.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export judges gdal clean
+.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export judges docker-judges deploy-test gdal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,11 @@ serve: install  ## start only the local Label Studio of the demo project
 
 test: install lint typecheck browser judges pytest  ## everything CI runs
 
-lint: install  ## ruff, ruff format, and the layers contract (import-linter: imports only go down)
+lint: install docker-judges  ## ruff, ruff format, the layers contract (import-linter), and docker/ (hadolint, docker-compose config, caddy validate)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	HADOLINT=$(BIN)/hadolint sh docker/lint.sh
 
 typecheck: install
 	$(BIN)/mypy
@@ -42,6 +43,18 @@ browser:  ## Debian's chromium for the browser tests (needs root)
 judges:  ## Debian's gdal-bin for the export tests' outside judges, ogrinfo and gdalinfo (needs root)
 	@command -v ogrinfo >/dev/null || (apt-get update -qq && apt-get install -y -qq gdal-bin) \
 		|| { echo "gdal-bin could not be installed: the export tests need ogrinfo and gdalinfo"; [ "$$CI" != "true" ]; }
+
+docker-judges:  ## Debian's docker-compose and caddy, the outside judges of docker/compose.yaml and docker/Caddyfile (needs root)
+	@command -v docker-compose >/dev/null && command -v caddy >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq docker-compose caddy) \
+		|| { echo "docker-compose/caddy could not be installed: docker/ is checked without them"; [ "$$CI" != "true" ]; }
+
+# The deployment's topology without containers: Label Studio on a throw-away PostgreSQL database with two
+# app processes, the backend under gunicorn, one scheduler and one embedding job, SSRF protection on.
+TOPOLOGY_TESTS := $(wildcard tests/test_topology.py tests/test_topology_faults.py)
+deploy-test: install  ## the docker/ topology run for real without containers (needs PostgreSQL at 127.0.0.1:5432)
+	@[ -n "$(TOPOLOGY_TESTS)" ] || { echo "no topology tests (tests/test_topology*.py) in this checkout"; [ "$$CI" != "true" ]; }
+	$(if $(TOPOLOGY_TESTS),$(BIN)/pytest $(TOPOLOGY_TESTS))
 
 gdal:  ## Debian's GDAL command-line tools, the outside judges used by bench/ (needs root)
 	command -v gdal_retile.py >/dev/null || (apt-get update -qq && apt-get install -y -qq gdal-bin python3-gdal)
