@@ -2,11 +2,18 @@
 
 Every SDK or transport error is turned into a :class:`LabelStudioError` whose
 message says what failed and what to do; the API token never appears in it.
+Transient failures (connection refused or reset, timeouts, HTTP 502/503/504) are
+retried here and only here, with exponential backoff, as a client's :class:`Retry`
+says (the SDK's own retries are off). A request that creates something is only
+retried when it cannot have reached Label Studio (no connection, HTTP 502/503).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
+import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ from geolabel.errors import LabelStudioAuthError, LabelStudioError, LabelStudioU
 from geolabel.lsmodels import LabelledTask
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 #: Webhook actions the ML backend records for the trainer.
@@ -37,6 +45,25 @@ PAGE_SIZE = 1000
 #: Regex that matches no file: the local storage only grants Label Studio the
 #: right to serve display tiles; a "Sync" in the UI must not create tasks.
 NO_SYNC_REGEX = "(?!)"
+#: HTTP answers that mean "not now" (a proxy without its upstream, a restarting or overloaded server).
+TRANSIENT_STATUS = frozenset({502, 503, 504})
+#: Of those, the ones after which a request that creates something surely was not carried out.
+NOT_DONE_STATUS = frozenset({502, 503})
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Tries of a call that failed transiently: ``attempts`` in all; the first wait, in seconds, doubles.
+
+    The default, 5 attempts waiting 2 + 4 + 8 + 16 s, gives Label Studio about 30 s to come back.
+    """
+
+    attempts: int = 5
+    wait: float = 2.0
+
+
+#: One attempt: a command run by hand says at once that Label Studio is unreachable.
+NO_RETRY = Retry(1, 0.0)
 
 
 @dataclass(frozen=True)
@@ -84,9 +111,10 @@ class LabelStudioClient:
         url: base URL of the server, e.g. ``http://127.0.0.1:8080``.
         token: API token (legacy ``Token`` or personal access token).
         timeout: seconds per request.
+        retry: how transient failures are retried (:data:`NO_RETRY` by default).
     """
 
-    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, token: str, timeout: float = 60.0, retry: Retry = NO_RETRY) -> None:
         if not token:
             raise LabelStudioAuthError(
                 "no Label Studio API token: set label_studio.token in geolabel.toml or "
@@ -94,26 +122,58 @@ class LabelStudioClient:
             )
         self.url = url.rstrip("/")
         self._token = token
-        self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=timeout)  # type: ignore[no-untyped-call]
+        self.retry = retry
+        self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=timeout, max_retries=0)  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:
         return f"LabelStudioClient(url={self.url!r})"
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except httpx.TimeoutException:
-            raise LabelStudioUnreachableError(
-                f"Label Studio at {self.url} did not answer in time while trying to {what}; it may have "
-                "done it anyway. Run the same command again: imports complete without duplicates"
-            ) from None
-        except httpx.TransportError as exc:
-            raise LabelStudioUnreachableError(
-                f"cannot reach Label Studio at {self.url} ({type(exc).__name__}) while trying to {what}; "
-                "is it running? Start the local one with `geolabel serve`, or fix label_studio.url"
-            ) from None
-        except ApiError as exc:
-            raise self._api_error(what, exc) from None
+    def with_retry(self, retry: Retry) -> LabelStudioClient:
+        """The same client (same connection pool) with another retry policy."""
+        other = copy.copy(self)
+        other.retry = retry
+        return other
+
+    def _call(self, what: str, fn: Callable[[], T], creates: bool = False) -> T:
+        """Run one SDK call, retrying transient failures; ``creates``: the call is not idempotent.
+
+        Raises:
+            LabelStudioError: when it failed for good (LabelStudioUnreachableError when unreachable).
+        """
+        started, wait = time.monotonic(), self.retry.wait
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return fn()
+            except (httpx.TransportError, ApiError) as exc:
+                if attempt == self.retry.attempts or not _transient(exc, creates):
+                    raise self._error(what, exc, attempt, time.monotonic() - started) from None
+                logger.warning(
+                    "Label Studio at %s: could not %s (%s); attempt %d of %d, trying again in %.1f s",
+                    self.url, what, _reason(exc), attempt, self.retry.attempts, wait,
+                )  # fmt: skip
+                time.sleep(wait)
+                wait *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, what: str, exc: Exception, attempts: int, seconds: float) -> LabelStudioError:
+        tried = f": unreachable after {attempts} attempts over {seconds:.0f} s" if attempts > 1 else ""
+        if isinstance(exc, httpx.TimeoutException):
+            return LabelStudioUnreachableError(
+                f"Label Studio at {self.url} did not answer in time while trying to {what}{tried}; it may "
+                "have done it anyway. Run the same command again: imports complete without duplicates"
+            )
+        if isinstance(exc, httpx.TransportError):
+            return LabelStudioUnreachableError(
+                f"cannot reach Label Studio at {self.url} ({type(exc).__name__}) while trying to {what}"
+                f"{tried}; is it running? Start the local one with `geolabel serve`, or fix label_studio.url"
+            )
+        if isinstance(exc, ApiError) and exc.status_code in TRANSIENT_STATUS:
+            return LabelStudioUnreachableError(
+                f"Label Studio at {self.url} is unavailable (HTTP {exc.status_code}) while trying to {what}"
+                f"{tried}; it is restarting, overloaded or its proxy lost it: check that it runs and its "
+                "log, then run the same command again"
+            )
+        return self._api_error(what, cast(ApiError, exc))
 
     def _api_error(self, what: str, exc: ApiError) -> LabelStudioError:
         status = exc.status_code
@@ -195,6 +255,7 @@ class LabelStudioClient:
                 expert_instruction=instructions,
                 show_instruction=bool(instructions),
             ),
+            creates=True,
         )
         return ProjectRef(
             int(project.id or 0),
@@ -248,6 +309,7 @@ class LabelStudioClient:
                 use_blob_urls=True,
                 recursive_scan=True,
             ),
+            creates=True,
         )
         return int(storage.id or 0)
 
@@ -301,6 +363,7 @@ class LabelStudioClient:
                 return_task_ids=True,
                 commit_to_project=True,
             ),
+            creates=True,
         )
         ids = [int(i) for i in (getattr(response, "task_ids", None) or [])]
         if len(ids) != len(tasks):
@@ -318,6 +381,7 @@ class LabelStudioClient:
         annotation = self._call(
             "create the annotation",
             lambda: self._sdk.annotations.create(id=task_id, result=list(result), was_cancelled=cancelled),
+            creates=True,
         )
         return int(annotation.id or 0)
 
@@ -358,7 +422,7 @@ class LabelStudioClient:
                 what, lambda: ml.update(id=int(same[0].id or 0), project=project_id, **settings)
             )
         else:
-            backend = self._call(what, lambda: ml.create(project=project_id, **settings))
+            backend = self._call(what, lambda: ml.create(project=project_id, **settings), creates=True)
         self._authorize_webhook(project_id, f"{url}/webhook", _basic_header(username, password))
         self._call(
             "turn on pre-annotations",
@@ -385,7 +449,9 @@ class LabelStudioClient:
                 "set the ML webhook's auth header", lambda: hooks.update(id=int(match[0].id or 0), **settings)
             )
         else:
-            self._call("create the ML webhook", lambda: hooks.create(project=project_id, **settings))
+            self._call(
+                "create the ML webhook", lambda: hooks.create(project=project_id, **settings), creates=True
+            )
 
     def set_model_version(self, project_id: int, version: str) -> None:
         """Make ``version`` the project's model version: uncertainty sampling only ranks its predictions.
@@ -420,6 +486,7 @@ class LabelStudioClient:
                 project=project_id,
                 selected_items={"all": False, "included": list(task_ids)},
             ),
+            creates=True,
         )
 
     def predictions(self, task_id: int) -> list[dict[str, Any]]:
@@ -456,6 +523,7 @@ class LabelStudioClient:
                 lambda chunk=chunk: self._sdk.projects.import_predictions(  # type: ignore[misc]
                     id=project_id, request=cast(list[PredictionRequest], chunk)
                 ),
+                creates=True,
             )
         return len(predictions)
 
@@ -491,6 +559,23 @@ def client_for(config: Config) -> LabelStudioClient:
         creds = read_credentials(config.data_dir / "label-studio")
         token = creds.token if creds else ""
     return LabelStudioClient(config.label_studio.url, token)
+
+
+def _transient(exc: Exception, creates: bool) -> bool:
+    """True when trying again may help: no connection, a timeout or reset, HTTP 502/503/504.
+
+    A call that creates something (``creates``) is only tried again when it cannot have been carried out.
+    """
+    if isinstance(exc, ApiError):
+        return exc.status_code in (NOT_DONE_STATUS if creates else TRANSIENT_STATUS)
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return True
+    return isinstance(exc, httpx.TransportError) and not creates
+
+
+def _reason(exc: Exception) -> str:
+    """A failure in a few words, without the request (its headers hold the token)."""
+    return f"HTTP {exc.status_code}" if isinstance(exc, ApiError) else type(exc).__name__
 
 
 def _basic_header(username: str, password: str) -> str:

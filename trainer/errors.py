@@ -1,5 +1,7 @@
 """Errors of the trainer package."""
 
+from geolabel.errors import LabelStudioUnreachableError
+
 
 class TrainerError(Exception):
     """Base class of trainer errors; the message says what is wrong and what to do."""
@@ -17,8 +19,8 @@ class RoundBusyError(TrainerError):
     """Another round of the project is running."""
 
 
-class HarvestError(TrainerError):
-    """Label Studio could not be read, even after retries."""
+class HarvestError(TrainerError, LabelStudioUnreachableError):
+    """Label Studio could not be read, even after retries (a :class:`LabelStudioError` too)."""
 
 
 class SchedulerBusyError(TrainerError):

@@ -6,23 +6,25 @@ version is saved (not active), scores the project's unlabelled tiles, and its pr
 to Label Studio; only then is it promoted: Label Studio's ``model_version`` is set and
 ``ACTIVE`` replaced, the last steps of a round that succeeded. A failure at any step leaves
 ``ACTIVE`` (so the backend and the dashboard) and Label Studio's ``model_version`` as they
-were (the latter is set back if it had already been changed), and the round marked failed.
+were (the latter is set back if it had already been changed), the round marked failed, and the
+version it saved (with its stored predictions) removed. A round records each step it reaches; one
+whose process died is closed by the next process that takes the lock
+(:func:`trainer.rounds.recover_interrupted`). Label Studio calls retry transient failures
+(:class:`geolabel.lsclient.Retry`, about 30 s by default) before the round fails.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from geolabel.classes import LabelClass
 from geolabel.config import Config
-from geolabel.errors import LabelStudioUnreachableError
+from geolabel.errors import GeolabelError, LabelStudioUnreachableError
 from geolabel.locks import exclusive_lock
-from geolabel.lsclient import LabelStudioClient
+from geolabel.lsclient import LabelStudioClient, Retry
 from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from importers.inputs import project_input
@@ -36,32 +38,45 @@ from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
 from trainer.preannotations import prediction
 from trainer.predictions import PredictionStore, StoredPrediction, quantise
-from trainer.rounds import LabelState, QueueEntry, RoundRecord, RoundStatus, RoundStore, TileState, now
+from trainer.rounds import (
+    ROUND_LOCK,
+    LabelState,
+    QueueEntry,
+    RoundRecord,
+    RoundStatus,
+    RoundStep,
+    RoundStore,
+    TileState,
+    discard_unpromoted,
+    now,
+    recover_interrupted,
+)
 from trainer.selection import TileScore, score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
 from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_name
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Retries of Label Studio calls: attempts and the first wait (doubled each time), in seconds."""
-
-    attempts: int = 4
-    wait: float = 2.0
+__all__ = ["ROUND_RETRY", "Retry", "run_round"]
+#: How a round's Label Studio calls retry transient failures: 5 attempts over about 30 s.
+ROUND_RETRY = Retry()
 
 
 def run_round(
-    config: Config, client: LabelStudioClient, trigger: str = "manual", retry: Retry = Retry()
+    config: Config, client: LabelStudioClient, trigger: str = "manual", retry: Retry = ROUND_RETRY
 ) -> RoundRecord:
     """Run one round for the configured project (``config.project.name``) and return its record.
 
+    First closes the rounds a dead process left running (:func:`trainer.rounds.recover_interrupted`).
+    Every Label Studio call of the round is retried as ``retry`` says.
+
     Raises:
         RoundBusyError: if another round holds the lock.
-        TrainerError: if the round failed (it is recorded as failed with the reason).
+        LabelStudioError: if Label Studio stayed unreachable or refused a request (the round is
+            recorded as failed; :class:`~trainer.errors.HarvestError` while harvesting).
+        TrainerError: if the round failed otherwise (it is recorded as failed with the reason).
     """
-    lock = config.trainer_dir / "round.lock"
+    client = client.with_retry(retry)
+    lock = config.trainer_dir / ROUND_LOCK
     with (
         exclusive_lock(lock, lambda: RoundBusyError("a training round is already running")),
         TileRegistry(config.registry_path) as registry,
@@ -73,15 +88,36 @@ def run_round(
                 f"project {config.project.name!r} has no tiles yet; run `geolabel import` first"
             )
         adopt_legacy_stores(config)
+        models = ModelStore(config.models_dir)
+        recover_interrupted(store, project_id, models, config.predictions_dir, client)
         round_id = store.start(project_id, trigger)
         try:
-            _round(config, client, registry, store, project_id, round_id, retry)
-        except Exception as exc:
-            store.finish(round_id, RoundStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, TrainerError):
+            _round(config, client, registry, store, project_id, round_id)
+        except BaseException as exc:
+            _fail(config, store, project_id, round_id, exc)
+            if isinstance(exc, (TrainerError, GeolabelError)) or not isinstance(exc, Exception):
                 raise
             raise TrainerError(f"round {round_id} failed: {type(exc).__name__}: {exc}") from exc
         return store.get(round_id)
+
+
+def _fail(config: Config, store: RoundStore, project_id: int, round_id: int, exc: BaseException) -> None:
+    """Record the round failed with its reason, and remove the version it saved (never promoted)."""
+    record = store.get(round_id)
+    if isinstance(exc, Exception):
+        error = f"{type(exc).__name__}: {exc}"
+    else:  # Ctrl-C, or SIGTERM turned into KeyboardInterrupt
+        step = record.step or "its start"
+        error = f"interrupted: the process running it was stopped ({type(exc).__name__}) at {step}"
+    store.finish(round_id, RoundStatus.FAILED, error=error)
+    if record.model_version is None:
+        return
+    try:
+        discard_unpromoted(store, project_id, ModelStore(config.models_dir), config.predictions_dir,
+                           record.model_version)  # fmt: skip
+    except Exception as cleanup:  # the round's own error matters more
+        logger.error("could not remove version %s of failed round %d: %s", record.model_version,
+                     record.number, cleanup)  # fmt: skip
 
 
 def _round(
@@ -91,12 +127,11 @@ def _round(
     store: RoundStore,
     project_id: int,
     round_id: int,
-    retry: Retry,
 ) -> None:
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
     classes = list(config.classes)
     tiles = {t.task_id: t for t in _project_tiles(registry, project_id) if t.task_id is not None}
-    found, tally = _harvest(client, project_id, tiles, classes, retry, config.trainer.labelling)
+    found, tally = _harvest(client, project_id, tiles, classes, config.trainer.labelling)
     save_throughput(config.registry_path, project_id, tally.counts())  # the dashboard's tiles per day
     names = ["background", *(c.name for c in classes)]
     store.update(
@@ -109,9 +144,8 @@ def _round(
     )
     if not found.tiles:
         raise TrainerError("no annotated tile yet: label a few tiles in Label Studio first")
+    store.set_step(round_id, RoundStep.PREPARING)
     models = ModelStore(config.models_dir)
-    for name in models.remove_staging():
-        logger.warning("removed %s, left by a round killed while writing its version", name)
     active = _active(models)
     manifest = _manifest(registry, found.tiles, classes, active)
     found, left_out = _feeding(registry, found, list(tiles.values()), manifest)  # they stop nothing
@@ -135,18 +169,22 @@ def _round(
         config.trainer.epochs, config.trainer.batch_size, config.trainer.learning_rate, config.trainer.seed,
         config.trainer.crop,
     )  # fmt: skip
+    store.set_step(round_id, RoundStep.TRAINING)
     train(network, [samples[i] for i in split.train] or samples, settings, _log_epoch(round_id))
+    store.set_step(round_id, RoundStep.VALIDATING)
     validation = [samples[i] for i in split.validation]
     new = evaluate(network, validation, manifest.outputs).flat(names) if validation else {}
     old = _previous_metrics(active, manifest, validation, names)
     promote = active is None or not validation or _not_worse(new, old)
     version = manifest.model_copy(update={"metrics": new})
+    store.update(round_id, step=RoundStep.SAVING, model_version=version.version)  # before it exists
     models.save(version, network.state_dict())
     store.update(round_id, model_version=version.version, metrics=new, previous_metrics=old,
                  validation_tiles=len(validation))  # fmt: skip
     if not promote:
         store.finish(round_id, RoundStatus.KEPT)
         return
+    store.set_step(round_id, RoundStep.SCORING)
     loaded = LoadedModel(version, network.eval())
     labelled_ids = {t.tile.id for t in found.tiles}
     queue, uncertainty = _score_and_push(config, client, registry, project_id, loaded, labelled_ids, samples)
@@ -176,6 +214,7 @@ def _promote(
     """
     previous_active = models.active_name()
     previous_ls = str(client.project(project_id).get("model_version") or "")
+    store.set_step(round_id, RoundStep.PROMOTING)
     try:
         client.set_model_version(project_id, version)
         store.set_queue(round_id, queue)
@@ -220,27 +259,21 @@ def _harvest(
     project_id: int,
     tiles: dict[int, TileRecord],
     classes: list[LabelClass],
-    retry: Retry,
     labelling: Labelling = "exhaustive",
 ) -> tuple[Harvest, ThroughputTally]:
-    """Annotations from Label Studio, retried with exponential backoff while it is unreachable.
+    """Annotations from Label Studio (its client retries while it is unreachable).
 
     Also counts each annotator's tiles per day on the way (:mod:`trainer.dashboard_throughput`).
+
+    Raises:
+        HarvestError: if Label Studio stayed unreachable.
     """
-    wait = retry.wait
-    for attempt in range(1, retry.attempts + 1):
-        try:
-            tally = ThroughputTally(tiles)
-            return harvest(tally.watch(client.labelled_tasks(project_id)), tiles, classes, labelling), tally
-        except LabelStudioUnreachableError as exc:
-            if attempt == retry.attempts:
-                raise HarvestError(f"Label Studio unreachable after {attempt} attempts: {exc}") from None
-            logger.warning(
-                "Label Studio unreachable (attempt %d/%d); retrying in %.0f s", attempt, retry.attempts, wait
-            )
-            time.sleep(wait)
-            wait *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
+    tally = ThroughputTally(tiles)
+    try:
+        tasks = client.labelled_tasks(project_id)
+    except LabelStudioUnreachableError as exc:
+        raise HarvestError(f"no annotations harvested: {exc}") from None
+    return harvest(tally.watch(tasks), tiles, classes, labelling), tally
 
 
 def _annotators(tiles: Sequence[LabelledTile]) -> dict[str, int]:

@@ -2,21 +2,35 @@
 
 Rounds are kept per project: ``number`` counts a project's rounds from 1 (``id`` is the row's
 key, shared by every project of the data folder). A round row is written when the round starts
-(``running``) and completed when it ends (``promoted``, ``kept`` or ``failed``), so a round
-killed midway is seen as interrupted and marked failed by the next one. The frozen list of the next
-tiles to label, with their scores, lives in ``round_queue``.
+(``running``, with the step it has reached) and completed when it ends (``promoted``, ``kept`` or
+``failed``). A round whose process died (``kill -9``, a crash, power loss) stays ``running`` until the
+next process takes the project's round lock (the lock dies with its holder, so a ``running`` round
+seen under it is dead): :func:`recover_interrupted` then marks it failed, with the step it reached,
+and removes the version and stored predictions it wrote but never promoted. The frozen list of the
+next tiles to label, with their scores, lives in ``round_queue``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from geolabel.errors import LabelStudioError
+from trainer.predictions import PredictionStore
+from trainer.versions import ModelStore
+
+if TYPE_CHECKING:
+    from geolabel.lsclient import LabelStudioClient
+
+logger = logging.getLogger(__name__)
 
 
 class RoundStatus(StrEnum):
@@ -26,6 +40,24 @@ class RoundStatus(StrEnum):
     PROMOTED = "promoted"  # the new version is active
     KEPT = "kept"  # the new version was worse on validation: the previous one stays active
     FAILED = "failed"
+
+
+class RoundStep(StrEnum):
+    """How far a running round has got (recorded as it goes: an interrupted round says where it died)."""
+
+    HARVESTING = "harvesting annotations"
+    PREPARING = "reading the training tiles"
+    TRAINING = "training"
+    VALIDATING = "validating"
+    SAVING = "saving the version"
+    SCORING = "scoring and pushing predictions"
+    PROMOTING = "promoting"
+
+
+#: The project's round lock, in its trainer folder: held by the process running a round (dies with it).
+ROUND_LOCK = "round.lock"
+#: The error of a round whose process died; ``{step}``: the step it had reached.
+INTERRUPTED = "interrupted: the process running it stopped (killed or crashed) at {step}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +114,7 @@ class RoundRecord:
     problems: list[str] = field(default_factory=list)
     error: str | None = None
     number: int = 0  # the project's round number (1, 2, ...)
+    step: str | None = None  # the last step a round reached (RoundStep)
 
 
 _JSON_FIELDS = ("class_pixels", "annotators", "metrics", "previous_metrics", "problems")
@@ -104,7 +137,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     validation_tiles INTEGER NOT NULL DEFAULT 0,
     problems TEXT NOT NULL DEFAULT '[]',
     error TEXT,
-    number INTEGER
+    number INTEGER,
+    step TEXT
 );
 CREATE TABLE IF NOT EXISTS round_queue (
     round_id INTEGER NOT NULL REFERENCES rounds(id),
@@ -150,24 +184,42 @@ class RoundStore:
         self.conn.close()
 
     def start(self, project_id: int, trigger: str) -> int:
-        """Record a new running round; rounds left ``running`` by a killed process are marked failed first."""
+        """Record a new running round; rounds left ``running`` by a dead process are marked failed first.
+
+        Call it under the project's round lock, after :func:`recover_interrupted` (which also cleans up).
+        """
+        self.fail_interrupted(project_id)
         with self.conn:
-            self.conn.execute(
-                "UPDATE rounds SET status = ?, ended = ?, error = ? WHERE status = ? AND project_id = ?",
-                (
-                    RoundStatus.FAILED,
-                    now(),
-                    "interrupted (the process stopped)",
-                    RoundStatus.RUNNING,
-                    project_id,
-                ),
-            )
             cursor = self.conn.execute(
-                "INSERT INTO rounds (project_id, number, status, trigger, started) VALUES"
-                " (?, (SELECT COALESCE(MAX(number), 0) + 1 FROM rounds WHERE project_id = ?), ?, ?, ?)",
-                (project_id, project_id, RoundStatus.RUNNING, trigger, now()),
+                "INSERT INTO rounds (project_id, number, status, trigger, started, step) VALUES"
+                " (?, (SELECT COALESCE(MAX(number), 0) + 1 FROM rounds WHERE project_id = ?), ?, ?, ?, ?)",
+                (project_id, project_id, RoundStatus.RUNNING, trigger, now(), RoundStep.HARVESTING),
             )
         return int(cursor.lastrowid or 0)
+
+    def fail_interrupted(self, project_id: int) -> list[RoundRecord]:
+        """Mark the project's ``running`` rounds failed (:data:`INTERRUPTED`); return them as they were.
+
+        Only call it under the project's round lock: then no live process runs them.
+        """
+        dead = [r for r in self.rounds(project_id) if r.status == RoundStatus.RUNNING]
+        for record in dead:
+            step = record.step or "its start"
+            self.finish(record.id, RoundStatus.FAILED, error=INTERRUPTED.format(step=step))
+        return dead
+
+    def set_step(self, round_id: int, step: RoundStep) -> None:
+        """Record the step a running round has reached."""
+        self.update(round_id, step=str(step))
+
+    def finished_versions(self, project_id: int) -> set[str]:
+        """The versions of the project's promoted and kept rounds (never to be removed)."""
+        rows = self.conn.execute(
+            "SELECT model_version FROM rounds WHERE project_id = ? AND status IN (?, ?)"
+            " AND model_version IS NOT NULL",
+            (project_id, RoundStatus.PROMOTED, RoundStatus.KEPT),
+        )
+        return {str(row[0]) for row in rows}
 
     def update(self, round_id: int, **values: Any) -> None:
         """Set columns of a round (JSON columns take Python values)."""
@@ -247,6 +299,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     Existing rounds are kept: each is numbered by its place among its project's rounds.
     """
     columns = {row[1] for row in conn.execute("PRAGMA table_info(rounds)")}
+    if "step" not in columns:  # registries from before rounds recorded their step
+        with conn:
+            conn.execute("ALTER TABLE rounds ADD COLUMN step TEXT")
     indexed = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rounds_project_number'").fetchone()
     if (
         "number" in columns
@@ -270,3 +325,75 @@ def _record(row: sqlite3.Row) -> RoundRecord:
         values[key] = json.loads(values[key])
     values["status"] = RoundStatus(values["status"])
     return RoundRecord(**values)
+
+
+def recover_interrupted(
+    store: RoundStore,
+    project_id: int,
+    models: ModelStore,
+    predictions_root: Path,
+    client: LabelStudioClient | None = None,
+) -> list[RoundRecord]:
+    """Close the project's rounds whose process died, and remove what they wrote but never promoted.
+
+    Only call it under the project's round lock (:func:`trainer.loop.run_round` and the scheduler
+    at its start do): a ``running`` round seen then is dead. A round that died after its version
+    became active (the very last steps) is recorded as promoted; any other is marked failed
+    (:data:`INTERRUPTED`), its version folder and stored predictions removed, and, if it died
+    while promoting, Label Studio's model version set back to the active one (with ``client``).
+    ``ACTIVE`` is never changed. Returns the rounds as now recorded.
+    """
+    active = models.active_name()
+    running = [r for r in store.rounds(project_id) if r.status == RoundStatus.RUNNING]
+    for record in running:
+        if record.model_version is not None and record.model_version == active:
+            store.finish(record.id, RoundStatus.PROMOTED)  # only the record's last line was missing
+            logger.warning("round %d of project %d died once promoted: recorded promoted", record.number,
+                           project_id)  # fmt: skip
+    for record in store.fail_interrupted(project_id):
+        logger.warning(
+            "round %d of project %d was left running by a process that died (at %s): marked failed",
+            record.number, project_id, record.step or "its start",
+        )  # fmt: skip
+        if record.model_version is None:
+            continue
+        discard_unpromoted(store, project_id, models, predictions_root, record.model_version)
+        if record.step == RoundStep.PROMOTING and client is not None:
+            _restore_label_studio_version(client, project_id, record.model_version, active)
+    for name in models.remove_staging():
+        logger.warning("removed %s, left by a round killed while writing its version", name)
+    return [store.get(r.id) for r in running]
+
+
+def discard_unpromoted(
+    store: RoundStore, project_id: int, models: ModelStore, predictions_root: Path, version: str
+) -> bool:
+    """Remove a version a failed round wrote (folder and stored predictions); return whether it did.
+
+    The active version and those of promoted or kept rounds are never removed.
+    """
+    if version == models.active_name() or version in store.finished_versions(project_id):
+        return False
+    removed = models.discard(version)
+    folder = PredictionStore(predictions_root, version).folder
+    if folder.is_dir():
+        shutil.rmtree(folder)
+        removed = True
+    if removed:
+        logger.info("removed version %s of a failed round (never promoted) and its predictions", version)
+    return removed
+
+
+def _restore_label_studio_version(
+    client: LabelStudioClient, project_id: int, dead: str, active: str | None
+) -> None:
+    """Set Label Studio's model version back to ``active`` if a dead round had set it to ``dead``."""
+    try:
+        if str(client.project(project_id).get("model_version") or "") == dead:
+            client.set_model_version(project_id, active or "")
+    except LabelStudioError as exc:
+        logger.error(
+            "Label Studio project %d may still rank tasks by the dead round's version %s: %s; set the "
+            "model version to %s in the project's settings (Machine Learning)",
+            project_id, dead, exc, active,
+        )  # fmt: skip

@@ -10,6 +10,10 @@ No overlap, at three levels: the job has ``max_instances=1`` and coalesces
 missed runs; one scheduler per project (a lock held for the process's
 life); and ``run_round`` itself takes the project's round lock, so ``geolabel train
 --now`` and the scheduler never train the same project at the same time.
+
+At its start the scheduler takes the round lock once to close the rounds a killed process left
+``running`` (:func:`trainer.rounds.recover_interrupted`: marked failed, their unpromoted version
+removed), so a scheduler killed mid-round and started again shows that round failed at once.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from geolabel.config import Config, load_config
 from geolabel.errors import GeolabelError
 from geolabel.locks import exclusive_lock
-from geolabel.lsclient import client_for
+from geolabel.lsclient import LabelStudioClient, client_for
 from georef.registry import TileRegistry
-from trainer.errors import SchedulerBusyError, TrainerError
-from trainer.rounds import RoundStore
+from trainer.errors import RoundBusyError, SchedulerBusyError, TrainerError
+from trainer.legacy import adopt_legacy_stores
+from trainer.rounds import ROUND_LOCK, RoundRecord, RoundStatus, RoundStore, recover_interrupted
+from trainer.versions import ModelStore
 
 logger = logging.getLogger(__name__)
 JOB_ID = "active-learning-round"
@@ -123,6 +129,7 @@ def run_scheduler(config: Config, config_path: Path) -> None:
         f"a round scheduler already runs for project {config.project.name!r} of {config.data_dir}"
     )
     with exclusive_lock(lock, lambda: busy):
+        recover_at_start(config)
         scheduler = scheduler_for(config, config_path)
         logger.info(
             "round scheduler of %s: every %.0f s, a round at %d annotation change(s)",
@@ -137,3 +144,40 @@ def run_scheduler(config: Config, config_path: Path) -> None:
         finally:
             if scheduler.running:
                 scheduler.shutdown(wait=True)
+
+
+def recover_at_start(config: Config) -> list[RoundRecord]:
+    """Close the project's rounds a dead process left ``running``; return them as now recorded.
+
+    Does nothing while a round runs (``geolabel train --now`` holds the round lock: it recovers them).
+    """
+    if not config.registry_path.is_file():
+        return []
+    try:
+        with (
+            exclusive_lock(config.trainer_dir / ROUND_LOCK, lambda: RoundBusyError("a round is running")),
+            TileRegistry(config.registry_path) as registry,
+            RoundStore(config.registry_path) as store,
+        ):
+            project_id = registry.project_id(config.project.name)
+            if project_id is None:
+                return []
+            adopt_legacy_stores(config)
+            models = ModelStore(config.models_dir)
+            closed = recover_interrupted(store, project_id, models, config.predictions_dir, _client(config))
+    except RoundBusyError:
+        logger.info("a round of %s is running: it closes any interrupted round itself", config.project.name)
+        return []
+    for record in closed:
+        if record.status == RoundStatus.FAILED:
+            logger.warning("%s: round %d %s: %s", config.project.name, record.number, record.status,
+                           record.error)  # fmt: skip
+    return closed
+
+
+def _client(config: Config) -> LabelStudioClient | None:
+    """The configured Label Studio client, or None without a token (then Label Studio is left as it is)."""
+    try:
+        return client_for(config)
+    except GeolabelError:
+        return None

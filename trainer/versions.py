@@ -189,6 +189,24 @@ class ModelStore:
             shutil.rmtree(folder, ignore_errors=True)
         return [p.name for p in stale]
 
+    def discard(self, name: str) -> bool:
+        """Delete version ``name`` (one a failed round wrote); return whether it was there.
+
+        Only call it under the project's round lock, for a version no round promoted or kept.
+
+        Raises:
+            ModelStoreError: if ``name`` is the active version or not a version name.
+        """
+        if not name or name.startswith(".") or "/" in name or name == ACTIVE:
+            raise ModelStoreError(f"{name!r} is not a model version name")
+        if name == self.active_name():
+            raise ModelStoreError(f"model version {name} is active: it cannot be removed")
+        folder = self.root / name
+        if not folder.is_dir():
+            return False
+        shutil.rmtree(folder)
+        return True
+
     def activate(self, name: str) -> None:
         """Make ``name`` the active version (atomic replace of ``ACTIVE``).
 
