@@ -365,6 +365,7 @@ def test_volumes_match_the_config(services: dict[str, dict[str, Any]], config: C
         assert found[f"{data_dir}/tiles"] == ("tiles", "rw"), name
         config_path = service["environment"]["GEOLABEL_CONFIG"]
         assert found[config_path] == ("./geolabel.toml", "ro"), name
+        assert found["/rasters"] == ("./rasters", "ro"), f"{name}: the models and the map read the rasters"
         assert config.sam_checkpoint is not None
         assert str(config.sam_checkpoint.parent) in found, name
     for name, service in label_studio_services(services).items():
