@@ -7,6 +7,7 @@ token when it first creates the user, so later starts must reuse it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -25,6 +26,27 @@ from geolabel.errors import StackError
 from geolabel.paths import PRIVATE_UMASK, private_dir
 
 START_TIMEOUT_S = 300.0
+
+
+def loopback_address(url: str, requirement: str) -> tuple[str, int]:
+    """The IPv4 loopback address (any of 127.0.0.0/8; ``localhost`` is 127.0.0.1) and port of ``url``.
+
+    Linux routes all of 127.0.0.0/8 to the loopback interface, so services on one host can each have
+    their own loopback address (Label Studio's SSRF allow-list then admits exactly one of them).
+
+    Raises:
+        StackError: ``requirement`` and the URL, if it is not on loopback or has no explicit port.
+    """
+    parts = urlsplit(url)
+    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+        port = parts.port
+    except ValueError:
+        raise StackError(f"{requirement}; got {url}") from None
+    if address.version != 4 or not address.is_loopback or port is None:
+        raise StackError(f"{requirement}; got {url}")
+    return host, port
 
 
 def is_up(url: str, timeout: float = 2.0) -> bool:
@@ -87,14 +109,11 @@ class LocalLabelStudio(_Service):
     """
 
     def __init__(self, url: str, state_dir: Path, document_root: Path, credentials: Credentials) -> None:
-        parts = urlsplit(url)
-        if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
-            raise StackError(
-                f"the local Label Studio listens on loopback with an explicit port, e.g. "
-                f"http://127.0.0.1:8080; got {url}"
-            )
+        self.host, self.port = loopback_address(
+            url,
+            "the local Label Studio listens on loopback with an explicit port, e.g. http://127.0.0.1:8080",
+        )
         self.url = url.rstrip("/")
-        self.port = parts.port
         self.state_dir = state_dir
         self.document_root = document_root
         self.credentials = credentials
@@ -147,7 +166,7 @@ class LocalLabelStudio(_Service):
             "start",
             "--no-browser",
             "--internal-host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
         ]
@@ -269,13 +288,11 @@ class LocalMLBackend(_Service):
         schedule: bool = False,
         secrets_to_mask: tuple[str, ...] = (),
     ) -> None:
-        parts = urlsplit(url)
-        if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
-            raise StackError(
-                f"the local ML backend listens on loopback with a port, e.g. http://127.0.0.1:9090; got {url}"
-            )
+        host, port = loopback_address(
+            url, "the local ML backend listens on loopback with a port, e.g. http://127.0.0.1:9090"
+        )
         self.url = url.rstrip("/")
-        self.bind = f"127.0.0.1:{parts.port}"
+        self.bind = f"{host}:{port}"
         self.config_path = config_path.resolve()
         self.log_path = log_dir / "ml-backend.log"
         self.embed_log_path = log_dir / "embed.log"

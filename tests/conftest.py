@@ -275,3 +275,28 @@ def config_toml(config: Config, folder: Path, extra: str = "") -> Path:
         f'[paths]\ndata_dir = "{config.data_dir}"\n'
     )
     return path
+
+
+# --- the deployment's topology (PostgreSQL, SAM) -----------------------------------
+
+
+def require_postgres() -> None:
+    """PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth) for throw-away databases (missing: skip,
+    or fail under CI)."""
+    from geolabel.topology import postgres_problem
+
+    problem = postgres_problem()
+    if problem is not None:
+        missing_judge(f"{problem}; start it (pg_ctlcluster 15 main start) to run the topology tests")
+
+
+@pytest.fixture(scope="session")
+def random_sam_vit_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SAM vit_b checkpoint file with random weights (seeded): the real architecture, as a user's file."""
+    import torch
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam_random") / "sam_vit_b_random.pth"
+    torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), path)
+    return path
