@@ -83,6 +83,12 @@ class LabelStudioSection(_Section):
     token: SecretStr = SecretStr("")
     username: str = Field(default="admin@geolabel.local", pattern=r"^[^@\s]+@[^@\s]+$")
     document_root: str = ""
+    public_url: str = Field(default="", pattern=r"^(https?://[^/\s]+\S*|/)?$")
+
+    @property
+    def browser_url(self) -> str:
+        """Label Studio as people's browsers reach it: ``public_url``, else ``url``."""
+        return self.public_url or self.url
 
 
 class MLBackendSection(_Section):
@@ -360,6 +366,10 @@ token = ""
 username = "admin@geolabel.local"
 # Label Studio's LOCAL_FILES_DOCUMENT_ROOT as seen from here; empty = paths.data_dir.
 document_root = ""
+# Label Studio as annotators' browsers reach it (the dashboard's links to tasks), when it differs from
+# url (a deployment behind a proxy: https://labels.example.org; "/" = the dashboard's own origin, when
+# one proxy serves both); empty = url.
+public_url = ""
 
 [ml_backend]
 # Where Label Studio reaches the ML backend (SAM clicks, pre-annotations); `geolabel serve` listens here.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -35,6 +36,9 @@ def embed_queue(
     if backend.sam is None:
         raise GeolabelError(f"SAM is off: {backend.sam_error}")
     project_id = backend.registry.project_id(config.project.name)
+    if project_id is None and follow:  # a deployment starts this job before the first import
+        console.print(f"waiting for project {config.project.name!r}: no raster imported yet")
+        project_id = wait_for_project(backend, config.project.name, config.sam.precompute_interval)
     if project_id is None:
         raise GeolabelError(f"no project {config.project.name!r} imported yet; run: geolabel import RASTER")
     try:
@@ -58,3 +62,19 @@ def embed_queue(
     )
     for tile_id, reason in report.failed.items():
         console.print(f"  {tile_id}: {reason}", highlight=False)
+
+
+def wait_for_project(
+    backend: Backend, name: str, interval: float, timeout: float | None = None
+) -> int | None:
+    """Look for project ``name`` in the registry every ``interval`` seconds until it is imported.
+
+    Returns its Label Studio id, or None when ``timeout`` seconds (None: no limit) passed first.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(interval)
+        project_id = backend.registry.project_id(name)
+        if project_id is not None:
+            return project_id
+    return None

@@ -464,3 +464,22 @@ def test_the_dashboard_shows_only_the_backends_project(
     refused = client.get(f"/dashboard/tiles/{other.id}/19/{tile.x}/{tile.y}.png", auth=(user, PASSWORD))
     assert refused.status_code == 404
     assert "no raster" in refused.get_json()["error"]
+
+
+def test_task_links_follow_the_public_url() -> None:
+    """Behind one proxy the dashboard links to tasks on its own origin; else to the public or API URL."""
+    from geolabel.config import parse_config
+    from geolabel.errors import ConfigError
+    from trainer.dashboard_map import TileLinks
+
+    base = {"classes": [{"id": 1, "name": "building", "color": "#ff0000"}]}
+    section = {"url": "http://label-studio:8000"}
+    for public, expected in (
+        ("/", "/projects/3/data?task=7"),
+        ("https://labels.example.org", "https://labels.example.org/projects/3/data?task=7"),
+        ("", "http://label-studio:8000/projects/3/data?task=7"),
+    ):
+        config = parse_config({**base, "label_studio": {**section, "public_url": public}}, Path("."))
+        assert TileLinks(config.label_studio.browser_url, 3).task_url(7) == expected
+    with pytest.raises(ConfigError, match="public_url"):
+        parse_config({**base, "label_studio": {"public_url": "labels.example.org"}}, Path("."))

@@ -384,3 +384,30 @@ def test_nodata_pixels_are_known_from_the_png_without_decoding_opaque_tiles(tmp_
     assert valid.sum() == 23
     assert not valid[1, 2]
     assert rgb[1, 2].tolist() == [0, 0, 0]
+
+
+def test_the_embedding_job_waits_for_the_first_import(tmp_path: Path) -> None:
+    """`geolabel embed --follow` started before any import (a deployment) waits instead of exiting."""
+    import threading
+    import time
+    import types
+
+    from geolabel.embedding import wait_for_project
+    from georef.registry import TileRegistry
+
+    path = tmp_path / "registry.sqlite"
+    TileRegistry(path).close()
+
+    def import_later() -> None:
+        time.sleep(0.3)
+        with TileRegistry(path) as registry:
+            registry.record_project(41, "parcels")
+
+    thread = threading.Thread(target=import_later)
+    thread.start()
+    with TileRegistry(path) as registry:
+        holder = types.SimpleNamespace(registry=registry)
+        assert wait_for_project(holder, "other", 0.05, timeout=0.2) is None  # type: ignore[arg-type]
+        found = wait_for_project(holder, "parcels", 0.05, timeout=30)  # type: ignore[arg-type]
+    thread.join()
+    assert found == 41

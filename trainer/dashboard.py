@@ -93,7 +93,7 @@ def collect(config: Config) -> Dashboard:
         pending = registry.count_changed_annotations(project_id, store.harvested_upto(project_id))
     throughput = load_throughput(config.registry_path, project_id)
     return Dashboard(config.project.name, rounds, active, tiles, pending, config.trainer.threshold,
-                     project_id, rasters, config.label_studio.url, throughput)  # fmt: skip
+                     project_id, rasters, config.label_studio.browser_url, throughput)  # fmt: skip
 
 
 def _map_tiles(
