@@ -389,6 +389,15 @@ class Topology:
         self._stop(SCHEDULER)
         self._spawn(SCHEDULER, self._cli("train", "--schedule"), self._geolabel_env(), nice=10)
 
+    def update_settings(self, settings: Mapping[str, Mapping[str, object]]) -> None:
+        """Change sections of ``geolabel.toml``, e.g. ``{"trainer": {"epochs": 20}}``.
+
+        The scheduler applies them from its next check (it reads the file at every check); the backend
+        and the embedding job read it when they start.
+        """
+        self.settings = _merge(self.settings, settings)
+        self._write_config()
+
     @property
     def config(self) -> Config:
         """The topology's ``geolabel.toml`` as read by the geolabel processes (no secrets in it)."""
@@ -415,7 +424,9 @@ class Topology:
             f'[[classes]]\nid = {i}\nname = "{name}"\ncolor = "{color}"\n\n'
             for i, (name, color) in enumerate(CLASSES, start=1)
         )
-        self.config_path.write_text(classes + "".join(_toml_section(k, v) for k, v in sections.items()))
+        partial = self.config_path.with_suffix(".partial")
+        partial.write_text(classes + "".join(_toml_section(k, v) for k, v in sections.items()))
+        partial.replace(self.config_path)  # a process reading it never sees half a file
 
     # processes -------------------------------------------------------------------------------
 
