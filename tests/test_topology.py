@@ -261,3 +261,15 @@ def test_secrets_stay_out_of_logs_command_lines_and_the_config(topo: Topology) -
     for name, procs in topo.processes().items():
         for proc in procs:
             assert not [s for s in secrets if s in " ".join(proc.cmdline())], f"a secret in {name}'s argv"
+
+
+def test_the_same_topology_runs_label_studio_on_sqlite_with_one_app_process(tmp_path: Path) -> None:
+    with Topology(tmp_path / "sqlite", database="sqlite") as topology:
+        assert topology.db is None
+        assert (topology.data_dir / "label-studio" / "label_studio.sqlite3").is_file()
+        assert len(topology.label_studio_worker_pids()) == 1  # SQLite has one writer
+        assert len(topology.backend_worker_pids()) == 2
+        assert topology.client().check()  # the token works
+        assert topology.backend_health() is not None
+        processes = [p for procs in topology.processes().values() for p in procs]
+    assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
