@@ -19,8 +19,12 @@ class RoundBusyError(TrainerError):
     """Another round of the project is running."""
 
 
-class HarvestError(TrainerError, LabelStudioUnreachableError):
-    """Label Studio could not be read, even after retries (a :class:`LabelStudioError` too)."""
+class LabelStudioDownError(TrainerError, LabelStudioUnreachableError):
+    """Label Studio stayed unreachable during a round, even after retries (a Label Studio error too)."""
+
+
+class HarvestError(LabelStudioDownError):
+    """Label Studio could not be read for the harvest, even after retries."""
 
 
 class SchedulerBusyError(TrainerError):

@@ -22,14 +22,14 @@ import numpy as np
 
 from geolabel.classes import LabelClass
 from geolabel.config import Config
-from geolabel.errors import GeolabelError, LabelStudioUnreachableError
+from geolabel.errors import LabelStudioUnreachableError
 from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient, Retry
 from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from importers.inputs import project_input
 from trainer.dashboard_throughput import ThroughputTally, save_throughput
-from trainer.errors import HarvestError, RoundBusyError, TrainerError
+from trainer.errors import HarvestError, LabelStudioDownError, RoundBusyError, TrainerError
 from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
 from trainer.harvest import Harvest, LabelledTile, Labelling, class_pixels, harvest
 from trainer.inference import LoadedModel, feeding_tiles, load_version, read_input
@@ -71,8 +71,8 @@ def run_round(
 
     Raises:
         RoundBusyError: if another round holds the lock.
-        LabelStudioError: if Label Studio stayed unreachable or refused a request (the round is
-            recorded as failed; :class:`~trainer.errors.HarvestError` while harvesting).
+        LabelStudioDownError: if Label Studio stayed unreachable (a TrainerError and a
+            LabelStudioUnreachableError; :class:`~trainer.errors.HarvestError` while harvesting).
         TrainerError: if the round failed otherwise (it is recorded as failed with the reason).
     """
     client = client.with_retry(retry)
@@ -95,8 +95,10 @@ def run_round(
             _round(config, client, registry, store, project_id, round_id)
         except BaseException as exc:
             _fail(config, store, project_id, round_id, exc)
-            if isinstance(exc, (TrainerError, GeolabelError)) or not isinstance(exc, Exception):
+            if isinstance(exc, TrainerError) or not isinstance(exc, Exception):
                 raise
+            if isinstance(exc, LabelStudioUnreachableError):
+                raise LabelStudioDownError(str(exc)) from exc
             raise TrainerError(f"round {round_id} failed: {type(exc).__name__}: {exc}") from exc
         return store.get(round_id)
 
