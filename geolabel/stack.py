@@ -315,18 +315,19 @@ class LocalMLBackend(_Service):
                 f"something already answers at {self.url}; stop it or set another port in ml_backend.url"
             )
         env = {**os.environ, "GEOLABEL_CONFIG": str(self.config_path)}
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--bind", self.bind,
-            "--workers", str(self.workers),
-            "--threads", str(self.threads),
-            "--timeout", "600",  # a cold click runs SAM's image encoder: seconds to minutes on a CPU
-            "--graceful-timeout", "10",
-            "ml_backend.app:create_app()",
-        ]  # fmt: skip
-        self._server = spawn(command, env, self.log_path)
-        self._wait_until_up(timeout)
         cli = [sys.executable, "-m", "geolabel.cli", "--config", str(self.config_path)]
+        backend = [
+            *cli,
+            "backend",
+            "--bind",
+            self.bind,
+            "--workers",
+            str(self.workers),
+            "--threads",
+            str(self.threads),
+        ]
+        self._server = spawn(backend, env, self.log_path)  # `geolabel backend` becomes gunicorn (exec)
+        self._wait_until_up(timeout)
         if self.precompute:
             self._embed = spawn([*cli, "embed", "--follow"], env, self.embed_log_path, nice=10)
         if self.schedule:
