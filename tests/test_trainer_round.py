@@ -324,6 +324,7 @@ def test_the_scheduler_runs_one_round_when_enough_annotations_changed_and_only_o
     path = scheduler_config(project, tmp_path, threshold=3)
     before = len(rounds_of(project))
     record_changes(project, 3)
+    time.sleep(check(load_config(path)).retry_in)  # earlier tests' failed rounds: a back-off of seconds
     assert check(load_config(path)).due
     env = {**os.environ, TOKEN_ENV: label_studio.token}
     command = [sys.executable, "-m", "geolabel.cli", "--config", str(path), "train", "--schedule"]
@@ -492,3 +493,42 @@ def test_a_round_killed_midway_leaves_the_active_version_serving_and_the_next_ro
     assert killed.status == RoundStatus.FAILED
     assert "interrupted" in (killed.error or "")
     assert not [p for p in project.config.models_dir.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_round_with_every_tile_labelled_promotes_without_touching_label_studios_model_version(
+    label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    """Nothing left to predict: Label Studio would refuse a model version without predictions (HTTP 400)."""
+    from trainer.loop import NOTHING_PUSHED
+
+    image, truth = scene()
+    trainer = {"epochs": 1, "batch_size": 2, "validation_share": 0.5, "block_tiles": 1, "crop": 64}
+    imported = import_scene(label_studio, tmp_path / "small.tif", image[:, :256, :512], "all labelled",
+                            overlap=0, trainer=trainer)  # fmt: skip
+    client = label_studio.client()
+    done = Project(imported.config, client, imported.report.project_id, imported.tiles, truth[:256, :512])
+    assert len(done.tiles) == 2
+    for tile in done.tiles:
+        client.create_annotation(int(tile.task_id or 0), [brush(tile_truth(done, tile) == 1)])
+    before = client.project(done.project_id).get("model_version")
+    record = run_round(done.config, client, retry=Retry(1, 0.01))
+    assert record.status == RoundStatus.PROMOTED, record.error
+    assert NOTHING_PUSHED in record.problems
+    assert ModelStore(done.config.models_dir).active_name() == record.model_version
+    assert client.project(done.project_id).get("model_version") == before
+
+
+def test_failed_rounds_back_off_before_the_scheduler_tries_again() -> None:
+    """A round failing for a lasting reason must not retrain at every check: waits double, capped."""
+    from trainer.scheduler import MAX_RETRY_WAIT_S, retry_wait
+
+    def rounds(*statuses: RoundStatus, ended: str = "2026-11-30T10:00:00+00:00") -> list[RoundRecord]:
+        return [RoundRecord(i, 1, s, "scheduled", ended, ended) for i, s in enumerate(statuses, 1)]
+
+    at = datetime.datetime(2026, 11, 30, 10, 0, 30, tzinfo=datetime.UTC)  # 30 s after the last round
+    assert retry_wait([], 60, at) == 0
+    assert retry_wait(rounds(RoundStatus.FAILED, RoundStatus.PROMOTED), 60, at) == 0
+    assert retry_wait(rounds(RoundStatus.FAILED), 60, at) == 30  # 60 s after one failure
+    assert retry_wait(rounds(RoundStatus.PROMOTED, RoundStatus.FAILED, RoundStatus.FAILED), 60, at) == 90
+    assert retry_wait(rounds(*[RoundStatus.FAILED] * 20), 60, at) == MAX_RETRY_WAIT_S - 30
+    assert retry_wait(rounds(RoundStatus.FAILED), 10, at) == 0  # its wait is over

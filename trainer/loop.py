@@ -196,7 +196,15 @@ def _round(
         + [TileState(t, LabelState.SKIPPED) for t in sorted(skipped)]
         + [TileState(t, LabelState.UNLABELLED, u) for t, u in uncertainty.items() if t not in skipped]
     )
-    _promote(client, models, store, project_id, round_id, version.version, queue, states)
+    if not uncertainty:  # every tile labelled: no prediction carries the new version in Label Studio
+        store.add_problem(round_id, NOTHING_PUSHED)
+    _promote(client, models, store, project_id, round_id, version.version, queue, states, bool(uncertainty))
+
+
+NOTHING_PUSHED = (
+    "every tile of the project is labelled: no prediction to push, so Label Studio keeps its model version "
+    "(the backend serves the new active version; import more rasters to label more)"
+)
 
 
 def _promote(
@@ -208,8 +216,13 @@ def _promote(
     version: str,
     queue: list[QueueEntry],
     states: list[TileState],
+    pushed: bool = True,
 ) -> None:
     """The last steps of a round that succeeded: Label Studio's model version, the record, ``ACTIVE``.
+
+    ``pushed``: predictions of ``version`` reached Label Studio. Without any, Label Studio refuses it
+    as the project's model version ("doesn't exist either as live model or as static predictions"),
+    and there is no task left for it to rank: its model version is left as it is.
 
     On any failure the previous ``ACTIVE`` and Label Studio model version are put back before the
     error goes on (the round is then recorded as failed by the caller).
@@ -218,7 +231,8 @@ def _promote(
     previous_ls = str(client.project(project_id).get("model_version") or "")
     store.set_step(round_id, RoundStep.PROMOTING)
     try:
-        client.set_model_version(project_id, version)
+        if pushed:
+            client.set_model_version(project_id, version)
         store.set_queue(round_id, queue)
         store.set_tile_states(round_id, states)
         models.activate(version)

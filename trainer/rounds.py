@@ -221,6 +221,10 @@ class RoundStore:
         )
         return {str(row[0]) for row in rows}
 
+    def add_problem(self, round_id: int, problem: str) -> None:
+        """Append one problem to a round's list."""
+        self.update(round_id, problems=[*self.get(round_id).problems, problem])
+
     def update(self, round_id: int, **values: Any) -> None:
         """Set columns of a round (JSON columns take Python values)."""
         if not values:

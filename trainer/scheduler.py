@@ -47,11 +47,37 @@ class Check:
     project_id: int | None
     changes: int
     threshold: int
+    #: Seconds still to wait after failed rounds before the next try (0: none).
+    retry_in: float = 0.0
 
     @property
     def due(self) -> bool:
-        """True when a project exists and at least ``threshold`` annotations changed."""
-        return self.project_id is not None and self.changes >= self.threshold
+        """True when a project exists, at least ``threshold`` annotations changed and no back-off runs."""
+        return self.project_id is not None and self.changes >= self.threshold and self.retry_in <= 0
+
+
+#: Longest wait between two tries after failed rounds.
+MAX_RETRY_WAIT_S = 3600.0
+
+
+def retry_wait(rounds: list[RoundRecord], interval: float, now: datetime) -> float:
+    """Seconds to wait before a new round after the last ones failed (0 when the last did not fail).
+
+    A failed round does not count its annotations as harvested, so without a wait every check would
+    train again (a round that fails for a lasting reason would take the CPU forever). After ``n``
+    failed rounds in a row the next one waits ``interval * 2**(n-1)`` seconds after the last failure,
+    at most :data:`MAX_RETRY_WAIT_S`; ``geolabel train --now`` is never held back.
+    """
+    failures = 0
+    for record in reversed(rounds):
+        if record.status != RoundStatus.FAILED:
+            break
+        failures += 1
+    if not failures or rounds[-1].ended is None:
+        return 0.0
+    wait = min(interval * 2.0 ** (failures - 1), MAX_RETRY_WAIT_S)
+    elapsed = (now - datetime.fromisoformat(rounds[-1].ended)).total_seconds()
+    return max(0.0, wait - elapsed)
 
 
 def check(config: Config) -> Check:
@@ -64,7 +90,9 @@ def check(config: Config) -> Check:
         if project_id is None:
             return Check(None, 0, threshold)
         changes = registry.count_changed_annotations(project_id, rounds.harvested_upto(project_id))
-    return Check(project_id, changes, threshold)
+        history = rounds.rounds(project_id)
+    wait = retry_wait(history, config.trainer.check_interval, datetime.now(UTC))
+    return Check(project_id, changes, threshold, wait)
 
 
 def round_if_due(config_path: str, project: str | None = None) -> str:
@@ -80,6 +108,8 @@ def round_if_due(config_path: str, project: str | None = None) -> str:
     found = check(config)
     if not found.due:
         text = f"{found.changes} annotation change(s) since the last round; a round at {found.threshold}"
+        if found.retry_in > 0 and found.changes >= found.threshold:
+            text += f"; the last round failed: next try in {found.retry_in:.0f} s"
         logger.info(text)
         return text
     logger.info("%d annotation change(s): starting a round", found.changes)
