@@ -2,7 +2,8 @@
 
 Each run starts :class:`geolabel.topology.Topology` (Label Studio 1.23.2 under gunicorn with SSRF
 protection on, the ML backend under gunicorn with 2 workers on 127.0.0.2, one round scheduler, one
-embedding job), imports the sample orthophoto as small tiles (one task each), connects the backend,
+embedding job), imports the sample orthophoto as 16 tiles of 256 px (one task each; each task takes
+as many annotators as the load needs: Label Studio's ``maximum_annotations``), connects the backend,
 and signs up ``--annotators`` Label Studio users through the organisation's invite link, as real
 annotators join (each then reads its own API token). While the scheduler runs rounds, every annotator
 is one bounded client (one request at a time, no think time) that repeats ``--iterations`` times:
@@ -62,7 +63,7 @@ from bench_ml_backend import keypoint_context, percentiles, random_checkpoint  #
 from geolabel.config import TOKEN_ENV  # noqa: E402
 from geolabel.local import SAMPLE_RASTER  # noqa: E402
 from geolabel.paths import PRIVATE_UMASK  # noqa: E402
-from geolabel.stack import spawn  # noqa: E402
+from geolabel.stack import spawn, terminate  # noqa: E402
 from geolabel.topology import Topology, postgres_problem  # noqa: E402
 from georef.registry import TileRecord, TileRegistry  # noqa: E402
 from ml_backend.embeddings import EmbeddingCache  # noqa: E402
@@ -143,6 +144,15 @@ def sign_up(url: str, invite_path: str, email: str) -> Annotator:
         if answer.status_code != 200 or not answer.json().get("token"):
             raise BenchError(f"no API token for {email}: {answer.status_code}")
         return Annotator(email, password, str(answer.json()["token"]))
+
+
+def set_overlap(topo: Topology, args: argparse.Namespace, tasks: int) -> int:
+    """Annotators per task (Label Studio's ``maximum_annotations``): enough slots for the whole load."""
+    overlap = int(args.overlap or max(1, -(-args.annotators * args.iterations // tasks)))
+    headers = {"Authorization": f"Token {topo.token}"}
+    url = f"{topo.label_studio_url}/api/projects/{topo.project_id}/"
+    httpx.patch(url, json={"maximum_annotations": overlap}, headers=headers, timeout=60.0).raise_for_status()
+    return overlap
 
 
 def sign_up_all(topo: Topology, count: int) -> tuple[list[Annotator], str]:
@@ -237,7 +247,11 @@ def embed_once(topo: Topology, limit: int) -> dict[str, Any]:
     command = [sys.executable, "-m", "geolabel.cli", "--config", str(topo.config_path)]
     log = topo.log_dir / "embed-once.log"
     started = time.perf_counter()
-    code = spawn([*command, "embed", "--limit", str(limit)], env, log, umask=PRIVATE_UMASK).wait()
+    process = spawn([*command, "embed", "--limit", str(limit)], env, log, umask=PRIVATE_UMASK)
+    try:
+        code = process.wait()
+    finally:
+        terminate(process)  # interrupted (SIGTERM, Ctrl-C): never leave it behind
     if code != 0:
         raise BenchError(f"geolabel embed --limit {limit} exited with {code}; see {log}")
     return {"embed_once_s": round(time.perf_counter() - started, 1)}
@@ -488,7 +502,7 @@ def settings(args: argparse.Namespace, tasks: int) -> dict[str, dict[str, object
 
 def run(database: str, args: argparse.Namespace, checkpoint: Path, identity: str) -> dict[str, Any]:
     """One run of the topology on ``database``: set-up, embeddings, load, rounds, counts, secrets."""
-    tasks = args.annotators * args.iterations + 8
+    tasks = args.annotators * args.iterations + 8  # at most (sam.precompute)
     with tempfile.TemporaryDirectory(prefix=f"bench-deploy-{database}-") as tmp:
         started = time.perf_counter()
         topo = Topology(
@@ -505,6 +519,7 @@ def run(database: str, args: argparse.Namespace, checkpoint: Path, identity: str
             result["tasks"] = len(tiles)
             result["embeddings_seeded"] = embeddings.seed(list(tiles.values()))
             topo.connect_backend()
+            result["maximum_annotations"] = set_overlap(topo, args, len(tiles))
             annotators, invite = sign_up_all(topo, args.annotators)
             result["setup_s"] = round(time.perf_counter() - started, 1)
             print(f"[{database}] {len(tiles)} tasks, {len(annotators)} annotators; embedding...", flush=True)
@@ -568,6 +583,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
     row("tasks / annotators x iterations", lambda r: f"{r['tasks']} / {r['annotators']}")
     row("Label Studio app processes", lambda r: r["label_studio_workers"])
+    row("annotators per task (maximum_annotations)", lambda r: r["maximum_annotations"])
     for kind in KINDS:
         row(f"{kind} p50 / p95 / max ms (n)", functools.partial(_lat, kind))
     row("errors by type", lambda r: r["load"]["errors"])
@@ -631,7 +647,10 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=3, help="tasks each annotator does (default 3)")
     parser.add_argument("--databases", default="postgresql,sqlite", help="runs, in order (default both)")
     parser.add_argument("--raster", type=Path, default=SAMPLE_RASTER, help="raster to import")
-    parser.add_argument("--tile-size", type=int, default=128, help="tiling.size (default 128: 64 tasks)")
+    parser.add_argument("--tile-size", type=int, default=256, help="tiling.size (default 256: 16 tasks)")
+    parser.add_argument(
+        "--overlap", type=int, default=0, help="annotators per task (default: enough for the load)"
+    )
     parser.add_argument("--threshold", type=int, default=20, help="trainer.threshold (default 20)")
     parser.add_argument("--check-interval", type=float, default=15.0, help="trainer.check_interval (s)")
     parser.add_argument("--embed-timeout", type=float, default=60.0, help="max wait for embeddings (s)")
