@@ -289,8 +289,10 @@ class Topology:
             "--timeout", "300",  # an interactive call waits for the backend's SAM encoder
             "--graceful-timeout", "10",
             "--pythonpath", str(_label_studio_dir()),  # Label Studio imports `core.settings`
-            "--access-logfile", "-",  # pid, request line (never headers: no token), status, seconds
-            "--access-logformat", '%(p)s "%(r)s" %(s)s %(L)s',
+            # pid, method and path, status, seconds: never headers nor the query string, which may
+            # carry a secret (the organisation's invite link: /user/signup/?token=...)
+            "--access-logfile", "-",
+            "--access-logformat", '%(p)s "%(m)s %(U)s" %(s)s %(L)s',
             "label_studio.core.wsgi:application",
         ]  # fmt: skip
         self._spawn(LABEL_STUDIO, command, self._label_studio_env())

@@ -197,7 +197,7 @@ def test_after_a_postgresql_restart_everything_answers_again_without_a_manual_st
     def both_app_processes_answer() -> bool:
         response = httpx.get(f"{topo.label_studio_url}{path}", headers=headers, timeout=30)
         lines = log.read_bytes()[offset:].decode(errors="replace").splitlines()
-        ok = {line.split(">")[0].lstrip("<") for line in lines if f'"GET {path} HTTP/1.1" 200' in line}
+        ok = {line.split(">")[0].lstrip("<") for line in lines if f'"GET {path}" 200' in line}
         return response.status_code == 200 and ok >= {str(p) for p in topo.label_studio_worker_pids()}
 
     wait_for("both Label Studio processes answering", both_app_processes_answer, timeout=120, every=0.2)
