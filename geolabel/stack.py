@@ -58,16 +58,16 @@ def is_up(url: str, timeout: float = 2.0) -> bool:
     return response.status_code == 200 and '"UP"' in response.text
 
 
-class _Service(ABC):
-    """A child server, context-managed: entering starts it, leaving (or failing to start) stops it."""
+class Started(ABC):
+    """Started and stopped as a context manager: leaving, or failing to start, stops it."""
 
     @abstractmethod
     def start(self) -> None:
-        """Start the server and wait until it answers."""
+        """Start it and wait until it answers."""
 
     @abstractmethod
     def stop(self) -> None:
-        """Stop the server (no-op when it is not running)."""
+        """Stop it (no-op when it is not running)."""
 
     def __enter__(self) -> Self:
         try:
@@ -81,6 +81,10 @@ class _Service(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class _Service(Started):
+    """A child server."""
 
     @abstractmethod
     def exit_code(self) -> int | None:

@@ -33,8 +33,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 import httpx
 import psutil
@@ -44,7 +43,7 @@ from geolabel.credentials import BasicAuth, Credentials, load_or_create_credenti
 from geolabel.errors import StackError
 from geolabel.lsclient import LabelStudioClient
 from geolabel.paths import PRIVATE_UMASK, private_dir
-from geolabel.stack import LocalLabelStudio, is_up, loopback_address, spawn, tail, terminate
+from geolabel.stack import LocalLabelStudio, Started, is_up, loopback_address, spawn, tail, terminate
 
 Database = Literal["postgresql", "sqlite"]
 #: The services, by the names :meth:`Topology.pids` and :meth:`Topology.log_paths` use.
@@ -129,7 +128,7 @@ class ThrowawayDatabase:
             self.created = False
 
 
-class Topology:
+class Topology(Started):
     """Label Studio (PostgreSQL or SQLite), the ML backend, one scheduler and one embedding job.
 
     Args:
@@ -185,19 +184,6 @@ class Topology:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
 
     # life cycle ------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Create the database, start Label Studio and the backend; with rasters, import, connect, jobs.

@@ -300,3 +300,17 @@ def random_sam_vit_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sam_random") / "sam_vit_b_random.pth"
     torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), path)
     return path
+
+
+def keypoint(x: float, y: float, positive: bool = True, label: str = "building") -> dict[str, object]:
+    """A SAM click at percent ``(x, y)`` of a 256-px tile, as Label Studio's smart tool sends it."""
+    return {
+        "type": "keypointlabels",
+        "from_name": "sam_point",
+        "to_name": "image",
+        "original_width": 256,
+        "original_height": 256,
+        "image_rotation": 0,
+        "is_positive": positive,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]},
+    }

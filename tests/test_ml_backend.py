@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from segment_anything import SamPredictor, sam_model_registry
+from segment_anything import SamPredictor
 from werkzeug.serving import make_server
 
 from geolabel.classes import LabelClass
@@ -39,7 +39,7 @@ from ml_backend.errors import PrecomputeBusyError
 from ml_backend.precompute import exclusive, next_tiles, precompute
 from ml_backend.sam import PIXEL_CENTRE, Embedding, OnnxDecoder, Prompt, SamEngine, TorchDecoder, load_sam
 from ml_backend.service import Backend, load_rgb
-from tests.conftest import CLASSES, LabelStudioServer, free_port
+from tests.conftest import CLASSES, LabelStudioServer, free_port, keypoint
 from trainer import preannotations
 from trainer.fit import Sample, probabilities
 from trainer.inference import load_version, read_input
@@ -54,12 +54,9 @@ PASSWORD = "test-ml-password"
 
 
 @pytest.fixture(scope="session")
-def sam_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A vit_b checkpoint file with random weights (seeded)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth"
-    torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), path)
-    return path
+def sam_checkpoint(random_sam_vit_b: Path) -> Path:
+    """A vit_b checkpoint file with random weights (seeded), shared with the topology tests."""
+    return random_sam_vit_b
 
 
 @pytest.fixture(scope="session")
@@ -115,19 +112,6 @@ def served(
         yield Served(config, backend, url, client, report.project_id, tiles, ref.id)
     finally:
         server.shutdown()
-
-
-def keypoint(x: float, y: float, positive: bool = True, label: str = "building") -> dict:
-    return {
-        "type": "keypointlabels",
-        "from_name": "sam_point",
-        "to_name": "image",
-        "original_width": 256,
-        "original_height": 256,
-        "image_rotation": 0,
-        "is_positive": positive,
-        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]},
-    }
 
 
 def expected_mask(served: Served, tile: TileRecord, prompt: Prompt) -> np.ndarray:

@@ -28,7 +28,7 @@ from geolabel.topology import EMBEDDER, LABEL_STUDIO, ML_BACKEND, SCHEDULER, Top
 from georef.brush import rle_to_mask
 from georef.labelstudio import brush_result
 from georef.registry import TileRegistry
-from tests.conftest import free_port, require_postgres
+from tests.conftest import free_port, keypoint, require_postgres
 
 pytestmark = pytest.mark.labelstudio
 T = TypeVar("T")
@@ -92,20 +92,6 @@ def submit(topo: Topology, task_id: int) -> int:
         brush_result(water, "water", "label_brush", "image"),
     ]
     return topo.client().create_annotation(task_id, regions)
-
-
-def keypoint(x: float, y: float) -> dict[str, object]:
-    """A SAM click at percent ``(x, y)`` of a 256-px tile, as Label Studio's smart tool sends it."""
-    return {
-        "type": "keypointlabels",
-        "from_name": "sam_point",
-        "to_name": "image",
-        "original_width": 256,
-        "original_height": 256,
-        "image_rotation": 0,
-        "is_positive": True,
-        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": ["building"]},
-    }
 
 
 def sam_mask(topo: Topology, task_id: int, timeout: float = 300.0) -> npt.NDArray[np.bool_]:
