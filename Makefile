@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= demo/geolabel.toml
 
-.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export judges docker-judges deploy-test gdal clean
+.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export bench-deploy judges docker-judges deploy-test gdal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench-al: install  ## active learning on ../shared/data/fair_hotosm: uncertainty
 
 bench-export: install gdal  ## prediction export on 10000 tiles against gdal_translate -of COG
 	$(BIN)/python bench/bench_export.py
+
+bench-deploy: install  ## 20 simulated annotators against the deployment topology (PostgreSQL, then SQLite): latencies, nothing lost, RSS, secrets in logs
+	$(BIN)/python bench/bench_deployment.py
 
 bench: bench-import bench-ml bench-export
 

@@ -5,7 +5,9 @@ protection on, the ML backend under gunicorn with 2 workers on 127.0.0.2, one ro
 embedding job), imports the sample orthophoto as 16 tiles of 256 px (one task each; each task takes
 as many annotators as the load needs: Label Studio's ``maximum_annotations``), connects the backend,
 and signs up ``--annotators`` Label Studio users through the organisation's invite link, as real
-annotators join (each then reads its own API token). While the scheduler runs rounds, every annotator
+annotators join (each then reads its own API token). The admin labels ``--prelabel`` tasks and one round
+runs (``geolabel train --now``), so the other tasks carry the model's pre-annotations, as after a
+project's first round. While the scheduler runs rounds, every annotator
 is one bounded client (one request at a time, no think time) that repeats ``--iterations`` times:
 
 1. ``next``: ``GET /api/projects/{id}/next/`` (Label Studio picks and locks the user's next task and
@@ -148,7 +150,10 @@ def sign_up(url: str, invite_path: str, email: str) -> Annotator:
 
 def set_overlap(topo: Topology, args: argparse.Namespace, tasks: int) -> int:
     """Annotators per task (Label Studio's ``maximum_annotations``): enough slots for the whole load."""
-    overlap = int(args.overlap or max(1, -(-args.annotators * args.iterations // tasks)))
+    # one slot of slack per task: Label Studio locks a task while an annotator holds it, so with every
+    # slot needed the last annotators can find only locked tasks ("There are no tasks for ...", 404)
+    needed = -(-(args.annotators * args.iterations + args.prelabel) // tasks)  # ceiling
+    overlap = int(args.overlap or 1 + max(1, needed))
     headers = {"Authorization": f"Token {topo.token}"}
     url = f"{topo.label_studio_url}/api/projects/{topo.project_id}/"
     httpx.patch(url, json={"maximum_annotations": overlap}, headers=headers, timeout=60.0).raise_for_status()
@@ -255,6 +260,41 @@ def embed_once(topo: Topology, limit: int) -> dict[str, Any]:
     if code != 0:
         raise BenchError(f"geolabel embed --limit {limit} exited with {code}; see {log}")
     return {"embed_once_s": round(time.perf_counter() - started, 1)}
+
+
+def warm_up_round(topo: Topology, load: Load, count: int) -> dict[str, Any]:
+    """The admin labels ``count`` tasks and one round runs (``geolabel train --now``) before the load.
+
+    The round pushes its predictions for the other tasks and sets the project's model version, so
+    annotators open tasks with a pre-annotation, as they would after the project's first round.
+
+    Raises:
+        BenchError: if the round fails.
+    """
+    if count <= 0:
+        return {"prelabelled": 0, "annotation_ids": []}
+    client, rng = topo.client(), random.Random(99)
+    ids = [
+        client.create_annotation(task_id, [load.polygon(task_id, rng)])
+        for task_id in sorted(load.tiles)[:count]
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEOLABEL_", "LABEL_STUDIO_"))}
+    env[TOKEN_ENV] = topo.token
+    command = [sys.executable, "-m", "geolabel.cli", "--config", str(topo.config_path), "train", "--now"]
+    log = topo.log_dir / "warm-up-round.log"
+    started = time.perf_counter()
+    process = spawn(command, env, log, umask=PRIVATE_UMASK)
+    try:
+        code = process.wait()
+    finally:
+        terminate(process)
+    if code != 0:
+        raise BenchError(f"the warm-up round exited with {code}; see {log}")
+    return {
+        "prelabelled": len(ids),
+        "annotation_ids": ids,
+        "round_s": round(time.perf_counter() - started, 1),
+    }
 
 
 # resident memory ---------------------------------------------------------------------------------
@@ -525,9 +565,13 @@ def run(database: str, args: argparse.Namespace, checkpoint: Path, identity: str
             print(f"[{database}] {len(tiles)} tasks, {len(annotators)} annotators; embedding...", flush=True)
             result["embedding"] = embed_once(topo, len(tiles))
             embeddings.keep(list(tiles.values()))
+            load = Load(topo, tiles, embeddings)
+            print(f"[{database}] warm-up round on {args.prelabel} labelled tasks...", flush=True)
+            warm_up = warm_up_round(topo, load, args.prelabel)
+            result["warm_up"] = {k: v for k, v in warm_up.items() if k != "annotation_ids"}
             topo.start_jobs()
             result["embedding"].update(embeddings.wait(list(tiles.values()), args.embed_timeout))
-            result.update(measure(topo, tiles, embeddings, annotators, args))
+            result.update(measure(topo, load, annotators, args, warm_up["annotation_ids"]))
             result["embeddings_kept_for_later_runs"] = embeddings.keep(list(tiles.values()))
             result["secrets"] = check_secrets(topo, annotators, invite)
         result["total_s"] = round(time.perf_counter() - started, 1)
@@ -535,16 +579,11 @@ def run(database: str, args: argparse.Namespace, checkpoint: Path, identity: str
 
 
 def measure(
-    topo: Topology,
-    tiles: dict[int, TileRecord],
-    embeddings: Embeddings,
-    annotators: list[Annotator],
-    args: argparse.Namespace,
+    topo: Topology, load: Load, annotators: list[Annotator], args: argparse.Namespace, prelabelled: list[int]
 ) -> dict[str, Any]:
     """The load phase with the memory sampler, then the rounds settle and everything is counted."""
     sampler = MemorySampler(topo)
     sampler.start()
-    load = Load(topo, tiles, embeddings)
     print(f"[{topo.database}] load: {len(annotators)} annotators x {args.iterations} tasks", flush=True)
     load_started = time.time()
     loadavg_before = os.getloadavg()
@@ -563,7 +602,7 @@ def measure(
         )
     return {
         "load": load.report(wall),
-        "counts": count_annotations(topo, load.recorder.submitted),
+        "counts": count_annotations(topo, [*prelabelled, *load.recorder.submitted]),
         "rounds": rounds,
         "rss": sampler.report(),
         "host_load_average_1m_before_after": [round(loadavg_before[0], 1), round(os.getloadavg()[0], 1)],
@@ -650,6 +689,12 @@ def main() -> int:
     parser.add_argument("--tile-size", type=int, default=256, help="tiling.size (default 256: 16 tasks)")
     parser.add_argument(
         "--overlap", type=int, default=0, help="annotators per task (default: enough for the load)"
+    )
+    parser.add_argument(
+        "--prelabel",
+        type=int,
+        default=4,
+        help="tasks the admin labels for a round before the load (default 4)",
     )
     parser.add_argument("--threshold", type=int, default=20, help="trainer.threshold (default 20)")
     parser.add_argument("--check-interval", type=float, default=15.0, help="trainer.check_interval (s)")
