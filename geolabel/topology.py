@@ -344,27 +344,27 @@ class Topology(Started):
             self.project_id = registry.project_id(self.config.project.name)
 
     def connect_backend(self) -> int:
-        """Connect the backend to the project (basic auth, webhook with its auth header); return its id.
+        """Connect the backend to the project with ``geolabel connect``, as an operator does; return its id.
 
         Raises:
-            StackError: if no project was imported yet.
-            LabelStudioError: if Label Studio refuses (e.g. its SSRF protection blocks the address).
+            StackError: if no project was imported yet, or ``geolabel connect`` fails (e.g. Label
+                Studio's SSRF protection blocks the backend's address).
         """
-        from rich.console import Console
-
-        from geolabel.local import sync_sam_tools
-
         if self.project_id is None:
             raise StackError("import a raster first (Topology.import_rasters)")
-        client, auth = self.client(), self.backend_auth
-        ref = client.connect_ml_backend(
-            self.project_id, self.backend_url, "geolabel", auth.username, auth.password
+        self._run_once("connect", self._cli("connect"), self._geolabel_env())
+        response = httpx.get(
+            f"{self.label_studio_url}/api/ml/",
+            params={"project": self.project_id},
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=60.0,
         )
-        sam = (self.backend_health() or {}).get("sam") or {}
-        enabled = bool(sam.get("enabled")) if isinstance(sam, dict) else False
-        sync_sam_tools(self.config, client, self.project_id, enabled, Console(quiet=True))
-        self.ml_backend_id = ref.id
-        return ref.id
+        response.raise_for_status()
+        ids = [int(b["id"]) for b in response.json() if str(b.get("url", "")).rstrip("/") == self.backend_url]
+        if not ids:
+            raise StackError(f"geolabel connect left no ML backend at {self.backend_url}; see {self.log_dir}")
+        self.ml_backend_id = ids[0]
+        return ids[0]
 
     def start_jobs(self) -> None:
         """Start the round scheduler and (with SAM) the embedding job, one process each."""
