@@ -359,7 +359,10 @@ def own_label_studio(label_studio: LabelStudioServer, tmp_path: Path) -> Iterato
 
 
 def test_label_studio_stopped_mid_round_fails_the_round_cleanly_and_the_next_round_succeeds(
-    own_label_studio: LocalLabelStudio, label_studio: LabelStudioServer, tmp_path: Path
+    own_label_studio: LocalLabelStudio,
+    label_studio: LabelStudioServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = LabelStudioServer(
         own_label_studio.url,
@@ -420,3 +423,21 @@ def test_label_studio_stopped_mid_round_fails_the_round_cleanly_and_the_next_rou
     assert record.status == RoundStatus.PROMOTED, record.error
     assert models.active_name() == record.model_version
     assert trained.client.project(trained.project_id)["model_version"] == record.model_version
+
+    # down when a round starts, back within its retry window: the retries carry the round through
+    own_label_studio.stop()
+
+    def start_soon() -> None:
+        time.sleep(1.0)
+        own_label_studio.start()
+
+    restarter = threading.Thread(target=start_soon)
+    caplog.clear()
+    restarter.start()
+    try:
+        again = run_round(trained.config, trained.client, retry=Retry(6, 1.0))
+    finally:
+        restarter.join()
+    assert again.status in (RoundStatus.PROMOTED, RoundStatus.KEPT), again.error
+    assert "trying again" in caplog.text  # it did start while Label Studio was down
+    assert models.active_name() in (record.model_version, again.model_version)
