@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from geolabel.config import ML_PASSWORD_ENV, Config
-from geolabel.errors import ConfigError
+from geolabel.errors import ConfigError, GeolabelError
 from geolabel.lsclient import client_for
 from geolabel.ssrf import SSRF_SETTINGS, banned_subnets_except
 from ml_backend.app import CONFIG_ENV, gunicorn_argv
@@ -80,11 +80,23 @@ def connect(config: Config, console: Console) -> None:
     """Connect the ML backend at ``ml_backend.url`` to the project (webhook auth, SAM tools).
 
     Raises:
+        GeolabelError: if the project was not imported yet.
         LabelStudioError: if Label Studio is unreachable or refuses the backend (SSRF protection:
             see :func:`ssrf_settings`).
     """
     from geolabel.local import connect_backend  # the local stack's own connection step
+    from georef.registry import TileRegistry
 
+    if config.registry_path.is_file():
+        with TileRegistry(config.registry_path) as registry:
+            imported = registry.project_id(config.project.name) is not None
+    else:
+        imported = False
+    if not imported:
+        raise GeolabelError(
+            f"no project {config.project.name!r} imported yet in {config.data_dir}: run geolabel import "
+            "RASTER first (it creates the project), then geolabel connect"
+        )
     connect_backend(config, client_for(config), None, console)
 
 

@@ -132,3 +132,13 @@ def test_bind_parsing_and_the_backend_password_rule(monkeypatch: pytest.MonkeyPa
         check_backend_secret(config, "0.0.0.0")
     monkeypatch.setenv("GEOLABEL_ML_BACKEND_PASSWORD", "chosen-by-the-operator")
     check_backend_secret(config, "0.0.0.0")
+
+
+def test_connect_before_any_import_says_what_to_run(tmp_path: Path) -> None:
+    """`geolabel connect` in a fresh deployment, before the first import: a clear message, exit code 1."""
+    config = tmp_path / "geolabel.toml"
+    config.write_text('[[classes]]\nid = 1\nname = "building"\ncolor = "#ff0000"\n')
+    result = CliRunner().invoke(cli, ["--config", str(config), "connect"])
+    assert result.exit_code == 1, result.output
+    assert "no project 'geolabel' imported yet" in result.output
+    assert "geolabel import" in result.output
