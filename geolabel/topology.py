@@ -324,12 +324,9 @@ class Topology(Started):
 
     def backend_health(self) -> dict[str, object] | None:
         """The backend's ``/health`` answer, or None when it does not answer."""
-        try:
-            response = httpx.get(f"{self.backend_url}/health", timeout=5.0)
-            data = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        from geolabel.local import ml_backend_health
+
+        return ml_backend_health(self.backend_url)
 
     def import_rasters(self, rasters: Iterable[Path]) -> None:
         """Import rasters with ``geolabel import`` (the real importer) into this Label Studio.
