@@ -48,9 +48,8 @@ from ml_backend.app import settings_from_config  # noqa: E402
 from ml_backend.precompute import precompute  # noqa: E402
 from ml_backend.sam import Prompt  # noqa: E402
 from ml_backend.service import Backend  # noqa: E402
-from trainer.inference import load_version, predict_tiles  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.predictions import PredictionStore  # noqa: E402
+from trainer.predict import predict_missing  # noqa: E402
 from trainer.versions import InputSpec, ModelManifest, ModelStore  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -281,9 +280,8 @@ class Bench:
     def store_predictions(self) -> None:
         """What a round leaves behind: the active version's prediction of every tile, stored."""
         with TileRegistry(self.config.registry_path) as registry:
-            model = load_version(ModelStore(self.config.models_dir), "bench-v1")
-            store = PredictionStore(self.config.predictions_dir, "bench-v1")
-            predict_tiles(registry, model, store, registry.tiles(status=TileStatus.IMPORTED))
+            tiles = registry.tiles(status=TileStatus.IMPORTED)
+            predict_missing(self.config.with_scheduler("none"), registry, "bench-v1", tiles)
 
     def load_test(self, key: str) -> None:
         rng = random.Random(3)

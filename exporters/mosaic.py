@@ -3,9 +3,9 @@
 The output grid is cut into square blocks; :func:`plan_blocks` lists, for every
 block, the tiles that touch it, and :func:`mosaic_block` computes one block from
 those tiles alone. Memory is one block plus the tiles it reads, whatever the
-project's size, and blocks are independent: a thread pool here, or Dask
-(``dask.delayed(mosaic_block)`` per block) on a cluster, can compute them in
-parallel while one writer stores them in order.
+project's size, and blocks are independent: threads in this process or Dask
+workers (:mod:`geolabel.compute`) compute them in parallel while one writer
+stores them in order.
 
 Overlaps are blended, never last-writer-wins: each tile's probabilities are
 weighted by a ramp that rises from the tile's edge across the overlap

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from shapely.geometry.base import BaseGeometry
 from exporters import gpkg, labels, rasters, styles, tilemap
 from exporters.errors import ExportInputError, OutputExistsError
 from exporters.mosaic import ARGMAX_NODATA, MosaicTile, plan_blocks
+from geolabel.compute import open_engine
 from geolabel.config import Config
 from geolabel.locks import hold_lock, is_locked, process_alive
 from geolabel.lsclient import LabelStudioClient
@@ -34,9 +35,10 @@ from geolabel.lsmodels import LabelledTask
 from geolabel.progress import Progress, SilentProgress
 from georef.errors import InvalidGeometryError
 from georef.grid import Grid, covering_grid, crs_from_text, crs_to_text, reprojected_grid, union_grid
-from georef.registry import RasterRecord, TileRecord, TileRegistry, TileStatus
+from georef.registry import RasterRecord, TileRecord, TileRegistry
 from trainer.harvest import Problem
 from trainer.legacy import adopt_legacy_stores
+from trainer.predict import PREDICTABLE, predict_missing
 from trainer.predictions import PredictionStore
 from trainer.rounds import RoundStore
 from trainer.versions import ModelStore
@@ -57,7 +59,8 @@ class ExportOptions:
     what: tuple[str, ...] = WHAT
     explicit: bool = False  # ``what`` was asked for: a part that cannot be made is an error, not a note
     overwrite: bool = False
-    workers: int = 2
+    workers: int = 2  # threads of the in-process engine and of GDAL's COG writer
+    announce: Callable[[str], None] | None = None  # told where the work runs (a Dask dashboard link)
 
 
 @dataclass
@@ -280,10 +283,8 @@ def _export_predictions(
             raise ExportInputError(message)
         report.notes.append(message)
         return
-    tiles = [t for t in project.tiles if t.status in (TileStatus.RENDERED, TileStatus.IMPORTED)]
+    tiles = [t for t in project.tiles if t.status in PREDICTABLE]
     store = PredictionStore(config.predictions_dir, version)
-    report.notes += _predict_missing(config, store, tiles, bar)
-    tiles = [t for t in tiles if store.has(t.id)]  # tiles whose raster cannot feed the model are left out
     manifest = ModelStore(config.models_dir).manifest(version)
     bands = [rasters.Band(0, "background", "#000000")] + [
         rasters.Band(c.id, c.name, c.color) for c in manifest.classes
@@ -293,10 +294,14 @@ def _export_predictions(
             f"class id {ARGMAX_NODATA} is the class-id raster's nodata; renumber that class"
         )
     out_grid = _output_grid(list(project.rasters.values()), options.crs)
-    mosaic_tiles = [MosaicTile(t.id, t.grid, project.rasters[t.raster_id].overlap) for t in tiles]
-    blocks = plan_blocks(out_grid, mosaic_tiles)
-    bar.start("mosaicking predictions", len(blocks))
-    files = rasters.write_mosaic(out_grid, blocks, store.load, bands, work, options.workers, bar.advance)
+    with open_engine(config.compute, len(tiles), options.workers, options.announce) as engine:
+        with TileRegistry(config.registry_path) as registry:  # predictions missing are computed first
+            report.notes += predict_missing(config, registry, version, tiles, bar, engine=engine).problems
+        tiles = [t for t in tiles if store.has(t.id)]  # tiles whose raster cannot feed the model are left out
+        mosaic_tiles = [MosaicTile(t.id, t.grid, project.rasters[t.raster_id].overlap) for t in tiles]
+        blocks = plan_blocks(out_grid, mosaic_tiles)
+        bar.start("mosaicking predictions", len(blocks))
+        files = rasters.write_mosaic(out_grid, blocks, store.load, bands, work, engine, bar.advance)
     bar.start("writing Cloud-Optimized GeoTIFFs", 2)
     rasters.to_cog(files.proba, work / "predictions_proba.tif", "AVERAGE", options.workers)
     bar.advance(1)
@@ -313,24 +318,6 @@ def _export_predictions(
                      "predictions_argmax.qml"]  # fmt: skip
     report.model_version = version
     report.counts.update(predicted_tiles=len(tiles), prediction_pixels=files.valid_pixels)
-
-
-def _predict_missing(
-    config: Config, store: PredictionStore, tiles: Sequence[TileRecord], bar: Progress
-) -> list[str]:
-    """Run the model on the tiles it has not predicted yet (resumable: each tile is stored as it is done).
-
-    Returns one problem per raster whose tiles cannot feed the model (they are left out, not predicted).
-    """
-    missing = set(store.missing(t.id for t in tiles))
-    if not missing:
-        return []
-    from trainer.inference import load_version, predict_tiles  # torch loads only when a model must run
-
-    model = load_version(ModelStore(config.models_dir), store.version)
-    bar.start(f"predicting tiles with {store.version}", len(missing))
-    with TileRegistry(config.registry_path) as registry:
-        return predict_tiles(registry, model, store, [t for t in tiles if t.id in missing], bar.advance)
 
 
 def _output_grid(records: Sequence[RasterRecord], crs: CRS | None) -> Grid:

@@ -11,8 +11,8 @@ nearest for class ids), which streams too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 
-from exporters.mosaic import ARGMAX_NODATA, Block, BlockResult, Loader, mosaic_block
+from exporters.mosaic import ARGMAX_NODATA, Block, Loader, mosaic_block
+from geolabel.compute import Engine, InProcess
 from georef.grid import Grid
 
 #: GDAL's block cache while writing, in MB (its default, 5 % of RAM, dominates the peak memory).
@@ -55,10 +56,16 @@ def write_mosaic(
     load: Loader,
     bands: Sequence[Band],
     work: Path,
-    workers: int = 2,
+    engine: Engine | None = None,
     advance: Callable[[int], None] | None = None,
 ) -> MosaicFiles:
-    """Compute every block (``workers`` threads) and write the probability and class-id work GeoTIFFs."""
+    """Compute every block on ``engine`` (default: this process) and write the two work GeoTIFFs in order.
+
+    Blocks are independent (:func:`~exporters.mosaic.mosaic_block` reads only the tiles touching it
+    through ``load``, which must be picklable to run on Dask: a
+    :class:`~trainer.predictions.PredictionStore`'s ``load``); a few are in flight while this process
+    writes them, so memory stays a few blocks whatever the engine.
+    """
     profile = {"driver": "GTiff", "width": out.width, "height": out.height, "crs": out.crs,
                "transform": out.transform, "dtype": "uint8", **_WORK_OPTIONS}  # fmt: skip
     proba_path, argmax_path = work / "proba.tif", work / "argmax.tif"
@@ -71,7 +78,8 @@ def write_mosaic(
     ):
         _describe(proba, argmax, bands)
         proba.write_mask(False)  # pixels no block covers have no data
-        for result in _computed(out, blocks, load, len(bands), workers):
+        compute = functools.partial(mosaic_block, out, load=load, bands=len(bands))
+        for result in (engine or InProcess()).map_ordered(compute, blocks):
             window = result.window.to_rasterio()
             proba.write(result.proba, window=window)
             proba.write_mask(result.valid.astype(np.uint8) * 255, window=window)
@@ -102,28 +110,6 @@ def _describe(
     argmax.update_tags(1, **{f"class_{b.class_id}": b.name for b in bands})
     colours = {b.class_id: (*_rgb(b.color), 255) for b in bands}
     argmax.write_colormap(1, {**colours, ARGMAX_NODATA: (0, 0, 0, 0)})
-
-
-def _computed(
-    out: Grid, blocks: Sequence[Block], load: Loader, bands: int, workers: int
-) -> Iterator[BlockResult]:
-    """Blocks computed in order by a small thread pool, at most ``workers + 1`` ahead of the writer."""
-    if workers <= 1:
-        for block in blocks:
-            yield mosaic_block(out, block, load, bands)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: list[Future[BlockResult]] = []
-        for block in blocks:
-            pending.append(pool.submit(mosaic_block, out, block, load, bands))
-            if len(pending) > workers:
-                yield pending.pop(0).result()
-        yield from _results(pending)
-
-
-def _results(futures: Iterable[Future[BlockResult]]) -> Iterator[BlockResult]:
-    for future in futures:
-        yield future.result()
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

@@ -112,15 +112,26 @@ def _config(ctx: click.Context) -> Config:
     return config
 
 
-def _project_config(ctx: click.Context, project: str | None) -> Config:
-    """The config of ``--project`` (default: ``project.name`` of the file): its stores and rounds only."""
-    return _config(ctx).for_project(project)
+def _project_config(ctx: click.Context, project: str | None, scheduler: str | None = None) -> Config:
+    """The config of ``--project`` (default: ``project.name`` of the file), with ``--scheduler`` if given."""
+    return _config(ctx).for_project(project).with_scheduler(scheduler)
 
 
 #: ``--project`` of the commands that act on one project's tiles, models, rounds and predictions.
 project_option = click.option(
     "--project", help="Project (Label Studio project title) to act on (default: project.name in the config)."
 )
+
+#: ``--scheduler`` of the commands that fan tiles out (round scoring, predict, export).
+scheduler_option = click.option(
+    "--scheduler",
+    help='Where tile work runs: "local" (a Dask LocalCluster), "tcp://host:8786" (an existing Dask '
+    'scheduler) or "none" (this process); default: compute.scheduler in the config.',
+)
+
+
+def _announce(text: str) -> None:
+    err_console.print(text, highlight=False, markup=False)
 
 
 def _client(config: Config) -> LabelStudioClient:
@@ -425,20 +436,21 @@ def embed(ctx: click.Context, limit: int | None, follow: bool, project: str | No
     "(checked every trainer.check_interval seconds); `geolabel serve` starts this itself.",
 )
 @project_option
+@scheduler_option
 @click.pass_context
 @handle_errors
-def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None) -> None:
+def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None, scheduler: str | None) -> None:
     """Run an active-learning round: harvest, train, validate, score, push, promote, queue the next tiles."""
     if now_ == schedule:
         raise click.UsageError("give --now (one round now) or --schedule (rounds as annotations come in)")
-    config = _project_config(ctx, project)
+    config = _project_config(ctx, project, scheduler)
     if schedule:
         from geolabel.local import stop_on_signals
         from trainer.scheduler import run_scheduler
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         with stop_on_signals():
-            run_scheduler(config, ctx.obj["config_path"])
+            run_scheduler(config, ctx.obj["config_path"], scheduler)
         return
     from trainer.loop import run_round
 
@@ -457,6 +469,39 @@ def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None) -
     console.print(f"validation ({record.validation_tiles} tiles): {scores or 'no validation tiles yet'}")
     for problem in record.problems:
         err_console.print(f"[yellow]note:[/] {problem}", highlight=False)
+
+
+@cli.command()
+@click.option(
+    "--raster", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Only this raster's tiles."
+)
+@click.option("--version", "version", help="Model version to run (default: the active one).")
+@project_option
+@scheduler_option
+@click.pass_context
+@handle_errors
+def predict(
+    ctx: click.Context, raster: Path | None, version: str | None, project: str | None, scheduler: str | None
+) -> None:
+    """Predict every tile of the project (or --raster) with a model version and store it for exports.
+
+    Resumable: tiles already stored are not predicted again, so after an interruption run it again.
+    """
+    from trainer.predict import predict_project
+
+    config = _project_config(ctx, project, scheduler)
+    if not _has_registry(config):
+        return
+    with progress_bar() as bar:
+        report = predict_project(config, raster, version, bar, _announce)
+    where = f" ({report.where})" if report.where else ""
+    console.print(
+        f"{config.project.name}: {report.version}: {report.computed} tiles predicted{where}, "
+        f"{report.already} already stored, of {report.tiles}",
+        highlight=False,
+    )
+    for problem in report.problems:
+        err_console.print(f"[yellow]left out:[/] {problem}", highlight=False)
 
 
 @cli.command()
@@ -513,6 +558,7 @@ def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     "--overwrite", is_flag=True, help="Replace --out if it exists (only once the new export is complete)."
 )
 @project_option
+@scheduler_option
 @click.pass_context
 @handle_errors
 def export(
@@ -522,13 +568,14 @@ def export(
     what: tuple[str, ...] | None,
     overwrite: bool,
     project: str | None,
+    scheduler: str | None,
 ) -> None:
     """Write a project's labels (GeoPackage), predictions (COG) and tile map, styled for QGIS, to --out."""
     from exporters.project import WHAT, ExportOptions, export_project
 
-    config = _project_config(ctx, project)
+    config = _project_config(ctx, project, scheduler)
     options = ExportOptions(out, crs, what or WHAT, explicit=what is not None, overwrite=overwrite,
-                            workers=config.import_.workers)  # fmt: skip
+                            workers=config.import_.workers, announce=_announce)  # fmt: skip
     client = _client(config)
     client.check()
     with progress_bar() as bar:

@@ -130,6 +130,20 @@ class TrainerSection(_Section):
     batch: int = Field(default=16, ge=1, le=10000)
     seed: int = 0
     labelling: Literal["exhaustive", "sparse"] = "exhaustive"
+    pool: int = Field(default=2000, ge=0)
+
+
+class ComputeSection(_Section):
+    """``[compute]``: where tile-parallel work runs (see :mod:`geolabel.compute`)."""
+
+    scheduler: str = Field(default="local", pattern=r"^(local|none|(tcp|tls)://[^/\s]+)$")
+    workers: int = Field(default=0, ge=0, le=512)
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    memory_limit: str = Field(default="auto", pattern=r"^(auto|[0-9]+(\.[0-9]+)? ?([kMGT]i?B|B)?)$")
+    dashboard_address: str = Field(default="127.0.0.1:8787", pattern=r"^([^\s:]*:[0-9]{1,5})?$")
+    in_process_below: int = Field(default=200, ge=0)
+    chunk: int = Field(default=16, ge=1, le=1024)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class PathsSection(_Section):
@@ -155,6 +169,7 @@ class Config(_Section):
     ml_backend: MLBackendSection = MLBackendSection()
     sam: SamSection = SamSection()
     trainer: TrainerSection = TrainerSection()
+    compute: ComputeSection = ComputeSection()
     paths: PathsSection = PathsSection()
     import_: ImportSection = Field(default=ImportSection(), alias="import")
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -198,6 +213,20 @@ class Config(_Section):
         except ValidationError as exc:
             raise ConfigError(f"--project {name!r}: {_describe(exc, 'project name')}") from None
         return self.model_copy(update={"project": section})
+
+    def with_scheduler(self, scheduler: str | None) -> Config:
+        """This config with ``compute.scheduler`` replaced (a ``--scheduler`` option; None: unchanged).
+
+        Raises:
+            ConfigError: if ``scheduler`` is not ``local``, ``none`` or a ``tcp://`` / ``tls://`` address.
+        """
+        if not scheduler:
+            return self
+        try:
+            section = ComputeSection.model_validate({**self.compute.model_dump(), "scheduler": scheduler})
+        except ValidationError as exc:
+            raise ConfigError(f"--scheduler {scheduler!r}: {_describe(exc, 'scheduler')}") from None
+        return self.model_copy(update={"compute": section})
 
     @property
     def project_dir(self) -> Path:
@@ -428,6 +457,31 @@ seed = 0
 # "sparse": scribble-style labelling, undrawn pixels are unknown and left out of training.
 # In both, pixels drawn with the "unsure" label and nodata pixels are never trained on.
 labelling = "exhaustive"
+# Candidate pool of a round: the unlabelled tiles it scores (and pushes predictions for), so a
+# round's cost follows the labels, not the territory: the previous round's most uncertain tiles,
+# the neighbours of newly labelled tiles, and a spatially stratified sample of the rest.
+# 0 = score every unlabelled tile. `geolabel predict` predicts everything, as its own job.
+pool = 2000
+
+[compute]
+# Where tile-parallel work runs (round scoring, geolabel predict, the export's mosaic):
+# "local" = a Dask LocalCluster on this machine; "tcp://host:8786" (or "tls://...") = an existing
+# Dask scheduler whose workers see the same data folder and rasters at the same paths;
+# "none" = in this process. Every such command also takes --scheduler.
+scheduler = "local"
+# The LocalCluster: worker processes (0 = one per CPU core), threads per worker (torch threads),
+# memory limit per worker ("auto" = the machine's memory shared out, or e.g. "4GiB"), and the address of
+# its dashboard ("" = none; the link is printed).
+workers = 0
+threads_per_worker = 1
+memory_limit = "auto"
+dashboard_address = "127.0.0.1:8787"
+# Jobs with fewer tiles than this run in this process (a cluster takes seconds to start).
+in_process_below = 200
+# Tiles per Dask task (one model batch).
+chunk = 16
+# Where models train and predict: "auto" (CUDA when available, else CPU), "cpu" or "cuda:0".
+device = "auto"
 
 [paths]
 # Registry, display tiles and the local Label Studio's data live here.

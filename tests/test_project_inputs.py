@@ -32,9 +32,10 @@ from ml_backend.app import create_app, settings_from_config
 from ml_backend.service import Backend
 from tests.conftest import CLASSES, LAMBERT93_20CM, GeoTiffFactory, LabelStudioServer, import_scene, synthetic
 from tests.test_trainer_parts import bright_square_samples, tiny_manifest
+from trainer.batch import ModelJob, TileWork, run_chunk
 from trainer.errors import ModelInputError
 from trainer.fit import Sample, TrainSettings, evaluate, train
-from trainer.inference import LoadedModel, feeding_tiles, input_bands, predict_tiles, read_input
+from trainer.inference import feeding_tiles, input_bands, read_input
 from trainer.loop import Retry, run_round
 from trainer.model import build_model
 from trainer.predictions import PredictionStore
@@ -253,12 +254,12 @@ def test_tiles_of_a_raster_without_the_input_are_left_out_with_the_reason(
         assert "gray.tif" in problem
         assert "has 1 bands" in problem
         torch.manual_seed(0)
-        model = LoadedModel(manifest, build_model(manifest).eval())
+        ModelStore(tmp_path / "models").save(manifest, build_model(manifest).state_dict())
         store = PredictionStore(tmp_path / "predictions", manifest.version)
-        advanced: list[int] = []
-        assert predict_tiles(registry, model, store, tiles, advanced.append) == problems
+        job = ModelJob(tmp_path / "models", manifest.version, tmp_path / "predictions")
+        outcomes = run_chunk(job, [TileWork(t, registry.raster(t.raster_id)) for t in kept])
+        assert [o.tile_id for o in outcomes] == [t.id for t in kept]
         assert store.missing(t.id for t in tiles) == [t.id for t in tiles if t.raster_id == gray.id]
-        assert sum(advanced) == len(tiles)
         tile = registry.tiles(mapped.id)[0]
         bgr = read_input(registry.raster(mapped.id), tile, manifest).pixels
         rgb_order = read_input(registry.raster(mapped.id), tile, manifest_reading([3, 2, 1])).pixels

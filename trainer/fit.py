@@ -18,6 +18,7 @@ import numpy.typing as npt
 import segmentation_models_pytorch as smp
 import torch
 
+from trainer.device import autocast, model_device
 from trainer.inference import pad_to_32
 from trainer.metrics import IGNORE, Metrics, confusion, metrics_from_confusion
 
@@ -71,7 +72,8 @@ def train(
 
     Loss: cross-entropy plus Dice over every class, background included, both skipping IGNORE
     pixels. Every batch is augmented with a random flip and a random multiple of 90 degrees (aerial
-    images have no "up").
+    images have no "up"). Batches go to the network's device (move it first:
+    :func:`trainer.device.resolve_device`); on a GPU the forward pass runs in mixed precision.
 
     Args:
         network: the model, trained from its current weights (warm start).
@@ -91,12 +93,16 @@ def train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate, total_steps=steps)
     cross_entropy = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE)
+    device = model_device(network)
     network.train()
     losses = []
     for epoch in range(settings.epochs):
         total = 0.0
         for images, targets in _batches(samples, settings, rng):
-            logits = network(images)
+            images, targets = images.to(device), targets.to(device)
+            with autocast(device):
+                logits = network(images)
+            logits = logits.float()
             loss = cross_entropy(logits, targets) + dice(logits, targets)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -168,14 +174,18 @@ def probabilities(
     """Softmax ``(classes, height, width)`` of each image, in order.
 
     Consecutive images of one size run through the network together, up to ``batch_size`` at a time
-    (about twice as fast as one by one on a CPU). The decorator keeps inference mode to the
-    generator's own steps, not the caller's code between them.
+    (about twice as fast as one by one on a CPU). They run on the network's device (mixed precision on
+    a GPU); the softmax is taken in float32 and comes back on the CPU. The decorator keeps inference
+    mode to the generator's own steps, not the caller's code between them.
     """
     network.eval()
+    device = model_device(network)
     for group in _same_size_runs(images, batch_size):
         _, height, width = group[0].shape
-        batch = torch.from_numpy(np.stack([pad_to_32(image) for image in group]))
-        yield from torch.softmax(network(batch)[:, :, :height, :width], dim=1)
+        batch = torch.from_numpy(np.stack([pad_to_32(image) for image in group])).to(device)
+        with autocast(device):
+            logits = network(batch)
+        yield from torch.softmax(logits[:, :, :height, :width].float(), dim=1).cpu()
 
 
 def _same_size_runs(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +16,6 @@ from georef.registry import RasterRecord, TileRecord, TileRegistry
 from importers.display import valid_mask
 from trainer.errors import ModelInputError, ModelStoreError
 from trainer.model import build_model
-from trainer.predictions import PredictionStore
 from trainer.versions import ModelManifest, ModelStore
 
 
@@ -124,37 +123,3 @@ def feeding_tiles(
         if tile.raster_id not in problems:
             kept.append(tile)
     return kept, list(problems.values())
-
-
-def predict_tiles(
-    registry: TileRegistry,
-    model: LoadedModel,
-    store: PredictionStore,
-    tiles: Sequence[TileRecord],
-    advance: Callable[[int], None] | None = None,
-    chunk: int = 16,
-) -> list[str]:
-    """Run ``model`` on ``tiles`` (read from their source rasters) and store each prediction.
-
-    Tiles are read and predicted ``chunk`` at a time (same-size tiles run as one batch); each stored
-    tile calls ``advance(1)``. Already stored tiles are not skipped here: pass
-    ``store.missing(...)`` to resume. Tiles whose raster cannot provide the model's input are left
-    out (:func:`feeding_tiles`) and also call ``advance(1)``.
-
-    Returns:
-        One problem per raster whose tiles were left out.
-    """
-    from trainer.fit import probabilities  # trainer.fit imports this module
-
-    kept, problems = feeding_tiles(registry, tiles, model.manifest)
-    if advance is not None and len(kept) < len(tiles):
-        advance(len(tiles) - len(kept))
-    for start in range(0, len(kept), chunk):
-        part = kept[start : start + chunk]
-        inputs = [read_input(registry.raster(t.raster_id), t, model.manifest) for t in part]
-        softmaxes = probabilities(model.network, [i.pixels for i in inputs])
-        for tile, tile_input, softmax in zip(part, inputs, softmaxes, strict=True):
-            store.save(tile.id, softmax.numpy(), tile_input.valid)
-            if advance is not None:
-                advance(1)
-    return problems

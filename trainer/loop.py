@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from geolabel.classes import LabelClass
+from geolabel.compute import open_engine
 from geolabel.config import Config
 from geolabel.errors import LabelStudioUnreachableError
 from geolabel.locks import exclusive_lock
@@ -28,7 +29,9 @@ from geolabel.lsclient import LabelStudioClient, Retry
 from geolabel.lsmodels import read_schema
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from importers.inputs import project_input
+from trainer.batch import ModelJob, TileWork, map_tiles
 from trainer.dashboard_throughput import ThroughputTally, save_throughput
+from trainer.device import resolve_device
 from trainer.errors import HarvestError, LabelStudioDownError, RoundBusyError, TrainerError
 from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
 from trainer.harvest import Harvest, LabelledTile, Labelling, class_pixels, harvest
@@ -36,8 +39,7 @@ from trainer.inference import LoadedModel, feeding_tiles, load_version, read_inp
 from trainer.legacy import adopt_legacy_stores
 from trainer.metrics import IGNORE, Metrics
 from trainer.model import build_model
-from trainer.preannotations import prediction
-from trainer.predictions import PredictionStore, StoredPrediction, quantise
+from trainer.pool import candidate_pool
 from trainer.rounds import (
     ROUND_LOCK,
     LabelState,
@@ -51,7 +53,7 @@ from trainer.rounds import (
     now,
     recover_interrupted,
 )
-from trainer.selection import TileScore, score_tiles, select_batch
+from trainer.selection import score_tiles, select_batch
 from trainer.splits import Footprint, spatial_split
 from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_name
 
@@ -164,7 +166,7 @@ def _round(
         config.trainer.seed,
     )
     seed_torch(config.trainer.seed)  # the same labels and seed give the same initial weights
-    network = build_model(manifest)
+    network = build_model(manifest).to(resolve_device(config.compute.device))
     if active is not None and _compatible(active.manifest, manifest):
         network.load_state_dict(active.network.state_dict())  # warm start
     settings = TrainSettings(
@@ -189,7 +191,8 @@ def _round(
     store.set_step(round_id, RoundStep.SCORING)
     loaded = LoadedModel(version, network.eval())
     labelled_ids = {t.tile.id for t in found.tiles}
-    queue, uncertainty = _score_and_push(config, client, registry, project_id, loaded, labelled_ids, samples)
+    labelled = [t.tile for t in found.tiles]
+    queue, uncertainty = _score_and_push(config, client, registry, store, round_id, loaded, labelled, samples)
     skipped = {tiles[t].id for t in found.skipped_tasks if t in tiles} - labelled_ids
     states = (
         [TileState(t, LabelState.LABELLED) for t in sorted(labelled_ids)]
@@ -411,67 +414,87 @@ def _score_and_push(
     config: Config,
     client: LabelStudioClient,
     registry: TileRegistry,
-    project_id: int,
+    store: RoundStore,
+    round_id: int,
     loaded: LoadedModel,
-    labelled_ids: set[str],
+    labelled: Sequence[TileRecord],
     samples: list[Sample],
 ) -> tuple[list[QueueEntry], dict[str, float]]:
-    """Score every unlabelled tile of the project, store and push its prediction.
+    """Score the round's candidate pool of unlabelled tiles, store and push their predictions.
 
-    A pushed prediction (regions, score) is built from the probabilities as stored, by the same
-    function as the backend's pre-annotations (:func:`trainer.preannotations.prediction`), so the
-    backend serving the stored prediction later gives the same regions and score.
+    The pool (:func:`_pool`) is scored on the configured engine (:mod:`geolabel.compute`): each
+    chunk of tiles is predicted, stored and turned into its Label Studio prediction (regions, score)
+    from the probabilities as stored, by the same function as the backend's pre-annotations
+    (:func:`trainer.preannotations.prediction`), so the backend serving the stored prediction later gives
+    the same regions and score.
 
-    Returns the next batch and every unlabelled tile's uncertainty.
+    Returns the next batch and the uncertainty of every tile scored.
     """
+    project_id = store.get(round_id).project_id
     schema = read_schema(client.project(project_id)["label_config"])
+    labelled_ids = {t.id for t in labelled}
     unlabelled = [
         t
         for t in _project_tiles(registry, project_id, TileStatus.IMPORTED)
         if t.id not in labelled_ids and t.task_id is not None
     ]
     unlabelled, _ = feeding_tiles(registry, unlabelled, loaded.manifest)  # the round reported the others
-    scores: list[TileScore] = []
-    predictions = []
-    manifest, method = loaded.manifest, config.trainer.uncertainty
-    stored = PredictionStore(config.predictions_dir, manifest.version)
-    for tile in unlabelled:
-        tile_input = read_input(registry.raster(tile.raster_id), tile, manifest)
-        (score,) = score_tiles(loaded.network, [tile_input.pixels], [tile_input.valid], method)
-        stored.save(tile.id, score.probabilities, tile_input.valid)  # for exports and the backend
-        scores.append(_light(score))
-        kept = StoredPrediction(quantise(score.probabilities), tile_input.valid)  # as stored
-        predictions.append(
-            {"task": tile.task_id, **prediction(kept, manifest.classes, schema, method, manifest.version)}
-        )
+    pool = _pool(config, store, round_id, unlabelled, labelled)
+    logger.info("round %d: scoring %d of %d unlabelled tiles", round_id, len(pool), len(unlabelled))
+    manifest = loaded.manifest
+    rasters = {r: registry.raster(r) for r in {t.raster_id for t in pool}}
+    job = ModelJob(config.models_dir, manifest.version, config.predictions_dir, config.trainer.uncertainty,
+                   config.compute.device, schema)  # fmt: skip
+    with open_engine(config.compute, len(pool)) as engine:
+        work = [TileWork(t, rasters[t.raster_id]) for t in pool]
+        outcomes = list(map_tiles(engine, job, work, config.compute.chunk))
+    predictions = [{"task": t.task_id, **(o.prediction or {})} for t, o in zip(pool, outcomes, strict=True)]
     client.import_predictions(project_id, predictions)  # the model version is set when it is promoted
-    uncertainty = {tile.id: score.uncertainty for tile, score in zip(unlabelled, scores, strict=True)}
-    if not unlabelled:
+    uncertainty = {o.tile_id: o.uncertainty for o in outcomes}
+    if not pool:
         return [], uncertainty
-    labelled = score_tiles(
+    scored = score_tiles(
         loaded.network, [s.image for s in samples], [s.target != IGNORE for s in samples], "entropy"
     )
-    labelled_features = np.stack([s.features for s in labelled])
     picks = select_batch(
-        np.array([s.uncertainty for s in scores]),
-        np.stack([s.features for s in scores]),
-        labelled_features,
+        np.array([o.uncertainty for o in outcomes]),
+        np.stack([o.features for o in outcomes]),
+        np.stack([s.features for s in scored]),
         config.trainer.batch,
         config.trainer.diversity,
     )
     queue = [
         QueueEntry(
-            rank,
-            unlabelled[i].id,
-            int(unlabelled[i].task_id or 0),
-            scores[i].uncertainty,
-            scores[i].confidence,
+            rank, pool[i].id, int(pool[i].task_id or 0), outcomes[i].uncertainty, outcomes[i].confidence
         )
         for rank, i in enumerate(picks)
     ]
     return queue, uncertainty
 
 
-def _light(score: TileScore) -> TileScore:
-    """The score without its probability map (kept small while scoring thousands of tiles)."""
-    return TileScore(score.uncertainty, score.foreground, score.features, np.zeros((0, 0, 0), np.float32))
+def _pool(
+    config: Config,
+    store: RoundStore,
+    round_id: int,
+    unlabelled: Sequence[TileRecord],
+    labelled: Sequence[TileRecord],
+) -> list[TileRecord]:
+    """The unlabelled tiles this round scores: at most ``[trainer] pool`` (:mod:`trainer.pool`).
+
+    Built from the previous promoted round's most uncertain tiles, the neighbours of the tiles labelled
+    since it, and a stratified sample seeded by the trainer's seed and the round's number.
+    """
+    size = config.trainer.pool
+    if size == 0 or size >= len(unlabelled):
+        return list(unlabelled)
+    record = store.get(round_id)
+    promoted = [r for r in store.rounds(record.project_id) if r.status == RoundStatus.PROMOTED]
+    states = store.tile_states(promoted[-1].id) if promoted else {}
+    scored = [s for s in states.values() if s.state == LabelState.UNLABELLED and s.uncertainty is not None]
+    uncertain = [s.tile_id for s in sorted(scored, key=lambda s: -(s.uncertainty or 0.0))]
+    known = {t for t, s in states.items() if s.state == LabelState.LABELLED}
+    new_labels = [_footprint(t) for t in labelled if t.id not in known]
+    ids = candidate_pool([(t.id, _footprint(t)) for t in unlabelled], size, uncertain, new_labels,
+                         config.trainer.seed + record.number)  # fmt: skip
+    by_id = {t.id: t for t in unlabelled}
+    return [by_id[t] for t in ids]

@@ -95,16 +95,17 @@ def check(config: Config) -> Check:
     return Check(project_id, changes, threshold, wait)
 
 
-def round_if_due(config_path: str, project: str | None = None) -> str:
+def round_if_due(config_path: str, project: str | None = None, scheduler: str | None = None) -> str:
     """The scheduled job: run a round of ``project`` if enough of its annotations changed.
 
     Returns what it did, in words. The configuration is read again at every run, so edits to
     ``[trainer]`` apply from the next round. Failures are logged (the round is recorded as failed)
-    and the next check tries again. ``project`` None: ``project.name`` of the file.
+    and the next check tries again. ``project`` None: ``project.name`` of the file; ``scheduler``: the
+    ``--scheduler`` given to ``geolabel train --schedule`` (None: ``[compute] scheduler`` of the file).
     """
     from trainer.loop import run_round  # torch: loaded by the first round, not by every check
 
-    config = load_config(Path(config_path)).for_project(project)
+    config = load_config(Path(config_path)).for_project(project).with_scheduler(scheduler)
     found = check(config)
     if not found.due:
         text = f"{found.changes} annotation change(s) since the last round; a round at {found.threshold}"
@@ -127,8 +128,11 @@ def round_if_due(config_path: str, project: str | None = None) -> str:
     return text
 
 
-def scheduler_for(config: Config, config_path: Path) -> BlockingScheduler:
-    """A blocking scheduler with the project's round job in its own job store (interval from the config)."""
+def scheduler_for(config: Config, config_path: Path, compute: str | None = None) -> BlockingScheduler:
+    """A blocking scheduler with the project's round job in its own job store (interval from the config).
+
+    ``compute``: the ``--scheduler`` the rounds use instead of the file's ``[compute] scheduler``.
+    """
     store_path = config.trainer_dir / "scheduler.sqlite"
     store_path.parent.mkdir(parents=True, exist_ok=True)
     scheduler = BlockingScheduler(
@@ -139,7 +143,7 @@ def scheduler_for(config: Config, config_path: Path) -> BlockingScheduler:
         round_if_due,
         "interval",
         seconds=config.trainer.check_interval,
-        args=[str(config_path.resolve()), config.project.name],
+        args=[str(config_path.resolve()), config.project.name, compute],
         id=JOB_ID,
         name="active-learning round when enough annotations changed",
         next_run_time=datetime.now(UTC),  # look at once, then every check_interval
@@ -148,8 +152,10 @@ def scheduler_for(config: Config, config_path: Path) -> BlockingScheduler:
     return scheduler
 
 
-def run_scheduler(config: Config, config_path: Path) -> None:
+def run_scheduler(config: Config, config_path: Path, compute: str | None = None) -> None:
     """Run the project's scheduler in the foreground until interrupted (Ctrl-C, SIGTERM).
+
+    ``compute``: the ``--scheduler`` of the rounds (None: ``[compute] scheduler`` of the file).
 
     Raises:
         SchedulerBusyError: if another scheduler runs for the same project.
@@ -160,7 +166,7 @@ def run_scheduler(config: Config, config_path: Path) -> None:
     )
     with exclusive_lock(lock, lambda: busy):
         recover_at_start(config)
-        scheduler = scheduler_for(config, config_path)
+        scheduler = scheduler_for(config, config_path, compute)
         logger.info(
             "round scheduler of %s: every %.0f s, a round at %d annotation change(s)",
             config.project.name,

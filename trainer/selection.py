@@ -64,7 +64,7 @@ def score_tiles(
     features: deque[torch.Tensor] = deque()  # one pooled vector per image, in order
     encoder: torch.nn.Module = network.encoder  # type: ignore[assignment]  # smp models have one
     hook = encoder.register_forward_hook(
-        lambda _m, _i, output: features.extend(output[-1].mean(dim=(2, 3)).unbind(0))
+        lambda _m, _i, output: features.extend(output[-1].float().mean(dim=(2, 3)).cpu().unbind(0))
     )
     try:
         for probability, mask in zip(probabilities(network, images), valid, strict=True):
