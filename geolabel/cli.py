@@ -452,10 +452,11 @@ def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None, s
         with stop_on_signals():
             run_scheduler(config, ctx.obj["config_path"], scheduler)
         return
-    from trainer.loop import run_round
+    from trainer.loop import Watch, run_round
 
-    with console.status("active-learning round: harvesting, training, scoring..."):
-        record = run_round(config, _client(config), trigger="manual")
+    err_console.print("active-learning round: harvesting annotations...", highlight=False)
+    with progress_bar() as bar:
+        record = run_round(config, _client(config), trigger="manual", watch=Watch(bar, _announce))
     verdict = (
         "promoted (now active)" if record.status == "promoted" else "kept the previous version (not better)"
     )

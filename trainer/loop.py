@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from geolabel.errors import LabelStudioUnreachableError
 from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient, Retry
 from geolabel.lsmodels import read_schema
+from geolabel.progress import Progress, SilentProgress
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from importers.inputs import project_input
 from trainer.batch import ModelJob, TileWork, map_tiles
@@ -58,18 +60,30 @@ from trainer.splits import Footprint, spatial_split
 from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_name
 
 logger = logging.getLogger(__name__)
-__all__ = ["ROUND_RETRY", "Retry", "run_round"]
+__all__ = ["ROUND_RETRY", "Retry", "Watch", "run_round"]
 #: How a round's Label Studio calls retry transient failures: 5 attempts over about 30 s.
 ROUND_RETRY = Retry()
 
 
+@dataclass(frozen=True)
+class Watch:
+    """Who follows a round: a progress bar (training epochs, tiles scored) and where its tile work runs."""
+
+    progress: Progress = field(default_factory=SilentProgress)
+    announce: Callable[[str], None] = logger.info
+
+
 def run_round(
-    config: Config, client: LabelStudioClient, trigger: str = "manual", retry: Retry = ROUND_RETRY
+    config: Config,
+    client: LabelStudioClient,
+    trigger: str = "manual",
+    retry: Retry = ROUND_RETRY,
+    watch: Watch | None = None,
 ) -> RoundRecord:
     """Run one round for the configured project (``config.project.name``) and return its record.
 
     First closes the rounds a dead process left running (:func:`trainer.rounds.recover_interrupted`).
-    Every Label Studio call of the round is retried as ``retry`` says.
+    Every Label Studio call of the round is retried as ``retry`` says; ``watch`` is shown its progress.
 
     Raises:
         RoundBusyError: if another round holds the lock.
@@ -94,7 +108,7 @@ def run_round(
         recover_interrupted(store, project_id, models, config.predictions_dir, client)
         round_id = store.start(project_id, trigger)
         try:
-            _round(config, client, registry, store, project_id, round_id)
+            _round(config, client, registry, store, round_id, watch or Watch())
         except BaseException as exc:
             _fail(config, store, project_id, round_id, exc)
             if isinstance(exc, TrainerError) or not isinstance(exc, Exception):
@@ -129,9 +143,10 @@ def _round(
     client: LabelStudioClient,
     registry: TileRegistry,
     store: RoundStore,
-    project_id: int,
     round_id: int,
+    watch: Watch,
 ) -> None:
+    project_id = store.get(round_id).project_id
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
     classes = list(config.classes)
     tiles = {t.task_id: t for t in _project_tiles(registry, project_id) if t.task_id is not None}
@@ -174,7 +189,8 @@ def _round(
         config.trainer.crop,
     )  # fmt: skip
     store.set_step(round_id, RoundStep.TRAINING)
-    train(network, [samples[i] for i in split.train] or samples, settings, _log_epoch(round_id))
+    watch.progress.start(f"round {store.get(round_id).number}: training", settings.epochs)
+    train(network, [samples[i] for i in split.train] or samples, settings, _log_epoch(round_id, watch))
     store.set_step(round_id, RoundStep.VALIDATING)
     validation = [samples[i] for i in split.validation]
     new = evaluate(network, validation, manifest.outputs).flat(names) if validation else {}
@@ -192,7 +208,8 @@ def _round(
     loaded = LoadedModel(version, network.eval())
     labelled_ids = {t.tile.id for t in found.tiles}
     labelled = [t.tile for t in found.tiles]
-    queue, uncertainty = _score_and_push(config, client, registry, store, round_id, loaded, labelled, samples)
+    queue, uncertainty = _score_and_push(config, client, registry, store, round_id, loaded, labelled, samples,
+                                         watch)  # fmt: skip
     skipped = {tiles[t].id for t in found.skipped_tasks if t in tiles} - labelled_ids
     states = (
         [TileState(t, LabelState.LABELLED) for t in sorted(labelled_ids)]
@@ -385,9 +402,10 @@ def _footprint(tile: TileRecord) -> Footprint:
     return Footprint(tile.crs_text, x, y, max(tile.grid.side_lengths()))
 
 
-def _log_epoch(round_id: int) -> Callable[[int, float], None]:
+def _log_epoch(round_id: int, watch: Watch) -> Callable[[int, float], None]:
     def log(epoch: int, loss: float) -> None:
         logger.info("round %d: epoch %d, loss %.4f", round_id, epoch, loss)
+        watch.progress.advance(1)
 
     return log
 
@@ -419,6 +437,7 @@ def _score_and_push(
     loaded: LoadedModel,
     labelled: Sequence[TileRecord],
     samples: list[Sample],
+    watch: Watch,
 ) -> tuple[list[QueueEntry], dict[str, float]]:
     """Score the round's candidate pool of unlabelled tiles, store and push their predictions.
 
@@ -445,9 +464,10 @@ def _score_and_push(
     rasters = {r: registry.raster(r) for r in {t.raster_id for t in pool}}
     job = ModelJob(config.models_dir, manifest.version, config.predictions_dir, config.trainer.uncertainty,
                    config.compute.device, schema)  # fmt: skip
-    with open_engine(config.compute, len(pool)) as engine:
+    with open_engine(config.compute, len(pool), announce=watch.announce) as engine:
+        watch.progress.start(f"round {store.get(round_id).number}: scoring {len(pool)} tiles", len(pool))
         work = [TileWork(t, rasters[t.raster_id]) for t in pool]
-        outcomes = list(map_tiles(engine, job, work, config.compute.chunk))
+        outcomes = list(map_tiles(engine, job, work, config.compute.chunk, watch.progress.advance))
     predictions = [{"task": t.task_id, **(o.prediction or {})} for t, o in zip(pool, outcomes, strict=True)]
     client.import_predictions(project_id, predictions)  # the model version is set when it is promoted
     uncertainty = {o.tile_id: o.uncertainty for o in outcomes}
