@@ -4,6 +4,7 @@ worker, and `geolabel predict` resumes; a round never scores more than its candi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 from collections.abc import Iterator
@@ -207,9 +208,14 @@ def test_an_interrupted_predict_resumes_without_recomputing_stored_tiles(
         w.tile.id: store.path(w.tile.id).stat().st_mtime_ns for w in territory.work if store.has(w.tile.id)
     }
     assert len(done) == 12  # three chunks of 4, each tile stored whole
-    toml = config_toml(config, tmp_path, '[compute]\nscheduler = "none"\nchunk = 4\n\n')
-    result = CliRunner().invoke(cli, ["--config", str(toml), "predict"], catch_exceptions=False)
+    toml = config_toml(
+        config, tmp_path, '[compute]\nscheduler = "none"\nchunk = 4\nworkers = 2\nin_process_below = 0\n\n'
+    )
+    resume = ["--config", str(toml), "predict", "--scheduler", "local"]  # the rest on a 2-worker cluster
+    result = CliRunner().invoke(cli, resume, catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert re.search(r"Dask LocalCluster \(2 workers x 1 threads\); Dask dashboard: http://127\.0\.0\.1:\d+/status",
+                     result.output)  # fmt: skip
     assert f"{len(territory.work) - 12} tiles predicted" in result.output
     assert f"12 already stored, of {len(territory.work)}" in result.output
     assert {t: store.path(t).stat().st_mtime_ns for t in done} == done  # not recomputed
