@@ -7,6 +7,9 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +22,12 @@ from click.testing import CliRunner
 
 from exporters.project import ExportOptions, export_project
 from geolabel.cli import cli
-from geolabel.compute import DaskEngine, InProcess, open_engine
+from geolabel.compute import ComputeError, DaskEngine, InProcess, open_engine
 from geolabel.config import Config, parse_config
 from georef.registry import RasterSpec, TileRecord, TileRegistry, TileStatus
 from georef.tiling import TilingPlan, plan_tiles
 from importers.raster import content_hash, inspect_raster
-from tests.conftest import CLASSES, GeoTiffFactory, LabelStudioServer, config_toml, import_scene
+from tests.conftest import CLASSES, GeoTiffFactory, LabelStudioServer, config_toml, free_port, import_scene
 from trainer.batch import ModelJob, TileOutcome, TileWork, map_tiles
 from trainer.model import build_model
 from trainer.predict import predict_project
@@ -179,6 +182,45 @@ def test_the_export_cog_is_pixel_identical_on_two_workers(
             assert np.array_equal(one.dataset_mask(), other.dataset_mask())
             assert one.overviews(1) == other.overviews(1)
             assert np.array_equal(one.read(1, out_shape=(50, 50)), other.read(1, out_shape=(50, 50)))
+
+
+def test_an_existing_cluster_started_with_the_dask_command_gives_the_same_result(
+    territory: Territory, single_process: tuple[Path, list], tmp_path: Path
+) -> None:
+    """`dask scheduler` + `dask worker` processes reached at their tcp:// address (the multi-machine path)."""
+    port = free_port()
+    dask = Path(sys.executable).with_name("dask")
+    common = {"cwd": tmp_path, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], **common)  # fmt: skip
+    workers = subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
+                                "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], **common)  # fmt: skip
+    try:
+        section = territory_config(territory.config.data_dir, scheduler=f"tcp://127.0.0.1:{port}",
+                                   in_process_below=0).compute  # fmt: skip
+        with open_engine(section, len(territory.work)) as engine:
+            assert isinstance(engine, DaskEngine)
+            deadline = time.monotonic() + 60
+            while len(engine.client.scheduler_info()["workers"]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(engine.client.scheduler_info()["workers"]) == 2
+            outcomes = list(map_tiles(engine, job_into(territory, tmp_path / "p"), territory.work, 4))
+        assert_same(outcomes, single_process[1])
+    finally:
+        for process in (workers, scheduler):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(
+    territory: Territory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("geolabel.compute.CONNECT_TIMEOUT", 2)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    section = territory_config(territory.config.data_dir, scheduler=address, in_process_below=0).compute
+    expected = rf"cannot reach the Dask scheduler at {address}.*dask scheduler"
+    with pytest.raises(ComputeError, match=expected), open_engine(section, 10):
+        pass
 
 
 class StopAfter:
