@@ -193,8 +193,8 @@ def test_an_existing_cluster_started_with_the_dask_command_gives_the_same_result
     common = {"cwd": tmp_path, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                   "--no-dashboard"], **common)  # fmt: skip
-    workers = subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
-                                "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], **common)  # fmt: skip
+    worker_args = ["--nworkers", "2", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]
+    workers = subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", *worker_args], **common)
     try:
         section = territory_config(territory.config.data_dir, scheduler=f"tcp://127.0.0.1:{port}",
                                    in_process_below=0).compute  # fmt: skip
