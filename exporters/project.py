@@ -27,7 +27,7 @@ from shapely.geometry.base import BaseGeometry
 from exporters import gpkg, labels, rasters, styles, tilemap
 from exporters.errors import ExportInputError, OutputExistsError
 from exporters.mosaic import ARGMAX_NODATA, MosaicTile, plan_blocks
-from geolabel.compute import open_engine
+from geolabel.compute import DaskEngine, open_engine
 from geolabel.config import Config
 from geolabel.locks import hold_lock, is_locked, process_alive
 from geolabel.lsclient import LabelStudioClient
@@ -295,8 +295,11 @@ def _export_predictions(
         )
     out_grid = _output_grid(list(project.rasters.values()), options.crs)
     with open_engine(config.compute, len(tiles), options.workers, options.announce) as engine:
-        with TileRegistry(config.registry_path) as registry:  # predictions missing are computed first
-            report.notes += predict_missing(config, registry, version, tiles, bar, engine=engine).problems
+        model_engine = engine if isinstance(engine, DaskEngine) else None  # in this process: one model pass
+        with TileRegistry(config.registry_path) as registry:  # at a time, torch uses the cores itself
+            report.notes += predict_missing(
+                config, registry, version, tiles, bar, engine=model_engine
+            ).problems
         tiles = [t for t in tiles if store.has(t.id)]  # tiles whose raster cannot feed the model are left out
         mosaic_tiles = [MosaicTile(t.id, t.grid, project.rasters[t.raster_id].overlap) for t in tiles]
         blocks = plan_blocks(out_grid, mosaic_tiles)
