@@ -43,9 +43,10 @@ from tests.conftest import CLASSES, LabelStudioServer, free_port, keypoint
 from trainer import preannotations
 from trainer.fit import Sample, probabilities
 from trainer.inference import load_version, read_input
-from trainer.loop import _score_and_push
+from trainer.loop import Watch, _score_and_push
 from trainer.model import build_model
 from trainer.predictions import PredictionStore, StoredPrediction, quantise
+from trainer.rounds import RoundStatus, RoundStore
 from trainer.scoring import prediction_score
 from trainer.versions import InputSpec, ModelManifest, ModelStore
 
@@ -330,10 +331,16 @@ def test_backend_serves_the_rounds_stored_prediction_with_the_rounds_score(
     loaded = served.backend.models.current()  # the backend's own copy of the active version
     assert loaded is not None
     assert loaded.manifest.version == "v-test-2"
-    with served.registry() as registry:
+    # one tile per model batch, as the backend predicts (batches of 16 agree within float rounding only)
+    config = served.config.model_copy(
+        update={"compute": served.config.compute.model_copy(update={"chunk": 1})}
+    )
+    with served.registry() as registry, RoundStore(config.registry_path) as rounds:
         first = read_input(registry.raster(served.tiles[0].raster_id), served.tiles[0], manifest)
         labelled = [Sample(first.pixels, np.zeros(first.valid.shape, dtype=np.uint8))]
-        _score_and_push(served.config, served.client, registry, served.project_id, loaded, set(), labelled)
+        round_id = rounds.start(served.project_id, "test")
+        _score_and_push(config, served.client, registry, rounds, round_id, loaded, [], labelled, Watch())
+        rounds.finish(round_id, RoundStatus.KEPT)
     pushed = {
         tile.task_id: next(
             p for p in served.client.predictions(tile.task_id) if p["model_version"] == "v-test-2"
