@@ -160,11 +160,12 @@ def test_a_worker_killed_mid_job_does_not_change_the_result(
 
 
 def test_the_export_cog_is_pixel_identical_on_two_workers(
-    territory: Territory, single_process: tuple[Path, list], tmp_path: Path
+    territory: Territory, two_workers: DaskEngine, tmp_path: Path
 ) -> None:
-    """The whole export (missing predictions, mosaic blocks) in one process and on a 2-worker cluster."""
+    """The whole export (missing predictions, mosaic blocks) in one process and on the 2-worker cluster,
+    reached at its scheduler's address as an existing cluster is."""
     results = {}
-    cluster = {"workers": 2, "in_process_below": 0, "dashboard_address": ""}
+    cluster = {"scheduler": two_workers.client.scheduler.address, "in_process_below": 0}
     for name, compute in (("single", {"scheduler": "none"}), ("cluster", cluster)):
         config = territory_config(copy_without_predictions(territory, tmp_path / f"{name}-data"), **compute)
         out = tmp_path / name
