@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= demo/geolabel.toml
 
-.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export bench-deploy judges docker-judges deploy-test gdal clean
+.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export bench-deploy bench-territory judges docker-judges deploy-test gdal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ bench-export: install gdal  ## prediction export on 10000 tiles against gdal_tra
 
 bench-deploy: install  ## 20 simulated annotators against the deployment topology (PostgreSQL, then SQLite): latencies, nothing lost, RSS, secrets in logs
 	$(BIN)/python bench/bench_deployment.py
+
+bench-territory: install  ## predict, round scoring and export of 2048 tiles in one process and on 1 and 2 Dask workers; COG writer against odc-geo
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/bench_territory.py
 
 bench: bench-import bench-ml bench-export
 
