@@ -8,9 +8,13 @@ French département is about 570 000 tiles, 63 CPU-hours per round. A round scor
    unsure of is likely still worth labelling;
 2. the neighbours of the tiles labelled since the previous round (a quarter): the model changed most
    around new labels;
-3. a spatially stratified random sample of the rest: the candidates' extent is cut into about as many
-   square cells as places are left, and cells are visited round-robin (one random tile per cell each
-   turn), so every part of the territory is looked at, not only where tiles are dense.
+3. a spatially stratified random sample of the rest: the ground the candidates cover is cut into
+   square cells sized so that about as many cells hold tiles as places are left (cells of
+   ``tile side x sqrt(candidates / places)``, so separate areas far apart are cut as finely as one
+   block). Cells are ordered along a Z-order curve and, when there are more cells than places, the
+   first tiles come from cells evenly spaced along it (a systematic sample with a random start);
+   then cells are visited round-robin, one random tile per cell each turn: every part of the
+   territory is looked at, each about in proportion to the ground it covers.
 
 Unused quota of one part goes to the next. The same inputs and seed give the same pool.
 """
@@ -96,16 +100,34 @@ def _stratified(candidates: Sequence[tuple[str, Footprint]], places: int, seed: 
     for crs, members in by_crs.items():
         xy = np.array([(candidates[i][1].x, candidates[i][1].y) for i in members], dtype=np.float64)
         share = max(1, round(places * len(members) / len(candidates)))
-        span = np.ptp(xy, axis=0)
-        side = max(math.sqrt(max(float(span[0] * span[1]), 0.0) / share), float(span.max()) / share, 1e-9)
+        tile_side = float(np.median([candidates[i][1].side for i in members]))
+        side = max(tile_side * math.sqrt(len(members) / share), 1e-9)  # about `share` occupied cells
         keys = np.floor((xy - xy.min(axis=0)) / side).astype(np.int64)
         for i, (col, row) in zip(members, keys.tolist(), strict=True):
             cells.setdefault((crs, col, row), []).append(i)
-    groups = [cells[key] for key in sorted(cells)]
+    groups = [cells[key] for key in sorted(cells, key=lambda key: (key[0], _morton(key[1], key[2])))]
     for group in groups:
         rng.shuffle(group)
-    order = rng.permutation(len(groups))
+    first = _systematic(len(groups), places, float(rng.random()))
+    taken = set(first)
+    rest = [g for g in range(len(groups)) if g not in taken]
+    order = first + [rest[g] for g in rng.permutation(len(rest))]
     return _round_robin([groups[g] for g in order])
+
+
+def _morton(col: int, row: int) -> int:
+    """Z-order position of a cell: neighbouring cells get near positions, in lines as in blocks."""
+    code = 0
+    for bit in range(32):
+        code |= ((col >> bit) & 1) << (2 * bit) | ((row >> bit) & 1) << (2 * bit + 1)
+    return code
+
+
+def _systematic(count: int, places: int, start: float) -> list[int]:
+    """``min(count, places)`` positions evenly spaced over ``range(count)`` from ``start`` (0..1)."""
+    if count <= places:
+        return list(range(count))
+    return sorted({math.floor((k + start) * count / places) for k in range(places)})
 
 
 def _round_robin(lists: Sequence[Sequence[int]]) -> list[int]:
