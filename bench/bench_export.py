@@ -50,6 +50,7 @@ from rasterio.crs import CRS  # noqa: E402
 
 from exporters.mosaic import MosaicTile, plan_blocks  # noqa: E402
 from exporters.rasters import COG_OPTIONS, Band, to_cog, write_mosaic  # noqa: E402
+from geolabel.compute import InProcess  # noqa: E402
 from georef.grid import Grid  # noqa: E402
 from georef.tiling import plan_tiles  # noqa: E402
 from trainer.predictions import PredictionStore  # noqa: E402
@@ -90,7 +91,7 @@ def phase_mosaic(args: argparse.Namespace, work: Path) -> dict[str, object]:
     grid, tiles = layout(args.tiles, args.tile_size, args.overlap)
     store = PredictionStore(OUT / "export_store", f"{args.tiles}x{args.tile_size}o{args.overlap}")
     blocks = plan_blocks(grid, tiles)
-    files = write_mosaic(grid, blocks, store.load, BANDS, work, workers=2)
+    files = write_mosaic(grid, blocks, store.load, BANDS, work, InProcess(2))  # 2 threads, as geolabel export
     return {"blocks": len(blocks), "valid_pixels": files.valid_pixels, "width": grid.width}
 
 

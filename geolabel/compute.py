@@ -134,7 +134,8 @@ def open_engine(
         yield InProcess(threads)
         return
     with _client(section) as (client, where):
-        link = client.dashboard_link if _has_dashboard(client) else "none"
+        local_without = section.scheduler == "local" and not section.dashboard_address
+        link = "none" if local_without or not _has_dashboard(client) else client.dashboard_link
         say(f"{where}; Dask dashboard: {link}")
         yield DaskEngine(client, where)
 
@@ -164,7 +165,9 @@ def _client(section: ComputeSection) -> Iterator[tuple[Client, str]]:
             threads_per_worker=section.threads_per_worker,
             processes=True,
             memory_limit=section.memory_limit,
-            dashboard_address=section.dashboard_address or None,
+            # without a dashboard the scheduler still serves its health routes: on a free loopback port
+            dashboard_address=section.dashboard_address or "127.0.0.1:0",
+            scheduler_kwargs={"dashboard": bool(section.dashboard_address)},
             silence_logs=logging.ERROR,
         )
     except (OSError, RuntimeError, ValueError) as exc:

@@ -126,9 +126,11 @@ def single_process(territory: Territory, tmp_path_factory: pytest.TempPathFactor
 def two_workers(territory: Territory) -> Iterator[DaskEngine]:
     section = territory_config(territory.config.data_dir, workers=2, in_process_below=0,
                                dashboard_address="").compute  # fmt: skip
-    with open_engine(section, len(territory.work)) as engine:
+    announced: list[str] = []
+    with open_engine(section, len(territory.work), announce=announced.append) as engine:
         assert isinstance(engine, DaskEngine)
         assert len(engine.client.scheduler_info()["workers"]) == 2
+        assert announced == ["Dask LocalCluster (2 workers x 1 threads); Dask dashboard: none"]
         yield engine
 
 
