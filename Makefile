@@ -72,7 +72,7 @@ bench-export: install gdal  ## prediction export on 10000 tiles against gdal_tra
 bench-deploy: install  ## 20 simulated annotators against the deployment topology (PostgreSQL, then SQLite): latencies, nothing lost, RSS, secrets in logs
 	$(BIN)/python bench/bench_deployment.py
 
-bench-territory: install  ## predict, round scoring and export of 2048 tiles in one process and on 1 and 2 Dask workers; COG writer against odc-geo
+bench-territory: install  ## predict, round scoring and export of 2048 tiles of 128 px in one process and on 1 and 2 Dask workers; COG writer against odc-geo
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench_territory.py
 
