@@ -89,8 +89,11 @@ def test_a_single_row_of_tiles_and_tiles_in_two_crs_are_sampled() -> None:
 
 
 def test_devices_that_are_not_there_are_refused_clearly() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+    if torch.cuda.is_available():  # a GPU machine: "auto" takes it, and CUDA runs in mixed precision
+        assert resolve_device("auto").type == "cuda"
+        with autocast(torch.device("cuda")):
+            assert torch.is_autocast_enabled("cuda")
+        return
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(TrainerError, match=r"device = 'cuda:0' but this machine has no usable CUDA GPU"):
