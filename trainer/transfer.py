@@ -10,14 +10,16 @@ Two sources, both files the user names (nothing is ever downloaded):
   class only the prior knows is dropped; a different number of input bands is adapted in the first
   convolution (below);
 - **encoder weights**: a torchvision or timm ResNet state dict (``[model] encoder_weights``) loaded
-  into the U-Net's encoder by :func:`load_encoder_weights`; the classifier (``fc.*``) and stages the
-  encoder does not build are left out, anything else that does not fit is an error naming the keys.
+  into the U-Net's encoder by :func:`load_encoder_weights`; the classifier (``fc.*``) is left out,
+  anything else that does not fit is an error naming the keys.
 
 Input bands: with as many bands as the prior, its first convolution and its normalisation are
 kept as they are (the new version computes exactly what the prior computed). With ``m`` bands
 instead of ``n``, the first convolution's kernel for band ``j`` is the prior's kernel of band
-``j mod n`` scaled by ``n / m`` (what timm does for pretrained weights on other band counts), and
-the new version normalises with the project's own statistics.
+``j mod n`` scaled by ``n / m``, and a single band takes the sum of the prior's kernels (what timm
+does for pretrained weights on other band counts); the new version then normalises with the
+project's own statistics. Bands are matched by position: a prior trained on RGB gives its red
+kernel to the project's first band whatever that band is.
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ def adapt_first_conv(weight: torch.Tensor, bands: int) -> tuple[torch.Tensor, st
     have = weight.shape[1]
     if have == bands:
         return weight.clone(), f"{bands} input band(s) as the prior's"
+    if bands == 1:
+        return weight.sum(dim=1, keepdim=True), f"{have} prior bands summed into 1"
     index = [j % have for j in range(bands)]
     adapted = weight[:, index] * (have / bands)
     return adapted.contiguous(), (
@@ -219,8 +223,9 @@ def load_encoder_weights(network: torch.nn.Module, path: Path) -> str:
 
     Accepted: a plain state dict, or one under ``state_dict`` / ``model``; a ``module.``,
     ``encoder.``, ``backbone.`` or ``model.`` prefix on every key is removed. The classifier
-    (``fc.*``) and stages deeper than the encoder builds are left out; a first convolution for
-    another band count is adapted (:func:`adapt_first_conv`).
+    (``fc.*``) is left out; a first convolution for another band count is adapted
+    (:func:`adapt_first_conv`). Every other key must match the encoder's (the smp encoder keeps
+    every stage of the ResNet, whatever the U-Net's depth).
 
     Raises:
         TrainerError: if the file is missing or unreadable, or its keys or shapes do not fit the
@@ -234,8 +239,7 @@ def load_encoder_weights(network: torch.nn.Module, path: Path) -> str:
         state = _unwrap(_read_state(path))
     except ModelStoreError as exc:
         raise TrainerError(f"[model] encoder_weights: {exc}") from None
-    deeper = {k for k in state if k.split(".")[0].startswith("layer") and k not in expected}
-    unused = {k for k in state if k.startswith(CLASSIFIER)} | deeper
+    unused = {k for k in state if k.startswith(CLASSIFIER)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected) - unused)
     if missing or unexpected:
