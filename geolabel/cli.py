@@ -435,28 +435,48 @@ def embed(ctx: click.Context, limit: int | None, follow: bool, project: str | No
     help="Keep running: a round whenever trainer.threshold annotations changed "
     "(checked every trainer.check_interval seconds); `geolabel serve` starts this itself.",
 )
+@click.option(
+    "--init-from",
+    metavar="VERSION|PROJECT|PATH",
+    help="With --now: start the network from this model version, another project's active version or "
+    "a version folder, instead of the active version (classes matched by name).",
+)
 @project_option
 @scheduler_option
 @click.pass_context
 @handle_errors
-def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None, scheduler: str | None) -> None:
+def train(
+    ctx: click.Context,
+    now_: bool,
+    schedule: bool,
+    init_from: str | None,
+    project: str | None,
+    scheduler: str | None,
+) -> None:
     """Run an active-learning round: harvest, train, validate, score, push, promote, queue the next tiles."""
     if now_ == schedule:
         raise click.UsageError("give --now (one round now) or --schedule (rounds as annotations come in)")
+    if init_from and schedule:
+        raise click.UsageError("--init-from goes with --now; for scheduled rounds set [model] init_from")
     config = _project_config(ctx, project, scheduler)
+    from geolabel.training import contenders
+
     if schedule:
         from geolabel.local import stop_on_signals
         from trainer.scheduler import run_scheduler
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         with stop_on_signals():
-            run_scheduler(config, ctx.obj["config_path"], scheduler)
+            run_scheduler(config, ctx.obj["config_path"], scheduler, contenders)
         return
-    from trainer.loop import Watch, run_round
+    from trainer.loop import Start, Watch, run_round
 
     err_console.print("active-learning round: harvesting annotations...", highlight=False)
+    start = Start(init_from or "", contenders(config))
     with progress_bar() as bar:
-        record = run_round(config, _client(config), trigger="manual", watch=Watch(bar, _announce))
+        record = run_round(
+            config, _client(config), trigger="manual", watch=Watch(bar, _announce), start=start
+        )
     verdict = (
         "promoted (now active)" if record.status == "promoted" else "kept the previous version (not better)"
     )
@@ -468,6 +488,13 @@ def train(ctx: click.Context, now_: bool, schedule: bool, project: str | None, s
     shown = {k: v for k, v in record.metrics.items() if k in ("miou", "accuracy") or k.endswith("_iou")}
     scores = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
     console.print(f"validation ({record.validation_tiles} tiles): {scores or 'no validation tiles yet'}")
+    console.print(f"started from: {record.origin}", highlight=False)
+    for name, result in record.contenders.items():
+        miou = result.get("miou")
+        score = f"miou {miou:.3f}" if isinstance(miou, float) else "no validation score"
+        console.print(f"{name}: {score}; {result.get('detail', '')}", highlight=False)
+    if record.contenders:
+        console.print(f"pre-annotations from: {record.winner} (best on validation)", highlight=False)
     for problem in record.problems:
         err_console.print(f"[yellow]note:[/] {problem}", highlight=False)
 

@@ -133,6 +133,13 @@ class TrainerSection(_Section):
     pool: int = Field(default=2000, ge=0)
 
 
+class ModelSection(_Section):
+    """``[model]``: what a project's first model starts from, instead of random weights."""
+
+    init_from: str = ""
+    encoder_weights: str = ""
+
+
 class ComputeSection(_Section):
     """``[compute]``: where tile-parallel work runs (see :mod:`geolabel.compute`)."""
 
@@ -169,6 +176,7 @@ class Config(_Section):
     ml_backend: MLBackendSection = MLBackendSection()
     sam: SamSection = SamSection()
     trainer: TrainerSection = TrainerSection()
+    model: ModelSection = ModelSection()
     compute: ComputeSection = ComputeSection()
     paths: PathsSection = PathsSection()
     import_: ImportSection = Field(default=ImportSection(), alias="import")
@@ -258,6 +266,12 @@ class Config(_Section):
     def sam_checkpoint(self) -> Path | None:
         """The SAM checkpoint file, or None when ``sam.checkpoint`` is empty (SAM off)."""
         return (self.base_dir / self.sam.checkpoint).resolve() if self.sam.checkpoint else None
+
+    @property
+    def encoder_weights(self) -> Path | None:
+        """The pretrained encoder weights file (``model.encoder_weights``), or None when empty."""
+        weights = self.model.encoder_weights
+        return (self.base_dir / weights).resolve() if weights else None
 
     def ml_backend_auth(self) -> BasicAuth:
         """The ML backend's basic-auth login.
@@ -462,6 +476,16 @@ labelling = "exhaustive"
 # the neighbours of newly labelled tiles, and a spatially stratified sample of the rest.
 # 0 = score every unlabelled tile. `geolabel predict` predicts everything, as its own job.
 pool = 2000
+
+[model]
+# What a project's first round starts from instead of random weights (weights are never
+# downloaded: name files on disk). init_from: a model version of this project, another
+# project's name (its active version) or the path of a version folder; classes are matched by
+# name, new classes get new outputs. `geolabel train --now --init-from` does it for any round.
+init_from = ""
+# A torchvision or timm ResNet state dict (.pth) for the U-Net's encoder, e.g. ImageNet weights
+# of resnet18, used when a model starts without a prior.
+encoder_weights = ""
 
 [compute]
 # Where tile-parallel work runs (round scoring, geolabel predict, the export's mosaic):

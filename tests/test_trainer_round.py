@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +40,12 @@ from tests.conftest import (
     free_port,
     import_scene,
 )
+from trainer.contender import ContenderResult
 from trainer.dashboard import PLOTS, MapTile, collect
 from trainer.errors import HarvestError, TrainerError
-from trainer.harvest import harvest
-from trainer.loop import Retry, run_round
-from trainer.metrics import IGNORE
+from trainer.harvest import LabelledTile, harvest
+from trainer.loop import Retry, Start, run_round
+from trainer.metrics import IGNORE, confusion, metrics_from_confusion
 from trainer.rounds import RoundRecord, RoundStatus, RoundStore
 from trainer.scheduler import check, round_if_due
 from trainer.versions import ModelStore
@@ -240,6 +241,58 @@ def test_a_round_trains_promotes_scores_and_records(project: Project) -> None:
         frozen = rounds.queue(record.id)
     assert {e.task_id for e in frozen} == unlabelled  # batch of 2 = both unlabelled tiles
     assert all(0 <= e.uncertainty <= 1 and e.confidence == pytest.approx(1 - e.uncertainty) for e in frozen)
+
+
+class Oracle:
+    """A contender that answers each validation tile with its own target: it validates perfectly."""
+
+    name = "oracle"
+
+    def fit(
+        self,
+        train: Sequence[LabelledTile],
+        validation: Sequence[LabelledTile],
+        classes: Sequence[LabelClass],
+        seed: int,
+    ) -> ContenderResult:
+        names = ["background", *(c.name for c in classes)]
+        matrix = sum(confusion(t.target, t.target, len(names)) for t in validation)
+        metrics = metrics_from_confusion(np.asarray(matrix)).flat(names)
+        saved = lambda folder: (folder / "oracle.json").write_text(f'{{"train": {len(train)}}}')  # noqa: E731
+        return ContenderResult(self.name, metrics, saved, f"{len(train)} training tiles")
+
+
+class Broken:
+    name = "broken"
+
+    def fit(self, *_: object) -> ContenderResult:
+        raise RuntimeError("out of memory")
+
+
+def test_a_round_started_from_a_prior_records_its_origin_the_contenders_and_the_winner(
+    project: Project,
+) -> None:
+    store = ModelStore(project.config.models_dir)
+    prior = (
+        store.active_name() or run_round(project.config, project.client, retry=Retry(2, 0.01)).model_version
+    )
+    start = Start(init_from=str(prior), contenders=[Broken(), Oracle()])
+    record = run_round(project.config, project.client, retry=Retry(2, 0.01), start=start)
+    assert record.status in (RoundStatus.PROMOTED, RoundStatus.KEPT), record.error
+    assert str(record.origin).startswith(f"from version {prior}")
+    assert store.manifest(str(record.model_version)).origin == record.origin
+    assert record.winner == "oracle"
+    assert record.contenders["oracle"]["miou"] == 1.0
+    assert (
+        record.contenders["oracle"]["detail"]
+        == f"{record.labelled_tiles - record.validation_tiles} training tiles"
+    )
+    assert "broken not trained: RuntimeError: out of memory" in record.problems
+    folder = project.config.models_dir / str(record.model_version)
+    assert (folder / "winner.txt").read_text() == "oracle\n"
+    assert (folder / "oracle.json").is_file()
+    with RoundStore(project.config.registry_path) as rounds:
+        assert rounds.get(record.id).winner == "oracle"  # as recorded, not only as returned
 
 
 def test_label_studio_down_fails_the_round_and_keeps_the_active_version(

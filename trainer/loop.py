@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from geolabel.classes import LabelClass
 from geolabel.compute import open_engine
@@ -32,6 +34,7 @@ from geolabel.progress import Progress, SilentProgress
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from importers.inputs import project_input
 from trainer.batch import ModelJob, TileWork, map_tiles
+from trainer.contender import UNET, WINNER_FILE, Contender, ContenderResult
 from trainer.dashboard_throughput import ThroughputTally, save_throughput
 from trainer.device import resolve_device
 from trainer.errors import HarvestError, LabelStudioDownError, RoundBusyError, TrainerError
@@ -56,11 +59,19 @@ from trainer.rounds import (
     recover_interrupted,
 )
 from trainer.selection import score_tiles, select_batch
-from trainer.splits import Footprint, spatial_split
+from trainer.splits import Footprint, Split, spatial_split
+from trainer.transfer import (
+    ARCHITECTURE,
+    Prior,
+    adapt_prior,
+    load_encoder_weights,
+    resolve_prior,
+    starting_manifest,
+)
 from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_name
 
 logger = logging.getLogger(__name__)
-__all__ = ["ROUND_RETRY", "Retry", "Watch", "run_round"]
+__all__ = ["ROUND_RETRY", "Retry", "Start", "Watch", "run_round"]
 #: How a round's Label Studio calls retry transient failures: 5 attempts over about 30 s.
 ROUND_RETRY = Retry()
 
@@ -73,17 +84,34 @@ class Watch:
     announce: Callable[[str], None] = logger.info
 
 
+@dataclass(frozen=True)
+class Start:
+    """What a round starts from besides the active version, and what competes with its U-Net.
+
+    Attributes:
+        init_from: a prior (version, project or path, :func:`trainer.transfer.resolve_prior`) the
+            network starts from instead of the active version; empty: ``[model] init_from`` for a
+            project's first round, else the active version (warm start).
+        contenders: models trained beside the U-Net on the same tiles (:mod:`trainer.contender`).
+    """
+
+    init_from: str = ""
+    contenders: Sequence[Contender] = ()
+
+
 def run_round(
     config: Config,
     client: LabelStudioClient,
     trigger: str = "manual",
     retry: Retry = ROUND_RETRY,
     watch: Watch | None = None,
+    start: Start | None = None,
 ) -> RoundRecord:
     """Run one round for the configured project (``config.project.name``) and return its record.
 
     First closes the rounds a dead process left running (:func:`trainer.rounds.recover_interrupted`).
-    Every Label Studio call of the round is retried as ``retry`` says; ``watch`` is shown its progress.
+    Every Label Studio call of the round is retried as ``retry`` says; ``watch`` is shown its progress;
+    ``start`` says what the network starts from and what competes with it.
 
     Raises:
         RoundBusyError: if another round holds the lock.
@@ -108,7 +136,7 @@ def run_round(
         recover_interrupted(store, project_id, models, config.predictions_dir, client)
         round_id = store.start(project_id, trigger)
         try:
-            _round(config, client, registry, store, round_id, watch or Watch())
+            _round(config, client, registry, store, round_id, watch or Watch(), start or Start())
         except BaseException as exc:
             _fail(config, store, project_id, round_id, exc)
             if isinstance(exc, TrainerError) or not isinstance(exc, Exception):
@@ -145,6 +173,7 @@ def _round(
     store: RoundStore,
     round_id: int,
     watch: Watch,
+    start: Start,
 ) -> None:
     project_id = store.get(round_id).project_id
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
@@ -181,9 +210,9 @@ def _round(
         config.trainer.seed,
     )
     seed_torch(config.trainer.seed)  # the same labels and seed give the same initial weights
-    network = build_model(manifest).to(resolve_device(config.compute.device))
-    if active is not None and _compatible(active.manifest, manifest):
-        network.load_state_dict(active.network.state_dict())  # warm start
+    network, manifest = _initial_network(config, manifest, active, start.init_from)
+    network = network.to(resolve_device(config.compute.device))
+    store.update(round_id, origin=manifest.origin)
     settings = TrainSettings(
         config.trainer.epochs, config.trainer.batch_size, config.trainer.learning_rate, config.trainer.seed,
         config.trainer.crop,
@@ -196,11 +225,14 @@ def _round(
     new = evaluate(network, validation, manifest.outputs).flat(names) if validation else {}
     old = _previous_metrics(active, manifest, validation, names)
     promote = active is None or not validation or _not_worse(new, old)
+    results = _contest(start.contenders, found.tiles, samples, split, classes, config.trainer.seed, store,
+                       round_id)  # fmt: skip
+    winner = _winner(new, results)
     version = manifest.model_copy(update={"metrics": new})
     store.update(round_id, step=RoundStep.SAVING, model_version=version.version)  # before it exists
-    models.save(version, network.state_dict())
+    models.save(version, network.state_dict(), _winner_files(winner))
     store.update(round_id, model_version=version.version, metrics=new, previous_metrics=old,
-                 validation_tiles=len(validation))  # fmt: skip
+                 validation_tiles=len(validation), winner=winner.name if winner else UNET)  # fmt: skip
     if not promote:
         store.finish(round_id, RoundStatus.KEPT)
         return
@@ -340,7 +372,7 @@ def _manifest(
         TrainerError: if no labelled tile's raster can provide the project's input.
     """
     if active is not None and active.manifest.classes == classes:
-        return active.manifest.model_copy(update={"version": new_version_name(), "metrics": {}})
+        return active.manifest.model_copy(update={"version": new_version_name(), "metrics": {}, "origin": ""})
     bands = list(_project_bands(registry, tiles, active))
     placeholder = InputSpec(bands=bands, mean=[0.0] * len(bands), std=[1.0] * len(bands))
     draft = ModelManifest(version=new_version_name(), created="", classes=classes, input=placeholder)
@@ -382,6 +414,96 @@ def _feeding(
     kept_ids = {t.id for t in kept}
     labelled = [t for t in found.tiles if t.tile.id in kept_ids]
     return Harvest(labelled, found.problems, found.skipped_tasks), problems
+
+
+def _initial_network(
+    config: Config, manifest: ModelManifest, active: LoadedModel | None, init_from: str
+) -> tuple[torch.nn.Module, ModelManifest]:
+    """The network the round trains, with its manifest, whose ``origin`` says what it started from.
+
+    In order: the prior ``init_from`` names (or ``[model] init_from`` when no version is active yet);
+    the active version as it is (warm start); the active version adapted to changed classes (by
+    name, :func:`trainer.transfer.adapt_prior`); ``[model] encoder_weights``; random weights.
+
+    Raises:
+        TrainerError: if the prior or the encoder weights cannot be used (the message says why).
+    """
+    spec = init_from or (config.model.init_from if active is None else "")
+    prior = None
+    if spec:
+        prior = resolve_prior(config, spec)
+    elif active is not None and _compatible(active.manifest, manifest):
+        network = build_model(manifest)
+        network.load_state_dict(active.network.state_dict())
+        return network, manifest.model_copy(update={"origin": f"warm start from {active.manifest.version}"})
+    elif active is not None and _same_network(active.manifest, manifest):  # the classes changed
+        prior = Prior(active.manifest, active.network.state_dict(), f"version {active.manifest.version}")
+    if prior is not None:
+        manifest = starting_manifest(prior.manifest, manifest)
+        network = build_model(manifest)
+        state, report = adapt_prior(prior.manifest, prior.state, manifest, network.state_dict())
+        network.load_state_dict(state)
+        return network, manifest.model_copy(update={"origin": report.describe(prior.source)})
+    network = build_model(manifest)
+    weights = config.encoder_weights
+    origin = load_encoder_weights(network, weights) if weights is not None else "random weights"
+    return network, manifest.model_copy(update={"origin": origin})
+
+
+def _same_network(old: ModelManifest, new: ModelManifest) -> bool:
+    return all(getattr(old, k) == getattr(new, k) for k in ARCHITECTURE)
+
+
+def _contest(
+    contenders: Sequence[Contender],
+    tiles: Sequence[LabelledTile],
+    samples: Sequence[Sample],
+    split: Split,
+    classes: list[LabelClass],
+    seed: int,
+    store: RoundStore,
+    round_id: int,
+) -> list[ContenderResult]:
+    """Train each contender on the round's split; record its scores (a failing one is a problem)."""
+    fed = [replace(t, target=s.target) for t, s in zip(tiles, samples, strict=True)]  # nodata ignored
+    train_tiles = [fed[i] for i in split.train] or fed
+    validation = [fed[i] for i in split.validation]
+    results, scores = [], {}
+    for contender in contenders:
+        try:
+            result = contender.fit(train_tiles, validation, classes, seed)
+        except Exception as exc:  # a contender never fails the round
+            logger.exception("round %d: contender %s failed", round_id, contender.name)
+            store.add_problem(round_id, f"{contender.name} not trained: {type(exc).__name__}: {exc}")
+            continue
+        if result is not None:
+            results.append(result)
+            scores[result.name] = {**result.metrics, "detail": result.detail}
+    if scores:
+        store.update(round_id, contenders=scores)
+    return results
+
+
+def _winner(unet: dict[str, float], results: Sequence[ContenderResult]) -> ContenderResult | None:
+    """The contender with a mean IoU above the U-Net's, the best of them; None: the U-Net wins."""
+    best, score = None, unet.get("miou", float("nan"))
+    for result in results:
+        miou = result.metrics.get("miou", float("nan"))
+        if not np.isnan(miou) and (np.isnan(score) or miou > score):
+            best, score = result, miou
+    return best
+
+
+def _winner_files(winner: ContenderResult | None) -> Callable[[Path], None] | None:
+    """Writes the winning contender's files and :data:`~trainer.contender.WINNER_FILE` into a version."""
+    if winner is None:
+        return None
+
+    def write(folder: Path) -> None:
+        winner.save(folder)
+        (folder / WINNER_FILE).write_text(winner.name + "\n", encoding="utf-8")
+
+    return write
 
 
 def _compatible(old: ModelManifest, new: ModelManifest) -> bool:

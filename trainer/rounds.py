@@ -115,9 +115,15 @@ class RoundRecord:
     error: str | None = None
     number: int = 0  # the project's round number (1, 2, ...)
     step: str | None = None  # the last step a round reached (RoundStep)
+    origin: str | None = None  # what the new version's weights started from (trainer.transfer)
+    winner: str | None = None  # the model that validated best: "unet" or a contender's name
+    #: Validation scores of each contender of the U-Net (trainer.contender), by name, with a "detail".
+    contenders: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-_JSON_FIELDS = ("class_pixels", "annotators", "metrics", "previous_metrics", "problems")
+_JSON_FIELDS = ("class_pixels", "annotators", "metrics", "previous_metrics", "problems", "contenders")
+#: Columns added after the first release, with their SQL type (added to older registries).
+_ADDED = {"step": "TEXT", "origin": "TEXT", "winner": "TEXT", "contenders": "TEXT NOT NULL DEFAULT '{}'"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -138,7 +144,10 @@ CREATE TABLE IF NOT EXISTS rounds (
     problems TEXT NOT NULL DEFAULT '[]',
     error TEXT,
     number INTEGER,
-    step TEXT
+    step TEXT,
+    origin TEXT,
+    winner TEXT,
+    contenders TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS round_queue (
     round_id INTEGER NOT NULL REFERENCES rounds(id),
@@ -303,9 +312,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
     Existing rounds are kept: each is numbered by its place among its project's rounds.
     """
     columns = {row[1] for row in conn.execute("PRAGMA table_info(rounds)")}
-    if "step" not in columns:  # registries from before rounds recorded their step
-        with conn:
-            conn.execute("ALTER TABLE rounds ADD COLUMN step TEXT")
+    with conn:  # registries from before rounds recorded their step, origin, winner and contenders
+        for name, kind in _ADDED.items():
+            if name not in columns:
+                conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} {kind}")
     indexed = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rounds_project_number'").fetchone()
     if (
         "number" in columns

@@ -19,6 +19,7 @@ removed), so a scheduler killed mid-round and started again shows that round fai
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from geolabel.errors import GeolabelError
 from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient, client_for
 from georef.registry import TileRegistry
+from trainer.contender import Contender
 from trainer.errors import RoundBusyError, SchedulerBusyError, TrainerError
 from trainer.legacy import adopt_legacy_stores
 from trainer.rounds import ROUND_LOCK, RoundRecord, RoundStatus, RoundStore, recover_interrupted
@@ -95,15 +97,26 @@ def check(config: Config) -> Check:
     return Check(project_id, changes, threshold, wait)
 
 
-def round_if_due(config_path: str, project: str | None = None, scheduler: str | None = None) -> str:
+#: Given the round's configuration, the models that compete with its U-Net (:mod:`trainer.contender`).
+Contenders = Callable[[Config], Sequence[Contender]]
+
+
+def round_if_due(
+    config_path: str,
+    project: str | None = None,
+    scheduler: str | None = None,
+    contenders: Contenders | None = None,
+) -> str:
     """The scheduled job: run a round of ``project`` if enough of its annotations changed.
 
     Returns what it did, in words. The configuration is read again at every run, so edits to
     ``[trainer]`` apply from the next round. Failures are logged (the round is recorded as failed)
     and the next check tries again. ``project`` None: ``project.name`` of the file; ``scheduler``: the
-    ``--scheduler`` given to ``geolabel train --schedule`` (None: ``[compute] scheduler`` of the file).
+    ``--scheduler`` given to ``geolabel train --schedule`` (None: ``[compute] scheduler`` of the file);
+    ``contenders``: a module-level function (the job store keeps it by name) giving the models that
+    compete with the round's U-Net.
     """
-    from trainer.loop import run_round  # torch: loaded by the first round, not by every check
+    from trainer.loop import Start, run_round  # torch: loaded by the first round, not by every check
 
     config = load_config(Path(config_path)).for_project(project).with_scheduler(scheduler)
     found = check(config)
@@ -115,7 +128,8 @@ def round_if_due(config_path: str, project: str | None = None, scheduler: str | 
         return text
     logger.info("%d annotation change(s): starting a round", found.changes)
     try:
-        record = run_round(config, client_for(config), trigger="scheduled")
+        start = Start(contenders=contenders(config) if contenders is not None else ())
+        record = run_round(config, client_for(config), trigger="scheduled", start=start)
     except (TrainerError, GeolabelError) as exc:
         logger.error("scheduled round of %s failed: %s", config.project.name, exc)
         return f"round failed: {exc}"
@@ -128,10 +142,13 @@ def round_if_due(config_path: str, project: str | None = None, scheduler: str | 
     return text
 
 
-def scheduler_for(config: Config, config_path: Path, compute: str | None = None) -> BlockingScheduler:
+def scheduler_for(
+    config: Config, config_path: Path, compute: str | None = None, contenders: Contenders | None = None
+) -> BlockingScheduler:
     """A blocking scheduler with the project's round job in its own job store (interval from the config).
 
-    ``compute``: the ``--scheduler`` the rounds use instead of the file's ``[compute] scheduler``.
+    ``compute``: the ``--scheduler`` the rounds use instead of the file's ``[compute] scheduler``;
+    ``contenders``: see :func:`round_if_due`.
     """
     store_path = config.trainer_dir / "scheduler.sqlite"
     store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +160,7 @@ def scheduler_for(config: Config, config_path: Path, compute: str | None = None)
         round_if_due,
         "interval",
         seconds=config.trainer.check_interval,
-        args=[str(config_path.resolve()), config.project.name, compute],
+        args=[str(config_path.resolve()), config.project.name, compute, contenders],
         id=JOB_ID,
         name="active-learning round when enough annotations changed",
         next_run_time=datetime.now(UTC),  # look at once, then every check_interval
@@ -152,10 +169,13 @@ def scheduler_for(config: Config, config_path: Path, compute: str | None = None)
     return scheduler
 
 
-def run_scheduler(config: Config, config_path: Path, compute: str | None = None) -> None:
+def run_scheduler(
+    config: Config, config_path: Path, compute: str | None = None, contenders: Contenders | None = None
+) -> None:
     """Run the project's scheduler in the foreground until interrupted (Ctrl-C, SIGTERM).
 
-    ``compute``: the ``--scheduler`` of the rounds (None: ``[compute] scheduler`` of the file).
+    ``compute``: the ``--scheduler`` of the rounds (None: ``[compute] scheduler`` of the file);
+    ``contenders``: see :func:`round_if_due`.
 
     Raises:
         SchedulerBusyError: if another scheduler runs for the same project.
@@ -166,7 +186,7 @@ def run_scheduler(config: Config, config_path: Path, compute: str | None = None)
     )
     with exclusive_lock(lock, lambda: busy):
         recover_at_start(config)
-        scheduler = scheduler_for(config, config_path, compute)
+        scheduler = scheduler_for(config, config_path, compute, contenders)
         logger.info(
             "round scheduler of %s: every %.0f s, a round at %d annotation change(s)",
             config.project.name,

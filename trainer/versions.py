@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,9 @@ class ModelManifest(BaseModel):
     classes: list[LabelClass] = Field(min_length=1)
     input: InputSpec
     metrics: dict[str, float] = Field(default_factory=dict)
+    #: What the weights started from before training: a prior, encoder weights, the previous
+    #: version (warm start) or random weights (see :mod:`trainer.transfer`).
+    origin: str = ""
 
     @model_validator(mode="after")
     def _decoder_matches_depth(self) -> ModelManifest:
@@ -151,8 +155,16 @@ class ModelStore:
             raise ModelStoreError(f"model version {name}: {file} does not hold a state dict")
         return state
 
-    def save(self, manifest: ModelManifest, state: dict[str, torch.Tensor]) -> Path:
+    def save(
+        self,
+        manifest: ModelManifest,
+        state: dict[str, torch.Tensor],
+        extras: Callable[[Path], None] | None = None,
+    ) -> Path:
         """Write a new version (manifest and weights) atomically; it is not activated.
+
+        ``extras`` writes more files into the version folder before it is complete (a contender
+        that won the round, :mod:`trainer.contender`).
 
         Raises:
             ModelStoreError: if the version exists already, or cannot be written (then nothing of it is left).
@@ -167,6 +179,8 @@ class ModelStore:
             import torch
 
             torch.save(state, staging / WEIGHTS)
+            if extras is not None:
+                extras(staging)
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
             _fsync_dir_files(staging)
             os.replace(staging, final)
