@@ -354,6 +354,22 @@ def test_errors_and_times_are_never_cut_in_the_page_nor_in_geolabel_status(
     assert record.ended in result.output
 
 
+def test_the_rounds_table_says_what_a_round_started_from_and_which_model_won(
+    two_crs: TwoCrsProject, app_client: tuple[FlaskClient, str]
+) -> None:
+    origin = "from project 'coast' (version v20261101-000000); classes kept building; new water"
+    with RoundStore(two_crs.config.registry_path) as store:
+        round_id = store.start(two_crs.project_id, "test")
+        store.update(round_id, origin=origin, metrics={"miou": 0.5}, winner="sam_head",
+                     contenders={"sam_head": {"miou": 0.625, "detail": "12 tiles"}})  # fmt: skip
+        store.finish(round_id, RoundStatus.KEPT)
+    client, user = app_client
+    data = client.get("/dashboard/data.json", auth=(user, PASSWORD)).get_json()
+    rounds = html.unescape(data["sections"]["rounds"])
+    assert origin in rounds
+    assert "sam_head (sam_head 0.625, unet 0.500)" in rounds
+
+
 def annotated_task(task_id: int, *annotations: tuple[str, str, bool]) -> LabelledTask:
     """A labelled task whose annotations are ``(annotator e-mail, created_at, was_cancelled)``."""
     return LabelledTask.model_validate(

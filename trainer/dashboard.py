@@ -29,6 +29,7 @@ from geolabel.config import Config
 from georef.registry import RasterRecord, TileRegistry, TileStatus
 from importers.errors import RasterNotFoundError, RasterReadError
 from importers.maptiles import empty_tile_png, render_map_tile
+from trainer.contender import UNET
 from trainer.dashboard_map import (
     STATE_COLOURS,
     UNCERTAINTY_STOPS,
@@ -236,6 +237,11 @@ def status_lines(data: Dashboard) -> list[str]:
             f"{c.name} {data.active.metrics.get(f'{c.name}_iou', math.nan):.3f}" for c in data.active.classes
         )
         lines.append("Validation IoU of the active version: " + ", ".join(scores))
+    served = next(
+        (r for r in reversed(data.rounds) if data.active and r.model_version == data.active.version), None
+    )
+    if served is not None and served.contenders:
+        lines.append(f"Pre-annotations from: {winner_text(served)}")
     return [
         *lines,
         f"Tiles: {summary}",
@@ -342,18 +348,34 @@ def _legend() -> str:
 def _rounds_table(rounds: list[RoundRecord]) -> str:
     if not rounds:
         return "<p>No round yet.</p>"
-    head = ("round", "trigger", "status", "started", "ended", "labelled tiles", "version", "val. tiles",
-            "mIoU", "previous mIoU", "problems", "error")  # fmt: skip
+    head = ("round", "trigger", "status", "started", "ended", "labelled tiles", "version", "started from",
+            "val. tiles", "mIoU", "previous mIoU", "winner", "problems", "error")  # fmt: skip
     rows = []
     for r in reversed(rounds):
         cells = (r.number or r.id, r.trigger, r.status, r.started, r.ended or "", r.labelled_tiles,
-                 r.model_version or "", r.validation_tiles, _score(r.metrics.get("miou")),
-                 _score(r.previous_metrics.get("miou")), len(r.problems), r.error or "")  # fmt: skip
+                 r.model_version or "", r.origin or "", r.validation_tiles, _score(r.metrics.get("miou")),
+                 _score(r.previous_metrics.get("miou")), winner_text(r), len(r.problems),
+                 r.error or "")  # fmt: skip
         row = "".join(f"<td>{escape(str(c))}</td>" for c in cells)
         rows.append(f'<tr class="{escape(str(r.status))}">{row}</tr>')
     header = "".join(f"<th>{h}</th>" for h in head)
     body = "".join(rows)
     return f'<table id="rounds"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def winner_text(record: RoundRecord) -> str:
+    """Which model validated best in the round, with every contender's mean IoU (empty: none competed).
+
+    For example ``sam_head (sam_head 0.612, unet 0.540)``.
+    """
+    if not record.contenders:
+        return ""
+    scores = {name: result.get("miou") for name, result in record.contenders.items()}
+    scores[UNET] = record.metrics.get("miou")
+    shown = ", ".join(
+        f"{name} {_score(v if isinstance(v, float) else None) or 'n/a'}" for name, v in scores.items()
+    )
+    return f"{record.winner or UNET} ({shown})"
 
 
 def _score(value: float | None) -> str:
