@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from click.testing import CliRunner
 
 from geolabel.classes import LabelClass
+from geolabel.cli import cli
 from geolabel.config import Config
+from geolabel.lsclient import LabelStudioClient
 from tests.conftest import CLASSES
 from trainer.errors import TrainerError
 from trainer.fit import seed_torch
+from trainer.loop import Start, run_round
 from trainer.model import build_model
 from trainer.transfer import (
     adapt_first_conv,
@@ -218,3 +222,17 @@ def test_a_prior_is_found_by_version_project_or_path_and_an_unknown_one_lists_wh
     torch.save(by_project.state, lonely)
     with pytest.raises(TrainerError, match=r"no manifest\.json beside it"):
         resolve_prior(here, str(lonely))
+
+
+def test_an_unknown_prior_stops_the_round_before_it_starts(tmp_path: Path) -> None:
+    config = project_config(tmp_path, "city")
+    dead = LabelStudioClient("http://127.0.0.1:9", "token")  # never called: the prior is checked first
+    with pytest.raises(TrainerError, match="no such file, model version or project"):
+        run_round(config, dead, start=Start(init_from="v-typo"))
+    assert not config.registry_path.exists()  # no round recorded, nothing created
+
+
+def test_train_init_from_goes_with_now_only(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "--schedule", "--init-from", "v1"])
+    assert result.exit_code == 2
+    assert "--init-from goes with --now" in result.output

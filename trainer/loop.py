@@ -120,6 +120,8 @@ def run_round(
         TrainerError: if the round failed otherwise (it is recorded as failed with the reason).
     """
     client = client.with_retry(retry)
+    start = start or Start()
+    given = resolve_prior(config, start.init_from) if start.init_from else None  # a typo records no round
     lock = config.trainer_dir / ROUND_LOCK
     with (
         exclusive_lock(lock, lambda: RoundBusyError("a training round is already running")),
@@ -136,7 +138,7 @@ def run_round(
         recover_interrupted(store, project_id, models, config.predictions_dir, client)
         round_id = store.start(project_id, trigger)
         try:
-            _round(config, client, registry, store, round_id, watch or Watch(), start or Start())
+            _round(config, client, registry, store, round_id, watch or Watch(), start, given)
         except BaseException as exc:
             _fail(config, store, project_id, round_id, exc)
             if isinstance(exc, TrainerError) or not isinstance(exc, Exception):
@@ -174,6 +176,7 @@ def _round(
     round_id: int,
     watch: Watch,
     start: Start,
+    given: Prior | None,
 ) -> None:
     project_id = store.get(round_id).project_id
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
@@ -210,7 +213,7 @@ def _round(
         config.trainer.seed,
     )
     seed_torch(config.trainer.seed)  # the same labels and seed give the same initial weights
-    network, manifest = _initial_network(config, manifest, active, start.init_from)
+    network, manifest = _initial_network(config, manifest, active, given)
     network = network.to(resolve_device(config.compute.device))
     store.update(round_id, origin=manifest.origin)
     settings = TrainSettings(
@@ -417,27 +420,29 @@ def _feeding(
 
 
 def _initial_network(
-    config: Config, manifest: ModelManifest, active: LoadedModel | None, init_from: str
+    config: Config, manifest: ModelManifest, active: LoadedModel | None, given: Prior | None
 ) -> tuple[torch.nn.Module, ModelManifest]:
     """The network the round trains, with its manifest, whose ``origin`` says what it started from.
 
-    In order: the prior ``init_from`` names (or ``[model] init_from`` when no version is active yet);
-    the active version as it is (warm start); the active version adapted to changed classes (by
-    name, :func:`trainer.transfer.adapt_prior`); ``[model] encoder_weights``; random weights.
+    In order: the ``given`` prior (``--init-from``), or ``[model] init_from`` when no version is
+    active yet; the active version as it is (warm start); the active version adapted to changed
+    classes (by name, :func:`trainer.transfer.adapt_prior`); ``[model] encoder_weights``; random weights.
 
     Raises:
         TrainerError: if the prior or the encoder weights cannot be used (the message says why).
     """
-    spec = init_from or (config.model.init_from if active is None else "")
-    prior = None
-    if spec:
-        prior = resolve_prior(config, spec)
-    elif active is not None and _compatible(active.manifest, manifest):
-        network = build_model(manifest)
-        network.load_state_dict(active.network.state_dict())
-        return network, manifest.model_copy(update={"origin": f"warm start from {active.manifest.version}"})
-    elif active is not None and _same_network(active.manifest, manifest):  # the classes changed
-        prior = Prior(active.manifest, active.network.state_dict(), f"version {active.manifest.version}")
+    prior = given
+    if prior is None and active is None and config.model.init_from:
+        prior = resolve_prior(config, config.model.init_from)
+    if prior is None and active is not None:
+        if _compatible(active.manifest, manifest):
+            network = build_model(manifest)
+            network.load_state_dict(active.network.state_dict())
+            return network, manifest.model_copy(
+                update={"origin": f"warm start from {active.manifest.version}"}
+            )
+        if _same_network(active.manifest, manifest):  # the classes changed: adapt by name
+            prior = Prior(active.manifest, active.network.state_dict(), f"version {active.manifest.version}")
     if prior is not None:
         manifest = starting_manifest(prior.manifest, manifest)
         network = build_model(manifest)
