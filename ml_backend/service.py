@@ -36,7 +36,8 @@ from ml_backend.protocol import (
     project_id,
     prompt_from_context,
 )
-from ml_backend.sam import SamEngine, load_sam
+from ml_backend.sam import Embedding, SamEngine, load_sam
+from ml_backend.samhead import ActiveHead, LoadedHead, head_model_version
 from trainer.errors import ModelInputError, ModelStoreError, TrainerError
 from trainer.fit import probabilities
 from trainer.inference import LoadedModel, load_version, read_input
@@ -91,6 +92,7 @@ class Backend:
             else None
         )
         self.models = ActiveModel(ModelStore(settings.models_dir))
+        self.heads = ActiveHead(settings.models_dir, self.sam.identity if self.sam is not None else None)
         self._local = threading.local()
 
     def _load_sam(self) -> SamEngine | None:
@@ -182,12 +184,24 @@ class Backend:
         return {"model_version": self.model_version()}
 
     def model_version(self) -> str:
-        """The active model version's name, else ``"none"`` (no prediction is ever made under it)."""
+        """The model version the active version's predictions carry, else ``"none"`` (never used).
+
+        It is the version's name, or :func:`~ml_backend.samhead.head_model_version` when the version's
+        winner is its SAM head and the head can serve here (:meth:`served_version`).
+        """
         try:
             loaded = self.models.current()
         except TrainerError:
             return "none"
-        return loaded.manifest.version if loaded is not None else "none"
+        return self.served_version(loaded.manifest.version) if loaded is not None else "none"
+
+    def served_version(self, version: str) -> str:
+        """What Label Studio's ``model_version`` says for pre-annotations of model version ``version``.
+
+        One label per version: Label Studio shows the predictions whose model version is the project's,
+        and asks the backend again for tasks without a prediction of the version ``/setup`` answered.
+        """
+        return head_model_version(version) if self.heads.get(version) is not None else version
 
     # predict ---------------------------------------------------------------------
 
@@ -254,11 +268,28 @@ class Backend:
             raise ModelUnavailableError(str(exc)) from None
         if loaded is None:
             return []
-        return [self._pre_annotation(loaded, tile, schema) for tile in tiles]
+        head = self.heads.get(loaded.manifest.version)
+        return [self._pre_annotation(loaded, head, tile, schema) for tile in tiles]
 
-    def _pre_annotation(self, loaded: LoadedModel, tile: TileRecord, schema: ProjectSchema) -> dict[str, Any]:
-        """The tile's prediction by the active version: the one a round stored, else computed now."""
+    def _pre_annotation(
+        self, loaded: LoadedModel, head: LoadedHead | None, tile: TileRecord, schema: ProjectSchema
+    ) -> dict[str, Any]:
+        """The tile's prediction by the active version.
+
+        When the version's winner is its SAM head (``head``) and the tile's embedding is cached, the
+        head predicts; else the version's U-Net: the prediction a round stored, else computed now.
+        Both carry :meth:`served_version`. A missing embedding is not computed here: that takes
+        seconds of every core per tile (a click asks for it; a request for pre-annotations may
+        name 100 tasks), so the U-Net answers until a click or ``geolabel embed`` caches it.
+        """
         manifest = loaded.manifest
+        version = manifest.version if head is None else head_model_version(manifest.version)
+        embedding = self._cached_embedding(tile) if head is not None else None
+        if head is not None and embedding is not None:
+            return prediction(
+                self._head_prediction(head, embedding, tile), head.info.classes, schema,
+                self.settings.uncertainty, version,
+            )  # fmt: skip
         stored = self._stored_prediction(manifest.version, tile)
         if stored is None:
             raster = self.registry.raster(tile.raster_id)
@@ -272,7 +303,29 @@ class Backend:
                 raise ModelUnavailableError(str(exc)) from None
             (softmax,) = probabilities(loaded.network, [tile_input.pixels])
             stored = StoredPrediction(quantise(softmax.numpy()), tile_input.valid)
-        return prediction(stored, manifest.classes, schema, self.settings.uncertainty, manifest.version)
+        return prediction(stored, manifest.classes, schema, self.settings.uncertainty, version)
+
+    def _cached_embedding(self, tile: TileRecord) -> Embedding | None:
+        """The tile's SAM embedding if the cache holds it (never computed here), of the tile's size.
+
+        None also when the display image is gone: the U-Net reads the source raster, not the image.
+        """
+        if self.cache is None:
+            return None
+        try:
+            embedding = self.cache.get(self.cache.key(tile.id, self.image_path(tile)))
+        except (TileImageMissingError, FileNotFoundError):
+            return None
+        if embedding is None or embedding.original_size != (tile.grid.height, tile.grid.width):
+            return None
+        return embedding
+
+    def _head_prediction(self, head: LoadedHead, embedding: Embedding, tile: TileRecord) -> StoredPrediction:
+        """The head's quantised probabilities of the tile, nodata (transparent display pixels) not valid."""
+        image = self.image_path(tile)
+        opaque = not has_transparency(image)
+        valid = np.ones(embedding.original_size, dtype=bool) if opaque else load_rgb(image)[1]
+        return StoredPrediction(quantise(head.probabilities(embedding)), valid)
 
     def _stored_prediction(self, version: str, tile: TileRecord) -> StoredPrediction | None:
         """The prediction of ``tile`` a round stored for ``version``, or None (unreadable: logged)."""
