@@ -45,6 +45,17 @@ PAGE_SIZE = 1000
 #: Regex that matches no file: the local storage only grants Label Studio the
 #: right to serve display tiles; a "Sync" in the UI must not create tasks.
 NO_SYNC_REGEX = "(?!)"
+#: Title of the Data Manager tab geolabel keeps on each project (:meth:`LabelStudioClient.ensure_queue_view`).
+QUEUE_VIEW_TITLE = "Next to label (geolabel)"
+#: That tab's filter: tasks not yet labelled ("Completed" is empty), as the Data Manager writes it.
+QUEUE_VIEW_FILTERS: dict[str, Any] = {
+    "conjunction": "and",
+    "items": [
+        {"filter": "filter:tasks:completed_at", "operator": "empty", "type": "Datetime", "value": True}
+    ],
+}
+#: That tab's order: the score of the project's model version's prediction, lowest first (no score last).
+QUEUE_VIEW_ORDERING = ["tasks:predictions_score"]
 #: HTTP answers that mean "not now" (a proxy without its upstream, a restarting or overloaded server).
 TRANSIENT_STATUS = frozenset({502, 503, 504})
 #: Of those, the ones after which a request that creates something surely was not carried out.
@@ -542,8 +553,47 @@ class LabelStudioClient:
         ]
         return sorted(tasks, key=lambda t: (t.score is None, t.score or 0.0, t.task_id))
 
+    def ensure_queue_view(self, project_id: int, title: str = QUEUE_VIEW_TITLE) -> int:
+        """Keep a Data Manager tab listing the unlabelled tasks in the order a round serves them; its id.
+
+        The tab (``title``) shows tasks not yet labelled, by the score of their current prediction, lowest
+        first: the round's batch at the top in pick order (:mod:`trainer.serving`), then the other scored
+        tasks, then those without a prediction of the project's model version. Its filter and order are set
+        again on each call; its other settings (columns, widths) are kept.
+
+        Raises:
+            LabelStudioError: if Label Studio refuses to list, create or change the project's tabs.
+        """
+        views = self._call(
+            "list the project's Data Manager tabs", lambda: self._sdk.views.list(project=project_id)
+        )
+        mine = [v for v in views if isinstance(v.data, dict) and v.data.get("title") == title]
+        data = {**(mine[0].data if mine else {"type": "list", "target": "tasks"}), "title": title}
+        data.update(filters=QUEUE_VIEW_FILTERS, ordering=QUEUE_VIEW_ORDERING)
+        body = {"project": project_id, "data": data}
+        if mine:
+            path, method, creates = f"/api/dm/views/{mine[0].id}/", "PATCH", False
+        else:
+            path, method, creates = "/api/dm/views/", "POST", True
+        view = self._call(
+            f"keep the Data Manager tab {title!r}",
+            lambda: self._raw_request(method, path, body),
+            creates=creates,
+        )
+        return int(view.get("id") or 0)
+
     def _raw_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = self._sdk._client_wrapper.httpx_client.request(path, method="POST", json=body)
+        if response.status_code >= 400:
+            raise ApiError(
+                status_code=response.status_code, body=response.text, headers=dict(response.headers)
+            )
+        data = response.json()
+        return data if isinstance(data, dict) else {"data": data}
+
+    def _raw_request(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One JSON request the SDK's typed models cannot carry (e.g. a tab's filters); its JSON answer."""
+        response = self._sdk._client_wrapper.httpx_client.request(path, method=method, json=body)
         if response.status_code >= 400:
             raise ApiError(
                 status_code=response.status_code, body=response.text, headers=dict(response.headers)

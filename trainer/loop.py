@@ -59,6 +59,7 @@ from trainer.rounds import (
     recover_interrupted,
 )
 from trainer.selection import score_tiles, select_batch
+from trainer.serving import keep_queue_view, serving_scores
 from trainer.splits import Footprint, Split, spatial_split
 from trainer.transfer import (
     ARCHITECTURE,
@@ -566,15 +567,19 @@ def _score_and_push(
     samples: list[Sample],
     watch: Watch,
 ) -> tuple[list[QueueEntry], dict[str, float]]:
-    """Score the round's candidate pool of unlabelled tiles, store and push their predictions.
+    """Score the round's candidate pool of unlabelled tiles, pick the next batch, store and push predictions.
 
     The pool (:func:`_pool`) is scored on the configured engine (:mod:`geolabel.compute`): each
     chunk of tiles is predicted, stored and turned into its Label Studio prediction (regions, score)
     from the probabilities as stored, by the same function as the backend's pre-annotations
     (:func:`trainer.preannotations.prediction`), so the backend serving the stored prediction later gives
-    the same regions and score.
+    the same regions. The batch (:func:`trainer.selection.select_batch`) is picked before the push, and
+    its predictions carry serving scores (:func:`trainer.serving.serving_scores`) so that Label Studio
+    serves it first, in pick order; the other predictions carry their confidence. The project's
+    "Next to label" Data Manager tab is kept (:func:`trainer.serving.keep_queue_view`).
 
-    Returns the next batch and the uncertainty of every tile scored.
+    Returns the next batch (with each tile's true uncertainty and confidence) and the uncertainty of every
+    tile scored.
     """
     project_id = store.get(round_id).project_id
     schema = read_schema(client.project(project_id)["label_config"])
@@ -595,8 +600,6 @@ def _score_and_push(
         watch.progress.start(f"round {store.get(round_id).number}: scoring {len(pool)} tiles", len(pool))
         work = [TileWork(t, rasters[t.raster_id]) for t in pool]
         outcomes = list(map_tiles(engine, job, work, config.compute.chunk, watch.progress.advance))
-    predictions = [{"task": t.task_id, **(o.prediction or {})} for t, o in zip(pool, outcomes, strict=True)]
-    client.import_predictions(project_id, predictions)  # the model version is set when it is promoted
     uncertainty = {o.tile_id: o.uncertainty for o in outcomes}
     if not pool:
         return [], uncertainty
@@ -610,6 +613,15 @@ def _score_and_push(
         config.trainer.batch,
         config.trainer.diversity,
     )
+    served = serving_scores([min(max(o.confidence, 0.0), 1.0) for o in outcomes], picks)  # float rounding
+    predictions = [
+        {"task": t.task_id, **(o.prediction or {}), "score": score}
+        for t, o, score in zip(pool, outcomes, served, strict=True)
+    ]
+    client.import_predictions(project_id, predictions)  # the model version is set when it is promoted
+    problem = keep_queue_view(client, project_id)
+    if problem:
+        store.add_problem(round_id, problem)
     queue = [
         QueueEntry(
             rank, pool[i].id, int(pool[i].task_id or 0), outcomes[i].uncertainty, outcomes[i].confidence
