@@ -202,7 +202,9 @@ def test_the_round_pushes_serving_scores_and_records_true_confidence(served: Ser
     assert [score[e.task_id] for e in batch] == [batch_score(e.rank, 3) for e in batch]  # below them all
 
 
-def test_the_data_manager_tab_lists_and_serves_the_batch_first(served: Served) -> None:
+def test_the_data_manager_tab_lists_and_serves_the_batch_first(
+    served: Served, label_studio: LabelStudioServer
+) -> None:
     url, project, admin = served.url, served.project_id, served.admin
     headers = {"Authorization": f"Token {admin}"}
     views = httpx.get(f"{url}/api/dm/views/", params={"project": project}, headers=headers, timeout=60).json()
@@ -213,6 +215,9 @@ def test_the_data_manager_tab_lists_and_serves_the_batch_first(served: Served) -
     assert [t["id"] for t in listed] == unlabelled  # in serving order, labelled tiles hidden
     as_displayed = {"ordering": tab["data"]["ordering"], "filters": tab["data"]["filters"]}
     assert next_task(url, admin, project, as_displayed) == (unlabelled[0], "Data manager queue")
+    # Label Studio's own limit, which the README states: "as displayed" ignores the others' locks
+    _, newcomer = sign_up(label_studio)
+    assert next_task(url, newcomer, project, as_displayed)[0] == unlabelled[0]
     assert served.client.ensure_queue_view(project) == tab["id"]  # kept, not duplicated
 
 
