@@ -48,6 +48,7 @@ from trainer.model import build_model
 from trainer.predictions import PredictionStore, StoredPrediction, quantise
 from trainer.rounds import RoundStatus, RoundStore
 from trainer.scoring import prediction_score
+from trainer.serving import served_score
 from trainer.versions import InputSpec, ModelManifest, ModelStore
 
 pytestmark = pytest.mark.labelstudio
@@ -339,7 +340,9 @@ def test_backend_serves_the_rounds_stored_prediction_with_the_rounds_score(
         first = read_input(registry.raster(served.tiles[0].raster_id), served.tiles[0], manifest)
         labelled = [Sample(first.pixels, np.zeros(first.valid.shape, dtype=np.uint8))]
         round_id = rounds.start(served.project_id, "test")
-        _score_and_push(config, served.client, registry, rounds, round_id, loaded, [], labelled, Watch())
+        queue, _ = _score_and_push(config, served.client, registry, rounds, round_id, loaded, [], labelled,
+                                   Watch())  # fmt: skip
+        rank = {e.task_id: e.rank for e in queue}  # the batch is pushed with serving scores (trainer.serving)
         rounds.finish(round_id, RoundStatus.KEPT)
     pushed = {
         tile.task_id: next(
@@ -357,7 +360,8 @@ def test_backend_serves_the_rounds_stored_prediction_with_the_rounds_score(
         assert response.status_code == 200, response.text
         (answer,) = response.json()["results"]
         assert answer["model_version"] == "v-test-2"
-        assert answer["score"] == pytest.approx(pushed[tile.task_id]["score"], abs=1e-12)  # one meaning
+        as_pushed = served_score(answer["score"], rank.get(int(tile.task_id or 0)), len(queue))
+        assert as_pushed == pytest.approx(pushed[tile.task_id]["score"], abs=1e-12)  # one meaning
         assert regions(answer) == regions(pushed[tile.task_id])
 
     monkeypatch.undo()  # the network again, and no stored prediction: the backend computes the same
@@ -365,7 +369,8 @@ def test_backend_serves_the_rounds_stored_prediction_with_the_rounds_score(
     for tile in served.tiles:
         stored.path(tile.id).unlink()
         (answer,) = served.post("/predict", predict_body(served, int(tile.task_id or 0))).json()["results"]
-        assert answer["score"] == pytest.approx(pushed[tile.task_id]["score"], abs=1e-9)
+        as_pushed = served_score(answer["score"], rank.get(int(tile.task_id or 0)), len(queue))
+        assert as_pushed == pytest.approx(pushed[tile.task_id]["score"], abs=1e-9)
         assert regions(answer) == regions(pushed[tile.task_id])
 
 

@@ -1,11 +1,14 @@
 """How unsure a model is: per pixel, per tile, and the ``score`` a prediction carries in Label Studio.
 
 One meaning everywhere: a prediction's score is the tile's *confidence*, ``1 - tile uncertainty``,
-0 (unsure) .. 1 (sure), and Label Studio serves the lowest first. The round that pushes predictions
-and the ML backend that serves pre-annotations both call :func:`prediction_score` with the
-project's ``[trainer] uncertainty`` method, on the probabilities *as stored*
-(quantised 0-255 by :class:`~trainer.predictions.PredictionStore`), so a stored prediction served
-again by the backend carries exactly the score the round gave it.
+0 (unsure) .. 1 (sure), and Label Studio serves the lowest first; the one exception is a round's
+next batch, pushed with serving scores below 1e-6 in pick order (:mod:`trainer.serving`) so that
+Label Studio serves it first, while the round's record keeps their confidence. The round that
+pushes predictions and the ML backend that serves pre-annotations both call
+:func:`prediction_score` with the project's ``[trainer] uncertainty`` method, on the probabilities
+*as stored* (quantised 0-255 by :class:`~trainer.predictions.PredictionStore`), so a stored
+prediction served again by the backend carries the tile's confidence, from which
+:func:`trainer.serving.served_score` gives the score the round pushed.
 """
 
 from __future__ import annotations
