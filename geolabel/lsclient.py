@@ -47,6 +47,8 @@ PAGE_SIZE = 1000
 NO_SYNC_REGEX = "(?!)"
 #: Title of the Data Manager tab geolabel keeps on each project (:meth:`LabelStudioClient.ensure_queue_view`).
 QUEUE_VIEW_TITLE = "Next to label (geolabel)"
+#: The Data Manager's first tab as Label Studio creates it for a project without tabs: every task.
+DEFAULT_VIEW: dict[str, Any] = {"type": "list", "target": "tasks", "title": "Default"}
 #: That tab's filter: tasks not yet labelled ("Completed" is empty), as the Data Manager writes it.
 QUEUE_VIEW_FILTERS: dict[str, Any] = {
     "conjunction": "and",
@@ -556,10 +558,12 @@ class LabelStudioClient:
     def ensure_queue_view(self, project_id: int, title: str = QUEUE_VIEW_TITLE) -> int:
         """Keep a Data Manager tab listing the unlabelled tasks in the order a round serves them; its id.
 
-        The tab (``title``) shows tasks not yet labelled, by the score of their current prediction, lowest
-        first: the round's batch at the top in pick order (:mod:`trainer.serving`), then the other scored
-        tasks, then those without a prediction of the project's model version. Its filter and order are set
-        again on each call; its other settings (columns, widths) are kept.
+        The tab (``title``) shows tasks not yet labelled, by the score of their current prediction,
+        lowest first: the round's batch at the top in pick order (:mod:`trainer.serving`), then the other
+        scored tasks, then those without a prediction of the project's model version. Its filter and order
+        are set again on each call; its other settings (columns, widths) are kept. A project without tabs
+        first gets Label Studio's own "Default" tab (every task), which the Data Manager would otherwise
+        never add once this one exists.
 
         Raises:
             LabelStudioError: if Label Studio refuses to list, create or change the project's tabs.
@@ -568,6 +572,14 @@ class LabelStudioClient:
             "list the project's Data Manager tabs", lambda: self._sdk.views.list(project=project_id)
         )
         mine = [v for v in views if isinstance(v.data, dict) and v.data.get("title") == title]
+        if not views:  # Label Studio adds its "Default" tab (every task) only to a project without tabs
+            self._call(
+                "add the Data Manager's Default tab",
+                lambda: self._raw_request(
+                    "POST", "/api/dm/views/", {"project": project_id, "data": DEFAULT_VIEW}
+                ),
+                creates=True,
+            )
         data = {**(mine[0].data if mine else {"type": "list", "target": "tasks"}), "title": title}
         data.update(filters=QUEUE_VIEW_FILTERS, ordering=QUEUE_VIEW_ORDERING)
         body = {"project": project_id, "data": data}
@@ -583,13 +595,7 @@ class LabelStudioClient:
         return int(view.get("id") or 0)
 
     def _raw_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = self._sdk._client_wrapper.httpx_client.request(path, method="POST", json=body)
-        if response.status_code >= 400:
-            raise ApiError(
-                status_code=response.status_code, body=response.text, headers=dict(response.headers)
-            )
-        data = response.json()
-        return data if isinstance(data, dict) else {"data": data}
+        return self._raw_request("POST", path, body)
 
     def _raw_request(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One JSON request the SDK's typed models cannot carry (e.g. a tab's filters); its JSON answer."""

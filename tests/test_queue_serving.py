@@ -209,6 +209,11 @@ def test_the_data_manager_tab_lists_and_serves_the_batch_first(
     headers = {"Authorization": f"Token {admin}"}
     views = httpx.get(f"{url}/api/dm/views/", params={"project": project}, headers=headers, timeout=60).json()
     (tab,) = [v for v in views if v["data"].get("title") == QUEUE_VIEW_TITLE]
+    assert [v["data"]["title"] for v in views] == ["Default", QUEUE_VIEW_TITLE]  # every task still listed
+    (default,) = [v for v in views if v["data"]["title"] == "Default"]
+    everything = httpx.get(f"{url}/api/tasks/", params={"project": project, "view": default["id"]},
+                           headers=headers, timeout=60).json()["total"]  # fmt: skip
+    assert everything == len(served.client.tasks(project))
     listed = httpx.get(f"{url}/api/tasks/", params={"project": project, "view": tab["id"]}, headers=headers,
                        timeout=60).json()["tasks"]  # fmt: skip
     unlabelled = [t for t in [*(e.task_id for e in served.batch), *served.others] if t in _open(served)]
