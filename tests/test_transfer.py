@@ -15,8 +15,8 @@ from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
 from tests.conftest import CLASSES
 from trainer.errors import TrainerError
-from trainer.fit import seed_torch
-from trainer.loop import Start, run_round
+from trainer.fit import Sample, seed_torch
+from trainer.loop import Start, _prior_if_better, run_round
 from trainer.model import build_model
 from trainer.transfer import (
     adapt_first_conv,
@@ -236,3 +236,29 @@ def test_train_init_from_goes_with_now_only(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", "--schedule", "--init-from", "v1"])
     assert result.exit_code == 2
     assert "--init-from goes with --now" in result.output
+
+
+def test_a_prior_that_training_made_worse_on_validation_is_kept_as_it_started() -> None:
+    prior = manifest(["building"])
+    network = trained_like(prior)
+    initial = {k: v.clone() for k, v in network.state_dict().items()}
+    image = torch.randn(3, 64, 64)
+    answer = outputs(network, image[None])[0].argmax(dim=0).numpy().astype("uint8")  # the prior is right
+    validation = [Sample(image.numpy(), answer)]
+    names = ["background", "building"]
+    with torch.no_grad():  # "training" moved the weights
+        network.segmentation_head[0].bias.add_(torch.tensor([5.0, -5.0]))
+    started = prior.model_copy(update={"origin": "from version v0"})
+    metrics, kept = _prior_if_better(network, initial, validation, started, {"miou": 0.25}, names, 7)
+    assert metrics["miou"] == 1.0
+    assert all(torch.equal(v, initial[k]) for k, v in network.state_dict().items())
+    assert kept.origin == (
+        "from version v0; kept as it started: trained on 7 tiles it scored mIoU 0.250 on validation, "
+        "below its 1.000 before training"
+    )
+    moved = {k: v.clone() for k, v in trained_like(prior, seed=5).state_dict().items()}
+    network.load_state_dict(moved)
+    metrics, kept = _prior_if_better(network, initial, validation, started, {"miou": 1.0}, names, 7)
+    assert metrics == {"miou": 1.0}
+    assert kept is started  # as good as the prior: the trained weights stay
+    assert all(torch.equal(v, moved[k]) for k, v in network.state_dict().items())

@@ -214,9 +214,10 @@ def _round(
         config.trainer.seed,
     )
     seed_torch(config.trainer.seed)  # the same labels and seed give the same initial weights
-    network, manifest = _initial_network(config, manifest, active, given)
+    network, manifest, from_prior = _initial_network(config, manifest, active, given)
     network = network.to(resolve_device(config.compute.device))
     store.update(round_id, origin=manifest.origin)
+    initial = {k: v.detach().clone() for k, v in network.state_dict().items()} if from_prior else None
     settings = TrainSettings(
         config.trainer.epochs, config.trainer.batch_size, config.trainer.learning_rate, config.trainer.seed,
         config.trainer.crop,
@@ -227,6 +228,9 @@ def _round(
     store.set_step(round_id, RoundStep.VALIDATING)
     validation = [samples[i] for i in split.validation]
     new = evaluate(network, validation, manifest.outputs).flat(names) if validation else {}
+    if initial is not None and validation:
+        new, manifest = _prior_if_better(network, initial, validation, manifest, new, names, len(split.train))
+        store.update(round_id, origin=manifest.origin)
     old = _previous_metrics(active, manifest, validation, names)
     promote = active is None or not validation or _not_worse(new, old)
     results = _contest(start.contenders, found.tiles, samples, split, classes, config.trainer.seed, store,
@@ -422,8 +426,8 @@ def _feeding(
 
 def _initial_network(
     config: Config, manifest: ModelManifest, active: LoadedModel | None, given: Prior | None
-) -> tuple[torch.nn.Module, ModelManifest]:
-    """The network the round trains, with its manifest, whose ``origin`` says what it started from.
+) -> tuple[torch.nn.Module, ModelManifest, bool]:
+    """The network the round trains, its manifest (``origin``: what it started from), and if from a prior.
 
     In order: the ``given`` prior (``--init-from``), or ``[model] init_from`` when no version is
     active yet; the active version as it is (warm start); the active version adapted to changed
@@ -439,9 +443,8 @@ def _initial_network(
         if _compatible(active.manifest, manifest):
             network = build_model(manifest)
             network.load_state_dict(active.network.state_dict())
-            return network, manifest.model_copy(
-                update={"origin": f"warm start from {active.manifest.version}"}
-            )
+            origin = f"warm start from {active.manifest.version}"
+            return network, manifest.model_copy(update={"origin": origin}), False
         if _same_network(active.manifest, manifest):  # the classes changed: adapt by name
             prior = Prior(active.manifest, active.network.state_dict(), f"version {active.manifest.version}")
     if prior is not None:
@@ -449,11 +452,39 @@ def _initial_network(
         network = build_model(manifest)
         state, report = adapt_prior(prior.manifest, prior.state, manifest, network.state_dict())
         network.load_state_dict(state)
-        return network, manifest.model_copy(update={"origin": report.describe(prior.source)})
+        return network, manifest.model_copy(update={"origin": report.describe(prior.source)}), True
     network = build_model(manifest)
     weights = config.encoder_weights
     origin = load_encoder_weights(network, weights) if weights is not None else "random weights"
-    return network, manifest.model_copy(update={"origin": origin})
+    return network, manifest.model_copy(update={"origin": origin}), False
+
+
+def _prior_if_better(
+    network: torch.nn.Module,
+    initial: dict[str, torch.Tensor],
+    validation: list[Sample],
+    manifest: ModelManifest,
+    trained: dict[str, float],
+    names: list[str],
+    train_tiles: int,
+) -> tuple[dict[str, float], ModelManifest]:
+    """Put the prior's weights back when training on the round's few tiles made it worse on validation.
+
+    A good prior fine-tuned on a handful of tiles can forget what it knew; the round then keeps the
+    prior as it started (``network`` is changed in place) and says so in the version's origin.
+    Returns the metrics of the weights kept and the manifest with that origin.
+    """
+    trained_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    network.load_state_dict(initial)
+    before = evaluate(network, validation, manifest.outputs).flat(names)
+    if _not_worse(trained, before):
+        network.load_state_dict(trained_state)
+        return trained, manifest
+    note = (
+        f"; kept as it started: trained on {train_tiles} tiles it scored mIoU {trained.get('miou', 0):.3f} "
+        f"on validation, below its {before.get('miou', 0):.3f} before training"
+    )
+    return before, manifest.model_copy(update={"origin": manifest.origin + note})
 
 
 def _same_network(old: ModelManifest, new: ModelManifest) -> bool:
