@@ -23,6 +23,7 @@ from rasterio.crs import CRS
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from geolabel.config import Config, parse_config
 from geolabel.lsmodels import read_schema
 from georef.grid import Grid
 from georef.registry import RasterSpec, TileRecord, TileRegistry
@@ -37,6 +38,7 @@ from ml_backend.samhead import (
     HeadSettings,
     SamHead,
     SamHeadContender,
+    contender_from_config,
     covered_cells,
     evaluate_head,
     head_model_version,
@@ -296,6 +298,7 @@ def test_a_saved_head_loads_and_predicts_the_same_probabilities(project: Project
 def test_the_same_seed_trains_the_same_head(project: Project) -> None:
     pairs = [project.rules[t.id] for t in project.tiles[:2]]
     tiny = HeadSettings(steps=4, batch_size=2)
+    threads = torch.get_num_threads()
     heads = [
         train_head([e for e, _ in pairs], [t for _, t in pairs], 3, seed=5, settings=tiny)[0] for _ in "ab"
     ]
@@ -304,6 +307,7 @@ def test_the_same_seed_trains_the_same_head(project: Project) -> None:
     first, second, third = (head_probabilities(h, edge) for h in (*heads, other))
     np.testing.assert_allclose(first, second, atol=1e-5)  # CPU kernels may differ in the last bits
     assert np.abs(first - third).max() > 1e-3
+    assert torch.get_num_threads() == threads  # training on one thread put torch's setting back
 
 
 # pre-annotations ---------------------------------------------------------------------------------------
@@ -400,3 +404,31 @@ def test_an_unreadable_head_is_a_clear_error_and_the_unet_serves(
     project.cache_rule(project.tiles[5])
     (answer,) = backend.pre_annotations([project.tiles[5]], SCHEMA)
     assert answer["model_version"] == "v-broken"
+
+
+# the command line's contender ------------------------------------------------------------------------
+
+
+def test_contender_from_config_needs_a_loadable_checkpoint(
+    project: Project, random_sam_vit_b: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def config(checkpoint: str) -> Config:
+        return parse_config(
+            {"project": {"name": "samhead"}, "classes": [c.model_dump() for c in CLASSES],
+             "paths": {"data_dir": str(project.folder)}, "sam": {"checkpoint": checkpoint, "device": "cpu"}},
+            base_dir=project.folder,
+        )  # fmt: skip
+
+    with caplog.at_level(logging.INFO, logger="geolabel.samhead"):
+        assert contender_from_config(config("")) is None
+        assert contender_from_config(config(str(project.folder / "missing.pth"))) is None
+    reasons = [r.getMessage() for r in caplog.records if r.name == "geolabel.samhead"]
+    assert "set sam.checkpoint" in reasons[0]
+    assert "missing.pth not found" in reasons[1]
+    contender = contender_from_config(config(str(random_sam_vit_b)))
+    assert contender is not None
+    assert contender.sam is not None
+    assert contender.sam.identity == project.sam.identity
+    assert contender.cache is not None
+    assert contender.cache.folder == project.folder / "embeddings" / project.sam.identity  # the backend's
+    assert contender.image_path(project.tiles[0]) == project.image_path(project.tiles[0])
