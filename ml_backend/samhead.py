@@ -284,13 +284,13 @@ class _Prepared:
     features: torch.Tensor
     rows: AxisCells
     cols: AxisCells
-    pixels: npt.NDArray[np.int32]  # (labelled, 2): row, col
+    pixels: npt.NDArray[np.int16]  # (labelled, 2): row, col (tiles are far under 32768 px)
     labels: npt.NDArray[np.uint8]
 
     @classmethod
     def of(cls, embedding: Embedding, target: npt.NDArray[np.uint8], device: torch.device) -> _Prepared:
         features = torch.from_numpy(np.asarray(embedding.features, dtype=np.float16)).to(device)
-        pixels = np.argwhere(target != IGNORE).astype(np.int32)
+        pixels = np.argwhere(target != IGNORE).astype(np.int16)
         return cls(features, *tile_cells(embedding), pixels, target[pixels[:, 0], pixels[:, 1]])
 
     def sample(
@@ -531,35 +531,48 @@ class SamHeadContender:
     ) -> ContenderResult | None:
         """Train the head on the training tiles' embeddings and score it on the validation tiles'.
 
-        Returns None when SAM is off. A result without metrics (it cannot win) says in its detail
-        why it was not trained: too few tiles with an embedding, or no validation tile with one.
+        Missing embeddings are computed up to :attr:`max_new_embeddings`, validation tiles first:
+        the head competes only when it is scored on every validation tile, as the U-Net is.
+        Returns None when SAM is off; a result without metrics (it cannot win) says in its detail
+        why the head was not trained.
         """
         if self.sam is None or self.cache is None:
             return None
         started = time.perf_counter()
-        budget = self.max_new_embeddings
-        share = round(budget * len(validation) / max(1, len(train) + len(validation)))
-        validated = _gather(self.sam, self.cache, self.image_path, validation, share)
-        trained = _gather(self.sam, self.cache, self.image_path, train, budget - validated.computed)
-        seen = "; ".join(
-            [trained.describe("training", len(train)), validated.describe("validation", len(validation))]
+        validated = _gather(self.sam, self.cache, self.image_path, validation, self.max_new_embeddings)
+        left = self.max_new_embeddings - validated.computed
+        trained = _gather(self.sam, self.cache, self.image_path, train, left)
+        seen = (
+            f"{trained.describe('training', len(train))}; {validated.describe('validation', len(validation))}"
         )
-        usable = sum(bool((t != IGNORE).any()) for t in trained.targets)
-        if usable < MIN_TRAIN_TILES or not validated.embeddings:
-            why = "too few training tiles" if usable < MIN_TRAIN_TILES else "no validation tile"
+        why = _not_comparable(trained, validated, len(validation))
+        if why is not None:
             return ContenderResult(self.name, {}, _not_trained(why), f"not trained ({why}): {seen}")
-        outputs = len(classes) + 1
-        head, _ = train_head(trained.embeddings, trained.targets, outputs, seed, self.settings)
-        names = [BACKGROUND_NAME, *(c.name for c in classes)]
-        metrics = evaluate_head(head, validated.embeddings, validated.targets).flat(names)
+        head, _ = train_head(trained.embeddings, trained.targets, len(classes) + 1, seed, self.settings)
+        with _torch_threads(self.settings.threads):
+            scores = evaluate_head(head, validated.embeddings, validated.targets)
+        metrics = scores.flat([BACKGROUND_NAME, *(c.name for c in classes)])
         info = HeadInfo(
             classes=list(classes), sam_identity=self.sam.identity, hidden=self.settings.hidden,
-            channels=trained.embeddings[0].features.shape[0], train_tiles=usable, metrics=metrics,
+            channels=trained.embeddings[0].features.shape[0], train_tiles=len(trained.embeddings),
+            metrics=metrics,
         )  # fmt: skip
         seconds = time.perf_counter() - started
         return ContenderResult(
             self.name, metrics, lambda folder: save_head(folder, head, info), f"{seen}; {seconds:.1f} s"
         )
+
+
+def _not_comparable(trained: _Gathered, validated: _Gathered, validation_tiles: int) -> str | None:
+    """Why the head cannot take part in this round's comparison, or None when it can."""
+    usable = sum(bool((target != IGNORE).any()) for target in trained.targets)
+    if usable < MIN_TRAIN_TILES:
+        return f"too few training tiles: {usable} embedded with a labelled pixel, {MIN_TRAIN_TILES} needed"
+    if validation_tiles == 0:
+        return "no validation tile"
+    if len(validated.embeddings) < validation_tiles:
+        return "not every validation tile has an embedding, and the U-Net is scored on all of them"
+    return None
 
 
 def _gather(

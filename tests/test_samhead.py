@@ -240,15 +240,14 @@ def test_the_head_trains_on_cached_embeddings_computes_at_most_its_cap_and_valid
     before = project.cache.stats().computed
     contender = SamHeadContender(project.sam, project.cache, project.image_path, max_new_embeddings=1,
                                  settings=FAST)  # fmt: skip
-    train = [project.labelled(t) for t in tiles[:4]]  # tile 3 is not cached: computed (the cap is 1)
-    validation = [project.labelled(tiles[4]), project.labelled(tiles[5])]  # tile 5: not cached, over the cap
-    result = contender.fit(train, validation, CLASSES, seed=0)
+    train = [project.labelled(t) for t in (*tiles[:4], tiles[5])]  # tiles 3 and 5 are not cached
+    result = contender.fit(train, [project.labelled(tiles[4])], CLASSES, seed=0)
     assert result is not None
     assert result.name == HEAD_NAME
-    assert project.cache.stats().computed == before + 1  # the real encoder ran once, for tile 3
+    assert project.cache.stats().computed == before + 1  # the real encoder ran once (the cap), for tile 3
     assert project.cache.contains(project.cache.key(tiles[3].id, project.image_path(tiles[3])))
-    assert "4 of 4 training tiles embedded (1 computed now)" in result.detail
-    assert "1 of 2 validation tiles embedded (0 computed now, 1 not cached and over the cap)" in result.detail
+    assert "4 of 5 training tiles embedded (1 computed now, 1 not cached and over the cap)" in result.detail
+    assert "1 of 1 validation tiles embedded (0 computed now)" in result.detail
     assert {"miou", "building_iou", "water_iou", "background_iou"} <= set(result.metrics)
     assert result.metrics["building_iou"] > 0.8, result.metrics  # the rule is learnt from 3 tiles
     assert result.metrics["water_iou"] > 0.6, result.metrics
@@ -263,19 +262,28 @@ def test_the_head_trains_on_cached_embeddings_computes_at_most_its_cap_and_valid
     assert evaluate_head(loaded.head, [embedding], [target]).flat(NAMES) == result.metrics
 
 
-def test_too_few_embedded_tiles_is_said_and_sam_off_takes_no_part(project: Project) -> None:
-    project.cache_rule(project.tiles[0])
-    project.cache_rule(project.tiles[4])
+def test_the_head_competes_only_when_it_can_be_compared_and_sam_off_takes_no_part(project: Project) -> None:
+    tiles = project.tiles
+    for tile in (tiles[0], tiles[1], tiles[4]):
+        project.cache_rule(tile)
     contender = SamHeadContender(project.sam, project.cache, project.image_path, max_new_embeddings=0)
-    train = [project.labelled(t) for t in project.tiles[:4]]
-    result = contender.fit(train, [project.labelled(project.tiles[4])], CLASSES, seed=0)
-    assert result is not None
-    assert result.metrics == {}  # it cannot win
-    assert result.detail.startswith("not trained (too few training tiles)")
-    assert "1 of 4 training tiles embedded (0 computed now, 3 not cached and over the cap)" in result.detail
-    with pytest.raises(RuntimeError, match="not trained"):
-        result.save(project.folder)
-    assert project.cache.stats().computed == 2  # the two cached above, nothing by the contender
+    train = [project.labelled(t) for t in tiles[:4]]
+    cases = {
+        "too few training tiles: 1 embedded with a labelled pixel, 2 needed": (train[1:], [tiles[4]]),
+        "not every validation tile has an embedding": (train, [tiles[4], tiles[5]]),
+        "no validation tile": (train, []),
+    }
+    for why, (training, validation) in cases.items():
+        result = contender.fit(training, [project.labelled(t) for t in validation], CLASSES, seed=0)
+        assert result is not None
+        assert result.metrics == {}, why  # it cannot win
+        assert result.detail.startswith(f"not trained ({why}"), result.detail
+        with pytest.raises(RuntimeError, match="not trained"):
+            result.save(project.folder)
+    few = contender.fit(train[1:], [project.labelled(tiles[4])], CLASSES, seed=0)
+    assert few is not None
+    assert "1 of 3 training tiles embedded (0 computed now, 2 not cached and over the cap)" in few.detail
+    assert project.cache.stats().computed == 3  # the three cached above, nothing by the contender
     off = SamHeadContender(None, None, project.image_path)
     assert off.fit(train, [], CLASSES, seed=0) is None
 
