@@ -1,11 +1,12 @@
 """A light segmentation head on SAM image embeddings: one image encoder for clicks and for a model.
 
 The backend caches SAM's ``(256, 64, 64)`` image embedding of every tile an annotator clicks on
-(:mod:`ml_backend.embeddings`). A small convolutional head (:class:`SamHead`, about 10 k weights)
-trained on those embeddings predicts the classes of a tile in seconds on a CPU, from the first few
-labelled tiles. Each round offers it as a :class:`~trainer.contender.Contender` beside the U-Net
-(:class:`SamHeadContender`); when it validates better, its files go into the version folder and the
-backend serves pre-annotations from it (:class:`ActiveHead`).
+(:mod:`ml_backend.embeddings`). A small convolutional head (:class:`SamHead`, 18 k weights)
+trained on those embeddings predicts the classes of a tile; it trains in about 20 s on one thread
+of a 2-core CPU, from the first few labelled tiles. Each round offers it as a
+:class:`~trainer.contender.Contender` beside the U-Net (:class:`SamHeadContender`); when it
+validates better, its files go into the version folder and the backend serves pre-annotations
+from it (:class:`ActiveHead`).
 
 Geometry: SAM resizes a tile's longest side to 1024 px and pads bottom and right; each embedding
 cell covers 16 x 16 px of that 1024 px frame. A tile of ``height x width`` pixels fills the top-left
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +54,7 @@ HEAD_NAME = "sam_head"
 HEAD_WEIGHTS, HEAD_INFO = "sam_head.pt", "sam_head.json"
 #: Side of SAM's input frame (every SAM type): the embedding grid spans it.
 SAM_INPUT = 1024
-#: Embeddings a round may compute for labelled tiles not cached yet (about 14 s each for vit_b on a
+#: Embeddings a round may compute for labelled tiles not cached yet (14-20 s each for vit_b on a
 #: 2-core CPU); they stay cached for later clicks.
 DEFAULT_MAX_NEW_EMBEDDINGS = 16
 #: Fewest training tiles with an embedding and labelled pixels for the head to train.
@@ -65,7 +67,7 @@ class HeadSettings:
 
     Attributes:
         steps: optimisation steps (batches); a fixed count, so a handful of tiles gets as many updates
-            as many tiles (about 10 ms per tile per step on an idle 2-core CPU).
+            as many tiles (about 13 ms per tile and step on one thread of a shared 2-core CPU).
         batch_size: embeddings per step.
         pixels_per_tile: labelled pixels of each tile drawn per step for the loss (all when fewer);
             neighbouring pixels interpolate the same cells, so a sample says as much as the tile.
@@ -411,7 +413,7 @@ def load_head(folder: Path) -> LoadedHead:
         state = torch.load(folder / HEAD_WEIGHTS, map_location="cpu", weights_only=True)
         head = SamHead(len(info.classes) + 1, info.hidden, 0.0, info.channels)
         head.load_state_dict(state)
-    except (OSError, ValidationError, RuntimeError, ValueError) as exc:
+    except (OSError, EOFError, pickle.UnpicklingError, ValidationError, RuntimeError, ValueError) as exc:
         raise ModelStoreError(
             f"the SAM head in {folder} cannot be loaded ({type(exc).__name__}); run a new round"
         ) from None
