@@ -111,6 +111,7 @@ class SamSection(_Section):
     memory_cache: int = Field(default=32, ge=1, le=4096)
     precompute: int = Field(default=16, ge=0, le=10000)
     precompute_interval: float = Field(default=30.0, gt=0)
+    round_embeddings: int = Field(default=16, ge=0, le=10000)
 
 
 class TrainerSection(_Section):
@@ -440,6 +441,9 @@ memory_cache = 32
 # and seconds between two looks at the queue.
 precompute = 16
 precompute_interval = 30.0
+# SAM embeddings a round may compute for labelled tiles not cached yet, to train the SAM-feature
+# head beside the U-Net (about 20 s each for vit_b on a 2-core CPU; they stay cached for clicks).
+round_embeddings = 16
 
 [trainer]
 # A new active-learning round starts when this many annotations were created, updated or deleted

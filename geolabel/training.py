@@ -16,5 +16,5 @@ def contenders(config: Config) -> list[Contender]:
         return []
     from ml_backend.samhead import contender_from_config
 
-    head = contender_from_config(config)
+    head = contender_from_config(config, config.sam.round_embeddings)
     return [] if head is None else [head]

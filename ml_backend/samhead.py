@@ -428,11 +428,6 @@ def winner(folder: Path) -> str | None:
         return None
 
 
-def head_model_version(version: str) -> str:
-    """The model version Label Studio gets for predictions of a version whose winner is the head."""
-    return f"{version}+{HEAD_NAME}"
-
-
 class ActiveHead:
     """The SAM head of a model version whose winner it is, loaded once per version.
 

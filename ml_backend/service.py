@@ -37,7 +37,7 @@ from ml_backend.protocol import (
     prompt_from_context,
 )
 from ml_backend.sam import Embedding, SamEngine, load_sam
-from ml_backend.samhead import ActiveHead, LoadedHead, head_model_version
+from ml_backend.samhead import ActiveHead, LoadedHead
 from trainer.errors import ModelInputError, ModelStoreError, TrainerError
 from trainer.fit import probabilities
 from trainer.inference import LoadedModel, load_version, read_input
@@ -184,24 +184,17 @@ class Backend:
         return {"model_version": self.model_version()}
 
     def model_version(self) -> str:
-        """The model version the active version's predictions carry, else ``"none"`` (never used).
+        """The active version's name, which its predictions carry, else ``"none"`` (never used).
 
-        It is the version's name, or :func:`~ml_backend.samhead.head_model_version` when the version's
-        winner is its SAM head and the head can serve here (:meth:`served_version`).
+        A version whose SAM head won its round carries the same name for the head's pre-annotations:
+        Label Studio shows only predictions of the project's model version, one name per version
+        (which model served is in the version folder's ``winner.txt`` and the round record).
         """
         try:
             loaded = self.models.current()
         except TrainerError:
             return "none"
-        return self.served_version(loaded.manifest.version) if loaded is not None else "none"
-
-    def served_version(self, version: str) -> str:
-        """What Label Studio's ``model_version`` says for pre-annotations of model version ``version``.
-
-        One label per version: Label Studio shows the predictions whose model version is the project's,
-        and asks the backend again for tasks without a prediction of the version ``/setup`` answered.
-        """
-        return head_model_version(version) if self.heads.get(version) is not None else version
+        return loaded.manifest.version if loaded is not None else "none"
 
     # predict ---------------------------------------------------------------------
 
@@ -278,12 +271,12 @@ class Backend:
 
         When the version's winner is its SAM head (``head``) and the tile's embedding is cached, the
         head predicts; else the version's U-Net: the prediction a round stored, else computed now.
-        Both carry :meth:`served_version`. A missing embedding is not computed here: that takes
+        Both carry the version's name. A missing embedding is not computed here: that takes
         seconds of every core per tile (a click asks for it; a request for pre-annotations may
         name 100 tasks), so the U-Net answers until a click or ``geolabel embed`` caches it.
         """
         manifest = loaded.manifest
-        version = manifest.version if head is None else head_model_version(manifest.version)
+        version = manifest.version
         embedding = self._cached_embedding(tile) if head is not None else None
         if head is not None and embedding is not None:
             return prediction(
