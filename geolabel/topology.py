@@ -52,7 +52,7 @@ START_TIMEOUT_S = 300.0
 #: Small, fast rounds: a topology is for tests and benches, not for a real model.
 DEFAULT_SETTINGS: dict[str, dict[str, object]] = {
     "tiling": {"size": 256, "overlap": 0},
-    "sam": {"device": "cpu", "precompute": 2, "precompute_interval": 5.0},
+    "sam": {"device": "cpu", "precompute": 2, "precompute_interval": 5.0, "round_embeddings": 0},
     "trainer": {
         "schedule": True, "threshold": 1_000_000, "check_interval": 2.0, "epochs": 1, "batch_size": 2,
         "crop": 64, "validation_share": 0.25, "block_tiles": 1, "batch": 4,
