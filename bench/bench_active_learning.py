@@ -78,6 +78,17 @@ class Chips:
 
 def load_chips(folder: Path, scale: int) -> Chips:
     """Read every ``images/<name>.tif`` with its ``masks/<name>.tif``, ``scale`` times coarser."""
+    names, stack, labels, footprints = read_chips(folder, scale)
+    mean, std = stack.mean(axis=(0, 2, 3)), stack.std(axis=(0, 2, 3)) + 1e-6
+    spec = InputSpec(bands=list(range(1, stack.shape[1] + 1)), mean=mean.tolist(), std=std.tolist())
+    normalised = (stack - mean[None, :, None, None]) / std[None, :, None, None]
+    return Chips(names, normalised.astype(np.float32), labels, spec, int(labels.max()) + 1, footprints)
+
+
+def read_chips(
+    folder: Path, scale: int
+) -> tuple[list[str], npt.NDArray[np.float32], npt.NDArray[np.uint8], list[Footprint]]:
+    """Names, raw pixels ``(N, bands, H, W)``, masks and footprints of the pairs in ``folder``."""
     names = sorted(p.stem for p in (folder / "images").glob("*.tif") if (folder / "masks" / p.name).is_file())
     if not names:
         raise SystemExit(f"{folder}: no images/<name>.tif with a matching masks/<name>.tif")
@@ -89,12 +100,7 @@ def load_chips(folder: Path, scale: int) -> Chips:
             footprints.append(footprint(Grid(src.width, src.height, src.transform, src.crs)))
         with rasterio.open(folder / "masks" / f"{name}.tif") as src:
             masks.append(src.read(1, out_shape=shape[1:], resampling=Resampling.mode))
-    stack = np.stack(images)
-    mean, std = stack.mean(axis=(0, 2, 3)), stack.std(axis=(0, 2, 3)) + 1e-6
-    spec = InputSpec(bands=list(range(1, stack.shape[1] + 1)), mean=mean.tolist(), std=std.tolist())
-    normalised = (stack - mean[None, :, None, None]) / std[None, :, None, None]
-    labels = np.stack(masks)
-    return Chips(names, normalised.astype(np.float32), labels, spec, int(labels.max()) + 1, footprints)
+    return names, np.stack(images), np.stack(masks), footprints
 
 
 def footprint(grid: Grid) -> Footprint:
@@ -126,8 +132,13 @@ class Step:
 
 def manifest(chips: Chips) -> ModelManifest:
     """The trainer's default model for the chips (one class entry per non-background class)."""
-    classes = [LabelClass(id=i, name=f"class{i}", color="#ff0000") for i in range(1, chips.classes)]
-    return ModelManifest(version="bench", created="", classes=classes, input=chips.spec)
+    return manifest_for(chips.spec, chips.classes)
+
+
+def manifest_for(spec: InputSpec, classes: int, version: str = "bench") -> ModelManifest:
+    """The trainer's default model for ``classes`` (background included) named ``class1`` ..."""
+    labels = [LabelClass(id=i, name=f"class{i}", color="#ff0000") for i in range(1, classes)]
+    return ModelManifest(version=version, created="", classes=labels, input=spec)
 
 
 _worker: tuple[Chips, argparse.Namespace, list[int]] | None = None  # per worker process
