@@ -13,14 +13,19 @@ quarter of the area's chips are test chips, never labelled. Starts:
 - ``prior``: the prior's weights (``trainer.transfer.adapt_prior``) and, as the trainer does for as
   many bands (``trainer.transfer.starting_manifest``), the prior's input normalisation;
 - ``prior-own``: the prior's weights with the new project's own normalisation (a comparison);
+- ``prior-frozen-bn``: ``prior`` with the batch-norm running statistics kept as the prior's (momentum 0)
+  while fine-tuning: what ``trainer.fit.train`` would do if it froze them for a prior (a comparison);
 - ``encoder``: an ImageNet / remote-sensing ResNet-18 encoder from ``--encoder-weights FILE``
   (``trainer.transfer.load_encoder_weights``), measured only when the file is given;
 - ``sam``: the SAM-feature head from ``--sam-checkpoint FILE``, measured only when given.
 
 Strategies: ``random`` (random order), ``skip-empty`` (the same order, skipping chips the model
-predicts empty), ``uncertainty`` (the trainer's selection, :func:`trainer.selection.select_batch`
-on every unlabelled chip of the area), and the acquisitions tried for issue #15 (``--strategies``,
-see :data:`ACQUISITIONS`). Reported per area and seed: the learning curves, and the labels each
+predicts empty), ``uncertainty`` (what a round does: :func:`trainer.selection.select_next` on every
+unlabelled chip of the area, the peak uncertainty with feature-space diversity), and the
+acquisitions tried for issue #15 (``--strategies``: ``acq-<name>`` ranks by :data:`ACQUISITIONS`
+``[name]`` with the same diversity, ``acq-<name>-nodiv`` without, ``cold-<name>`` takes the first
+batch by k-centre greedy in feature space (diversity only) then ``acq-<name>``, ``kcenter`` every
+batch by k-centre). Reported per area and seed: the learning curves, and the labels each
 needs to reach from-scratch random's final IoU. Results: ``bench/results/<--out>.{json,png}``.
 """
 
@@ -47,11 +52,11 @@ from bench_active_learning import DEFAULT_DATA, OUT, labels_to_reach, manifest_f
 
 from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
 from trainer.model import build_model
-from trainer.selection import TileScore, pixel_uncertainty, score_tiles, select_batch
+from trainer.selection import TileScore, pixel_uncertainty, score_tiles, select_batch, select_next
 from trainer.transfer import adapt_prior, load_encoder_weights
 from trainer.versions import InputSpec, ModelManifest
 
-STARTS = ("scratch", "prior", "prior-own", "encoder", "sam")
+STARTS = ("scratch", "prior", "prior-own", "prior-frozen-bn", "encoder", "sam")
 #: Share of predicted foreground pixels under which a chip counts as empty (as bench_active_learning).
 EMPTY = 0.002
 
@@ -264,6 +269,7 @@ class Run:
     seed: int
     curve: list[tuple[int, float, float]]  # (labelled chips, test IoU, share of empty chips labelled)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time: what the run costs on an idle core
     picked: list[list[int]] = field(default_factory=list)  # chips labelled per round (area-local index)
 
 
@@ -284,12 +290,13 @@ def _args() -> argparse.Namespace:
     return cast(argparse.Namespace, _worker["args"])
 
 
-def train_prior(area: str) -> tuple[str, float, float]:
+def train_prior(area: str) -> tuple[str, float, float, float]:
     """Train the prior of held-out ``area`` on the other areas and save it.
 
-    Returns the area, the prior's test IoU on the held-out area before any label, and the seconds.
+    Returns the area, the prior's test IoU on the held-out area before any label, the seconds and
+    the CPU seconds.
     """
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     holdout, args = _holdout(area), _args()
     seed_torch(0)
     network = build_model(holdout.prior)
@@ -303,17 +310,21 @@ def train_prior(area: str) -> tuple[str, float, float]:
         torch.save(network.state_dict(), path)
     seconds = time.perf_counter() - start
     test = [Sample(holdout.images_as_prior[i], holdout.masks[i]) for i in holdout.test]
-    return area, evaluate(network, test, holdout.target.outputs).miou, seconds
+    return area, evaluate(network, test, holdout.target.outputs).miou, seconds, time.process_time() - cpu
 
 
 def start_network(holdout: Holdout, start: str, seed: int) -> torch.nn.Module:
     """The network a run starts from (see the module doc)."""
     seed_torch(seed)
     network = build_model(holdout.target)
-    if start in ("prior", "prior-own"):
+    if start.startswith("prior"):
         state = torch.load(cast(dict[str, str], _worker["priors"])[holdout.area], weights_only=True)
         weights, _ = adapt_prior(holdout.prior, state, holdout.target, network.state_dict())
         network.load_state_dict(weights)
+    if start == "prior-frozen-bn":
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0  # running statistics stay the prior's
     elif start == "encoder":
         load_encoder_weights(network, _args().encoder_weights)
     elif start == "sam":
@@ -361,12 +372,12 @@ class Labelling:
 
 def run(area: str, start: str, strategy: str, seed: int) -> Run:
     """Label the held-out area from ``--initial`` random chips up to its budget (see the module doc)."""
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     holdout, args = _holdout(area), _args()
     rng = np.random.default_rng([seed, int(area) if area.isdigit() else 0])
     labelled = [int(i) for i in rng.choice(holdout.pool, min(args.initial, holdout.budget), replace=False)]
     order = [int(i) for i in rng.permutation(holdout.pool) if i not in set(labelled)]
-    images = holdout.images_as_prior if start == "prior" else holdout.images
+    images = holdout.images if start in ("scratch", "prior-own", "encoder") else holdout.images_as_prior
     work = Labelling(start_network(holdout, start, seed), images, holdout.masks)
     test = [work.sample(i) for i in holdout.test]
     result = Run(
@@ -389,6 +400,7 @@ def run(area: str, start: str, strategy: str, seed: int) -> Run:
         result.picked.append(picks)
         labelled += picks
     result.seconds = round(time.perf_counter() - began, 1)
+    result.cpu_seconds = round(time.process_time() - cpu, 1)
     return result
 
 
@@ -407,9 +419,11 @@ def next_batch(
     scored = work.score(remaining)
     features = np.stack([s.features for s in scored])
     known = np.stack([s.features for s in work.score(labelled)])
+    if strategy == "uncertainty":  # what a round does
+        return [remaining[p] for p in select_next(scored, known, size)]
     if strategy == "kcenter" or (strategy.startswith("cold-") and number == 0):
         return [remaining[p] for p in kcenter(features, known, size)]
-    name = "entropy" if strategy == "uncertainty" else strategy.split("-", 1)[1].removesuffix("-nodiv")
+    name = strategy.split("-", 1)[1].removesuffix("-nodiv")
     weights = class_weights([work.masks[i] for i in labelled], work.masks.max() + 1)
     uncertainty = np.array([ACQUISITIONS[name](s, weights) for s in scored])
     diversity = 0.0 if strategy.endswith("-nodiv") else 1.0
@@ -567,16 +581,19 @@ def arguments() -> argparse.Namespace:
 
 
 def tasks(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
-    """Every (area, start, strategy, seed), the largest area first (the pool balances better)."""
-    starts = [s for s in STARTS if s in args.starts or (s == "encoder" and args.encoder_weights)]
+    """Every (area, start, strategy, seed), the largest area first (the pool balances better).
+
+    Scratch with random order is always run: it is the reference. ``encoder`` and ``sam`` run when
+    their file is given.
+    """
+    wanted = {"scratch", *args.starts}
+    wanted |= {"encoder"} if args.encoder_weights else set()
+    wanted |= {"sam"} if args.sam_checkpoint else set()
     todo = []
-    for area in args.areas:
-        for start in starts:
-            strategies = args.scratch_strategies if start == "scratch" else args.strategies
-            for strategy in [
-                s for s in STRATEGIES if s in set(strategies) | ({"random"} if start == "scratch" else set())
-            ]:
-                todo += [(area, start, strategy, seed) for seed in args.seed_list]
+    for area, start in itertools.product(args.areas, [s for s in STARTS if s in wanted]):
+        chosen = {"random", *args.scratch_strategies} if start == "scratch" else set(args.strategies)
+        for strategy in [s for s in STRATEGIES if s in chosen]:
+            todo += [(area, start, strategy, seed) for seed in args.seed_list]
     return todo
 
 
@@ -608,7 +625,7 @@ def prior_name(area: str, args: argparse.Namespace) -> str:
 
 def main() -> int:
     args = arguments()
-    began = time.perf_counter()
+    began, load = time.perf_counter(), os.getloadavg()
     notes = check_files(args)
     for note in notes:
         print(note)
@@ -622,12 +639,17 @@ def main() -> int:
             prior_s = time.perf_counter() - began
             runs = pool.starmap(run, tasks(args), chunksize=1)
     summary: dict[str, object] = {
-        "priors": {a: {"zero_shot_iou": round(m, 4), "seconds": round(s, 1)} for a, m, s in trained},
+        "priors": {
+            a: {"zero_shot_iou": round(m, 4), "seconds": round(s, 1), "cpu_seconds": round(c, 1)}
+            for a, m, s, c in trained
+        },
         "areas": summarise(runs, args),
         "notes": notes,
         "settings": {k: str(v) for k, v in vars(args).items()},
         "prior_phase_s": round(prior_s, 1),
         "runtime_s": round(time.perf_counter() - began, 1),
+        "cpu_s": round(sum(r.cpu_seconds for r in runs) + sum(c for *_, c in trained), 1),
+        "load_average": {"start": load, "end": os.getloadavg()},
         "runs": [vars(r) for r in runs],
     }
     OUT.mkdir(parents=True, exist_ok=True)
