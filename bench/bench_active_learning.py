@@ -8,8 +8,9 @@ the trainer does. Test chips are fixed and never labelled.
 Strategies (same budget, same seeds, same initial chips; ``--strategies``, default the first three):
 - ``uncertainty``: the trainer's selection over ``--pool-sample`` random unlabelled
   chips (128): mean entropy (``--score foreground`` weights it by the building
-  probability), predicted-empty chips last, greedy farthest-point diversity in the
-  model's feature space (``trainer.selection.select_batch``);
+  probability, ``--score peak`` is the round's ranking since issue #15: the mean of the
+  most uncertain 5 % of pixels), predicted-empty chips last, greedy farthest-point
+  diversity in the model's feature space (``trainer.selection.select_batch``);
 - ``random``: random order;
 - ``random-skip-empty``: random order, skipping chips the model predicts empty;
 - ``uncertainty-all``: the same selection over every unlabelled chip, all scored each round;
@@ -301,9 +302,13 @@ def score(network: torch.nn.Module, chips: Chips, indices: list[int]) -> list[Ti
 
 
 def tile_uncertainty(tile: TileScore, method: str) -> float:
-    """``entropy``: mean pixel entropy; ``foreground``: entropy weighted by the foreground probability."""
+    """``entropy``: mean pixel entropy; ``foreground``: entropy weighted by the foreground probability;
+    ``peak``: the mean of the most uncertain 5 % of pixels, what a round ranks by since issue #15
+    (:func:`trainer.selection.select_next`)."""
     if method == "entropy":
         return tile.uncertainty
+    if method == "peak":
+        return tile.peak_uncertainty
     probabilities = torch.from_numpy(tile.probabilities)
     entropy = pixel_uncertainty(probabilities, "entropy")
     return float((entropy * (1 - probabilities[0])).mean())
@@ -476,7 +481,7 @@ def arguments() -> argparse.Namespace:
         "--pool", type=int, default=64, help="candidate pool size (uncertainty-pool, trainer.pool)"
     )
     parser.add_argument(
-        "--score", choices=("entropy", "foreground"), default="entropy", help="tile uncertainty"
+        "--score", choices=("entropy", "foreground", "peak"), default="entropy", help="tile uncertainty"
     )
     parser.add_argument(
         "--strategies",

@@ -17,7 +17,10 @@ quarter of the area's chips are test chips, never labelled. Starts:
   while fine-tuning: what ``trainer.fit.train`` would do if it froze them for a prior (a comparison);
 - ``encoder``: an ImageNet / remote-sensing ResNet-18 encoder from ``--encoder-weights FILE``
   (``trainer.transfer.load_encoder_weights``), measured only when the file is given;
-- ``sam``: the SAM-feature head from ``--sam-checkpoint FILE``, measured only when given.
+- ``sam``: the SAM-feature head (``ml_backend.samhead.train_head`` on the chips' SAM embeddings, a
+  new head each round, as a round's contender trains it) from ``--sam-checkpoint FILE``
+  (``--sam-type``), measured only when the file is given; its strategies pick by the head's own
+  probabilities and the pooled embeddings.
 
 Strategies: ``random`` (random order), ``skip-empty`` (the same order, skipping chips the model
 predicts empty), ``uncertainty`` (what a round does: :func:`trainer.selection.select_next` on every
@@ -52,7 +55,15 @@ from bench_active_learning import DEFAULT_DATA, OUT, labels_to_reach, manifest_f
 
 from trainer.fit import Sample, TrainSettings, evaluate, seed_torch, train
 from trainer.model import build_model
-from trainer.selection import TileScore, pixel_uncertainty, score_tiles, select_batch, select_next
+from trainer.predictions import quantise
+from trainer.selection import (
+    TileScore,
+    peak_uncertainty,
+    pixel_uncertainty,
+    score_tiles,
+    select_batch,
+    select_next,
+)
 from trainer.transfer import adapt_prior, load_encoder_weights
 from trainer.versions import InputSpec, ModelManifest
 
@@ -276,10 +287,11 @@ class Run:
 _worker: dict[str, object] = {}  # per worker process: the data, held-out areas, arguments, prior files
 
 
-def _start_worker(args: argparse.Namespace, priors: dict[str, str]) -> None:
+def _start_worker(args: argparse.Namespace, priors: dict[str, str], sam: dict[str, str]) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     data = read_data(args.data, args.scale)
-    _worker.update(args=args, priors=priors, holdouts={a: make_holdout(data, a, args) for a in args.areas})
+    holdouts = {a: make_holdout(data, a, args) for a in args.areas}
+    _worker.update(args=args, priors=priors, sam=sam, holdouts=holdouts)
 
 
 def _holdout(area: str) -> Holdout:
@@ -325,23 +337,117 @@ def start_network(holdout: Holdout, start: str, seed: int) -> torch.nn.Module:
         for module in network.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.momentum = 0.0  # running statistics stay the prior's
-    elif start == "encoder":
+    if start == "encoder":
         load_encoder_weights(network, _args().encoder_weights)
-    elif start == "sam":
-        raise SystemExit(sam_unavailable())
     return network
 
 
-def sam_unavailable() -> str | None:
-    """Why the SAM-feature head cannot be measured, or None when it can."""
-    try:
-        import ml_backend.samhead  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return (
-            "--sam-checkpoint: the SAM-feature head (ml_backend/samhead.py) is not available in this "
-            "checkout yet"
-        )
-    return "--sam-checkpoint: the bench does not drive ml_backend.samhead yet"
+# ---------------------------------------------------------------- the SAM-feature head (--sam-checkpoint)
+
+#: What the SAM-feature head start runs: it has no network to warm-start, a head is trained per round.
+SAM_STRATEGIES = ("random", "skip-empty", "uncertainty")
+
+
+def embed_areas(data: Data, args: argparse.Namespace, folder: Path) -> dict[str, str]:
+    """SAM embeddings of every chip of each held-out area (as read, ``--scale``), saved once per area.
+
+    Runs in this process before the runs, on every core (about 14 s a chip for vit_b on this CPU:
+    SAM resizes each chip to 1024 px). Reused from ``folder`` when there (``--prior-cache``).
+
+    Raises:
+        SystemExit: if the checkpoint cannot be loaded (the message says why).
+    """
+    from ml_backend.errors import SamUnavailableError
+    from ml_backend.sam import checkpoint_identity, load_sam
+
+    identity = checkpoint_identity(args.sam_type, args.sam_checkpoint)
+    files = {a: str(folder / f"sam-{a}-{identity}-scale{args.scale}.npz") for a in args.areas}
+    engine = None
+    for area, path in files.items():
+        if Path(path).is_file():
+            continue
+        if engine is None:
+            try:
+                engine = load_sam(args.sam_type, args.sam_checkpoint, "cpu")
+            except SamUnavailableError as exc:
+                raise SystemExit(f"--sam-checkpoint: {exc}") from None
+        chips = [i for i, a in enumerate(data.areas) if a == area]
+        print(f"area {area}: SAM {args.sam_type} embeddings of {len(chips)} chips", flush=True)
+        found = [engine.embed(np.clip(data.raw[i].transpose(1, 2, 0).round(), 0, 255).astype(np.uint8))
+                 for i in chips]  # fmt: skip
+        np.savez(path, features=np.stack([e.features for e in found]), original=found[0].original_size,
+                 input=found[0].input_size)  # fmt: skip
+    return files
+
+
+def sam_run(area: str, strategy: str, seed: int) -> Run:
+    """The SAM-feature head on the held-out area: a head trained on the labelled chips each round.
+
+    Same initial chips, random order, rounds and test chips as :func:`run`; the head is
+    :func:`ml_backend.samhead.train_head` with its default settings (what a round's contender trains).
+    """
+    from ml_backend.sam import Embedding
+    from ml_backend.samhead import SamHead, evaluate_head, head_probabilities, train_head
+
+    began, cpu = time.perf_counter(), time.process_time()
+    holdout, args = _holdout(area), _args()
+    stored = np.load(cast(dict[str, str], _worker["sam"])[area])
+    sizes = (tuple(int(v) for v in stored["original"]), tuple(int(v) for v in stored["input"]))
+    embeddings = [Embedding(f, sizes[0], sizes[1]) for f in stored["features"]]  # type: ignore[arg-type]
+    labelled, order = initial_chips(holdout, seed, args)
+    test = ([embeddings[i] for i in holdout.test], [holdout.masks[i] for i in holdout.test])
+    torch.manual_seed(seed)
+    head = SamHead(holdout.target.outputs).eval()
+    result = Run(area, "sam", strategy, seed, [(0, evaluate_head(head, *test).miou, 0.0)], picked=[labelled])
+    counts = schedule(args.initial, holdout.budget)
+    for number in range(len(counts)):
+        head, _ = train_head([embeddings[i] for i in labelled], [holdout.masks[i] for i in labelled],
+                             holdout.target.outputs, seed + len(labelled))  # fmt: skip
+        record(result, evaluate_head(head, *test).miou, labelled, holdout)
+        if number + 1 == len(counts):
+            break
+        remaining = [i for i in order if i not in set(labelled)]
+        size = counts[number + 1] - len(labelled)
+        scored = [
+            head_score(head_probabilities(head, embeddings[i]), embeddings[i].features) for i in remaining
+        ]
+        if strategy == "random":
+            picks = remaining[:size]
+        elif strategy == "skip-empty":  # the first chips of the random order not predicted empty
+            shown = [i for i, s in zip(remaining, scored, strict=True) if s.foreground >= EMPTY]
+            picks = list(dict.fromkeys(shown + remaining))[:size]
+        else:
+            known = np.stack([pooled(embeddings[i].features) for i in labelled])
+            picks = [remaining[p] for p in select_next(scored, known, size)]
+        result.picked.append(picks)
+        labelled = labelled + picks
+    result.seconds, result.cpu_seconds = (
+        round(time.perf_counter() - began, 1),
+        round(time.process_time() - cpu, 1),
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    """A chip as the SAM head sees it: what :func:`trainer.selection.select_next` needs, and foreground."""
+
+    peak_uncertainty: float
+    features: npt.NDArray[np.float32]
+    foreground: float
+
+
+def head_score(probabilities: npt.NDArray[np.float32], features: npt.NDArray[np.float16]) -> HeadScore:
+    """Peak uncertainty of the head's stored probabilities, pooled embedding, foreground share."""
+    everywhere = np.ones(probabilities.shape[1:], dtype=bool)
+    peak = peak_uncertainty(quantise(probabilities), everywhere, "entropy")
+    return HeadScore(peak, pooled(features), float((probabilities.argmax(axis=0) > 0).mean()))
+
+
+def pooled(features: npt.NDArray[np.float16]) -> npt.NDArray[np.float32]:
+    """An embedding averaged over its cells, L2-normalised (the head's feature space for diversity)."""
+    vector = features.astype(np.float32).mean(axis=(1, 2))
+    return cast(npt.NDArray[np.float32], vector / max(float(np.linalg.norm(vector)), 1e-12))
 
 
 def round_settings(labelled: int, seed: int, args: argparse.Namespace) -> TrainSettings:
@@ -370,37 +476,46 @@ class Labelling:
         return list(score_tiles(self.network, images, [everywhere] * len(indices), "entropy"))
 
 
+def initial_chips(holdout: Holdout, seed: int, args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """A seed's initial chips and its random order of the others (the same for every start and strategy)."""
+    rng = np.random.default_rng([seed, int(holdout.area) if holdout.area.isdigit() else 0])
+    labelled = [int(i) for i in rng.choice(holdout.pool, min(args.initial, holdout.budget), replace=False)]
+    return labelled, [int(i) for i in rng.permutation(holdout.pool) if i not in set(labelled)]
+
+
+def record(result: Run, miou: float, labelled: list[int], holdout: Holdout) -> None:
+    """One point of the learning curve, printed."""
+    empty = float(np.mean([not holdout.masks[i].any() for i in labelled]))
+    result.curve.append((len(labelled), miou, empty))
+    print(f"  area {result.area} {result.start:8s} {result.strategy:18s} seed {result.seed} "
+          f"{len(labelled):4d} chips IoU {miou:.3f}", flush=True)  # fmt: skip
+
+
 def run(area: str, start: str, strategy: str, seed: int) -> Run:
     """Label the held-out area from ``--initial`` random chips up to its budget (see the module doc)."""
+    if start == "sam":
+        return sam_run(area, strategy, seed)
     began, cpu = time.perf_counter(), time.process_time()
     holdout, args = _holdout(area), _args()
-    rng = np.random.default_rng([seed, int(area) if area.isdigit() else 0])
-    labelled = [int(i) for i in rng.choice(holdout.pool, min(args.initial, holdout.budget), replace=False)]
-    order = [int(i) for i in rng.permutation(holdout.pool) if i not in set(labelled)]
+    labelled, order = initial_chips(holdout, seed, args)
     images = holdout.images if start in ("scratch", "prior-own", "encoder") else holdout.images_as_prior
     work = Labelling(start_network(holdout, start, seed), images, holdout.masks)
     test = [work.sample(i) for i in holdout.test]
-    result = Run(
-        area, start, strategy, seed, [(0, evaluate(work.network, test, holdout.target.outputs).miou, 0.0)]
-    )
-    result.picked.append(list(labelled))
+    first = evaluate(work.network, test, holdout.target.outputs).miou
+    result = Run(area, start, strategy, seed, [(0, first, 0.0)], picked=[list(labelled)])
     counts = schedule(args.initial, holdout.budget)
     for number in range(len(counts)):
         train(work.network, [work.sample(i) for i in labelled], round_settings(len(labelled), seed, args))
-        miou = evaluate(work.network, test, holdout.target.outputs).miou
-        empty = float(np.mean([not holdout.masks[i].any() for i in labelled]))
-        result.curve.append((len(labelled), miou, empty))
-        print(
-            f"  area {area} {start:8s} {strategy:18s} seed {seed} {len(labelled):4d} chips IoU {miou:.3f}",
-            flush=True,
-        )
+        record(result, evaluate(work.network, test, holdout.target.outputs).miou, labelled, holdout)
         if number + 1 == len(counts):
             break
         picks = next_batch(work, strategy, labelled, order, counts[number + 1] - len(labelled), number)
         result.picked.append(picks)
-        labelled += picks
-    result.seconds = round(time.perf_counter() - began, 1)
-    result.cpu_seconds = round(time.process_time() - cpu, 1)
+        labelled = labelled + picks
+    result.seconds, result.cpu_seconds = (
+        round(time.perf_counter() - began, 1),
+        round(time.process_time() - cpu, 1),
+    )
     return result
 
 
@@ -571,6 +686,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--encoder-weights", type=Path, help="ResNet-18 state dict file: adds the encoder start"
     )
+    parser.add_argument("--sam-type", choices=("vit_b", "vit_l", "vit_h"), default="vit_b")
     parser.add_argument("--sam-checkpoint", type=Path, help="SAM checkpoint: adds the SAM-feature head")
     parser.add_argument("--prior-cache", type=Path, help="keep the trained priors here and reuse them")
     parser.add_argument("--out", default="transfer", help="results name: bench/results/<out>.{json,png}")
@@ -611,8 +727,11 @@ def check_files(args: argparse.Namespace) -> list[str]:
         notes.append(
             "no --sam-checkpoint file: the SAM-feature head is not measured (nothing can be downloaded here)"
         )
-    elif (reason := sam_unavailable()) is not None:
-        raise SystemExit(reason)
+    elif not args.sam_checkpoint.is_file():
+        raise SystemExit(f"--sam-checkpoint {args.sam_checkpoint}: no such file")
+    elif unsupported := sorted(set(args.strategies) - set(SAM_STRATEGIES)):
+        raise SystemExit(f"--sam-checkpoint: the SAM head runs {', '.join(SAM_STRATEGIES)}, not "
+                         f"{', '.join(unsupported)}; leave those out of --strategies")  # fmt: skip
     return notes
 
 
@@ -634,7 +753,8 @@ def main() -> int:
         folder = args.prior_cache or Path(temporary)
         folder.mkdir(parents=True, exist_ok=True)
         priors = {a: str(folder / prior_name(a, args)) for a in args.areas}
-        with context.Pool(args.jobs, initializer=_start_worker, initargs=(args, priors)) as pool:
+        sam = embed_areas(read_data(args.data, args.scale), args, folder) if args.sam_checkpoint else {}
+        with context.Pool(args.jobs, initializer=_start_worker, initargs=(args, priors, sam)) as pool:
             trained = pool.map(train_prior, args.areas, chunksize=1)
             prior_s = time.perf_counter() - began
             runs = pool.starmap(run, tasks(args), chunksize=1)
