@@ -66,6 +66,9 @@ bench-ml: install  ## SAM click latency (cold/warm), embedding throughput, 240-r
 bench-al: install  ## active learning on ../shared/data/fair_hotosm: uncertainty vs random vs random-skip-empty
 	$(BIN)/python bench/bench_active_learning.py
 
+bench-transfer: install  ## a new area from an earlier model: scratch vs prior x selection, held-out areas 1 and 5
+	$(BIN)/python bench/bench_transfer.py
+
 bench-export: install gdal  ## prediction export on 10000 tiles against gdal_translate -of COG
 	$(BIN)/python bench/bench_export.py
 
