@@ -8,11 +8,11 @@ two organisation members asking for their next task, as the Data Manager's "Labe
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from geolabel.errors import LabelStudioUnreachableError
@@ -20,6 +20,7 @@ from geolabel.lsclient import QUEUE_VIEW_TITLE, LabelStudioClient
 from georef.labelstudio import brush_result
 from georef.registry import TileRecord
 from tests.conftest import LabelStudioServer, free_port, import_scene
+from trainer.batch import TileOutcome
 from trainer.loop import Retry, run_round
 from trainer.rounds import QueueEntry, RoundStatus, RoundStore
 from trainer.serving import SERVING_FLOOR, batch_score, keep_queue_view, served_score, serving_scores
@@ -123,10 +124,10 @@ def next_task(
 
 
 def most_confident_first(
-    uncertainty: npt.NDArray[np.float64], _features: object, _labelled: object, size: int, *_: object
+    candidates: Sequence[TileOutcome], _labelled: object, size: int, *_: object
 ) -> list[int]:
     """A selection Label Studio's confidence order would serve last of all, backwards."""
-    return [int(i) for i in np.argsort(uncertainty, kind="stable")[:size]]
+    return [int(i) for i in np.argsort([c.uncertainty for c in candidates], kind="stable")[:size]]
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def served(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFac
         regions = [brush_result(mask, "building", "label_brush", "image")] if mask.any() else []
         client.create_annotation(_task(tile), regions)  # nothing drawn: all background
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("trainer.loop.select_batch", most_confident_first)
+        patch.setattr("trainer.loop.select_next", most_confident_first)
         record = run_round(scene.config, client, retry=Retry(2, 0.01))
     assert record.status == RoundStatus.PROMOTED, record.error
     assert record.labelled_tiles == 3

@@ -74,6 +74,8 @@ class TileOutcome:
         uncertainty: mean pixel uncertainty of the stored probabilities (0 sure .. 1).
         foreground: share of valid pixels predicted as a class.
         features: the encoder's pooled, L2-normalised features (for diverse batches).
+        peak_uncertainty: mean uncertainty of the tile's most uncertain pixels, what the next batch is
+            picked by (:func:`trainer.selection.select_next`).
         prediction: the Label Studio prediction (regions, score, model version) when the job has a schema.
     """
 
@@ -81,6 +83,7 @@ class TileOutcome:
     uncertainty: float
     foreground: float
     features: npt.NDArray[np.float32]
+    peak_uncertainty: float = 0.0
     prediction: dict[str, Any] | None = None
 
     @property
@@ -121,7 +124,14 @@ def run_chunk(job: ModelJob, chunk: Sequence[TileWork]) -> list[TileOutcome]:
             kept = StoredPrediction(quantise(score.probabilities), tile_input.valid)  # as stored
             pushed = prediction(kept, manifest.classes, job.schema, job.method, job.version)
         outcomes.append(
-            TileOutcome(work.tile.id, score.uncertainty, score.foreground, score.features, pushed)
+            TileOutcome(
+                work.tile.id,
+                score.uncertainty,
+                score.foreground,
+                score.features,
+                score.peak_uncertainty,
+                pushed,
+            )
         )
     return outcomes
 

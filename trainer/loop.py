@@ -58,7 +58,7 @@ from trainer.rounds import (
     now,
     recover_interrupted,
 )
-from trainer.selection import score_tiles, select_batch
+from trainer.selection import score_tiles, select_next
 from trainer.serving import keep_queue_view, serving_scores
 from trainer.splits import Footprint, Split, spatial_split
 from trainer.transfer import (
@@ -604,7 +604,7 @@ def _score_and_push(
     chunk of tiles is predicted, stored and turned into its Label Studio prediction (regions, score)
     from the probabilities as stored, by the same function as the backend's pre-annotations
     (:func:`trainer.preannotations.prediction`), so the backend serving the stored prediction later gives
-    the same regions. The batch (:func:`trainer.selection.select_batch`) is picked before the push, and
+    the same regions. The batch (:func:`trainer.selection.select_next`) is picked before the push, and
     its predictions carry serving scores (:func:`trainer.serving.serving_scores`) so that Label Studio
     serves it first, in pick order; the other predictions carry their confidence. The project's
     "Next to label" Data Manager tab is kept (:func:`trainer.serving.keep_queue_view`).
@@ -637,13 +637,8 @@ def _score_and_push(
     scored = score_tiles(
         loaded.network, [s.image for s in samples], [s.target != IGNORE for s in samples], "entropy"
     )
-    picks = select_batch(
-        np.array([o.uncertainty for o in outcomes]),
-        np.stack([o.features for o in outcomes]),
-        np.stack([s.features for s in scored]),
-        config.trainer.batch,
-        config.trainer.diversity,
-    )
+    labelled_features = np.stack([s.features for s in scored])
+    picks = select_next(outcomes, labelled_features, config.trainer.batch, config.trainer.diversity)
     served = serving_scores([min(max(o.confidence, 0.0), 1.0) for o in outcomes], picks)  # float rounding
     predictions = [
         {"task": t.task_id, **(o.prediction or {}), "score": score}

@@ -4,7 +4,7 @@ Label Studio's uncertainty sampling serves, among the unlabelled tasks holding a
 project's model version, the one whose prediction has the lowest ``score`` and that no other annotator
 holds (``_try_uncertainty_sampling`` then ``_get_first_unlocked`` in Label Studio's
 ``projects/functions/next_task.py``). A prediction's score is the tile's confidence
-(:func:`trainer.scoring.prediction_score`), but a round's batch (:func:`trainer.selection.select_batch`)
+(:func:`trainer.scoring.prediction_score`), but a round's batch (:func:`trainer.selection.select_next`)
 is picked for uncertainty *and* diversity: served by confidence alone, annotators would not label it.
 
 So a round pushes *serving scores* (:func:`serving_scores`):
