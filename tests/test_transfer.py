@@ -16,8 +16,9 @@ from geolabel.lsclient import LabelStudioClient
 from tests.conftest import CLASSES
 from trainer.errors import TrainerError
 from trainer.fit import Sample, seed_torch
-from trainer.loop import Start, _prior_if_better, run_round
+from trainer.loop import Start, run_round
 from trainer.model import build_model
+from trainer.start import prior_if_better
 from trainer.transfer import (
     adapt_first_conv,
     adapt_prior,
@@ -249,7 +250,7 @@ def test_a_prior_that_training_made_worse_on_validation_is_kept_as_it_started() 
     with torch.no_grad():  # "training" moved the weights
         network.segmentation_head[0].bias.add_(torch.tensor([5.0, -5.0]))
     started = prior.model_copy(update={"origin": "from version v0"})
-    metrics, kept = _prior_if_better(network, initial, validation, started, {"miou": 0.25}, names, 7)
+    metrics, kept = prior_if_better(network, initial, validation, started, {"miou": 0.25}, names, 7)
     assert metrics["miou"] == 1.0
     assert all(torch.equal(v, initial[k]) for k, v in network.state_dict().items())
     assert kept.origin == (
@@ -258,7 +259,7 @@ def test_a_prior_that_training_made_worse_on_validation_is_kept_as_it_started() 
     )
     moved = {k: v.clone() for k, v in trained_like(prior, seed=5).state_dict().items()}
     network.load_state_dict(moved)
-    metrics, kept = _prior_if_better(network, initial, validation, started, {"miou": 1.0}, names, 7)
+    metrics, kept = prior_if_better(network, initial, validation, started, {"miou": 1.0}, names, 7)
     assert metrics == {"miou": 1.0}
     assert kept is started  # as good as the prior: the trained weights stay
     assert all(torch.equal(v, moved[k]) for k, v in network.state_dict().items())

@@ -11,14 +11,17 @@ backend serves pre-annotations from the winner (:data:`WINNER_FILE`).
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from geolabel.classes import LabelClass
 from trainer.harvest import LabelledTile
 
+logger = logging.getLogger(__name__)
 #: The model that always takes part: the round's own network.
 UNET = "unet"
 #: In a version folder: the name of the model that won its round's validation (absent: the U-Net).
@@ -62,3 +65,55 @@ class Contender(Protocol):
         the U-Net alone.
         """
         ...
+
+
+@dataclass(frozen=True)
+class Contest:
+    """What the contenders of a round did: who trained, their recorded scores, and who failed."""
+
+    results: list[ContenderResult]
+    scores: dict[str, dict[str, Any]]  # by name: flat metrics and "detail", for the round record
+    problems: list[str]
+
+    def winner(self, unet: dict[str, float]) -> ContenderResult | None:
+        """The contender whose mean IoU is above the U-Net's ``unet``, the best of them; None: the U-Net."""
+        best, score = None, unet.get("miou", float("nan"))
+        for result in self.results:
+            miou = result.metrics.get("miou", float("nan"))
+            if not math.isnan(miou) and (math.isnan(score) or miou > score):
+                best, score = result, miou
+        return best
+
+
+def contest(
+    contenders: Sequence[Contender],
+    train: Sequence[LabelledTile],
+    validation: Sequence[LabelledTile],
+    classes: Sequence[LabelClass],
+    seed: int,
+) -> Contest:
+    """Train and score each contender; one that raises is a problem, never the round's failure."""
+    results, scores, problems = [], {}, []
+    for contender in contenders:
+        try:
+            result = contender.fit(train, validation, classes, seed)
+        except Exception as exc:  # a contender never fails the round
+            logger.exception("contender %s failed", contender.name)
+            problems.append(f"{contender.name} not trained: {type(exc).__name__}: {exc}")
+            continue
+        if result is not None:
+            results.append(result)
+            scores[result.name] = {**result.metrics, "detail": result.detail}
+    return Contest(results, scores, problems)
+
+
+def winner_files(winner: ContenderResult | None) -> Callable[[Path], None] | None:
+    """Writes the winning contender's files and :data:`WINNER_FILE` into a version folder (None: U-Net)."""
+    if winner is None:
+        return None
+
+    def write(folder: Path) -> None:
+        winner.save(folder)
+        (folder / WINNER_FILE).write_text(winner.name + "\n", encoding="utf-8")
+
+    return write

@@ -18,10 +18,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from geolabel.classes import LabelClass
 from geolabel.compute import open_engine
@@ -34,7 +32,7 @@ from geolabel.progress import Progress, SilentProgress
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from importers.inputs import project_input
 from trainer.batch import ModelJob, TileWork, map_tiles
-from trainer.contender import UNET, WINNER_FILE, Contender, ContenderResult
+from trainer.contender import UNET, Contender, Contest, contest, winner_files
 from trainer.dashboard_throughput import ThroughputTally, save_throughput
 from trainer.device import resolve_device
 from trainer.errors import HarvestError, LabelStudioDownError, RoundBusyError, TrainerError
@@ -43,7 +41,7 @@ from trainer.harvest import Harvest, LabelledTile, Labelling, class_pixels, harv
 from trainer.inference import LoadedModel, feeding_tiles, load_version, read_input
 from trainer.legacy import adopt_legacy_stores
 from trainer.metrics import IGNORE, Metrics
-from trainer.model import build_model
+from trainer.metrics import not_worse as _not_worse  # a name tests replace to force a promotion
 from trainer.pool import candidate_pool
 from trainer.rounds import (
     ROUND_LOCK,
@@ -61,14 +59,8 @@ from trainer.rounds import (
 from trainer.selection import score_tiles, select_next
 from trainer.serving import keep_queue_view, serving_scores
 from trainer.splits import Footprint, Split, spatial_split
-from trainer.transfer import (
-    ARCHITECTURE,
-    Prior,
-    adapt_prior,
-    load_encoder_weights,
-    resolve_prior,
-    starting_manifest,
-)
+from trainer.start import compatible, initial_network, prior_if_better
+from trainer.transfer import Prior, resolve_prior
 from trainer.versions import InputSpec, ModelManifest, ModelStore, new_version_name
 
 logger = logging.getLogger(__name__)
@@ -214,7 +206,7 @@ def _round(
         config.trainer.seed,
     )
     seed_torch(config.trainer.seed)  # the same labels and seed give the same initial weights
-    network, manifest, from_prior = _initial_network(config, manifest, active, given)
+    network, manifest, from_prior = initial_network(config, manifest, active, given)
     network = network.to(resolve_device(config.compute.device))
     store.update(round_id, origin=manifest.origin)
     initial = {k: v.detach().clone() for k, v in network.state_dict().items()} if from_prior else None
@@ -229,16 +221,15 @@ def _round(
     validation = [samples[i] for i in split.validation]
     new = evaluate(network, validation, manifest.outputs).flat(names) if validation else {}
     if initial is not None and validation:
-        new, manifest = _prior_if_better(network, initial, validation, manifest, new, names, len(split.train))
+        new, manifest = prior_if_better(network, initial, validation, manifest, new, names, len(split.train))
         store.update(round_id, origin=manifest.origin)
     old = _previous_metrics(active, manifest, validation, names)
     promote = active is None or not validation or _not_worse(new, old)
-    results = _contest(start.contenders, found.tiles, samples, split, classes, config.trainer.seed, store,
-                       round_id)  # fmt: skip
-    winner = _winner(new, results)
+    winner = _contest(start.contenders, found.tiles, samples, split, classes, config.trainer.seed, store,
+                      round_id).winner(new)  # fmt: skip
     version = manifest.model_copy(update={"metrics": new})
     store.update(round_id, step=RoundStep.SAVING, model_version=version.version)  # before it exists
-    models.save(version, network.state_dict(), _winner_files(winner))
+    models.save(version, network.state_dict(), winner_files(winner))
     store.update(round_id, model_version=version.version, metrics=new, previous_metrics=old,
                  validation_tiles=len(validation), winner=winner.name if winner else UNET)  # fmt: skip
     if not promote:
@@ -424,73 +415,6 @@ def _feeding(
     return Harvest(labelled, found.problems, found.skipped_tasks), problems
 
 
-def _initial_network(
-    config: Config, manifest: ModelManifest, active: LoadedModel | None, given: Prior | None
-) -> tuple[torch.nn.Module, ModelManifest, bool]:
-    """The network the round trains, its manifest (``origin``: what it started from), and if from a prior.
-
-    In order: the ``given`` prior (``--init-from``), or ``[model] init_from`` when no version is
-    active yet; the active version as it is (warm start); the active version adapted to changed
-    classes (by name, :func:`trainer.transfer.adapt_prior`); ``[model] encoder_weights``; random weights.
-
-    Raises:
-        TrainerError: if the prior or the encoder weights cannot be used (the message says why).
-    """
-    prior = given
-    if prior is None and active is None and config.model.init_from:
-        prior = resolve_prior(config, config.model.init_from)
-    if prior is None and active is not None:
-        if _compatible(active.manifest, manifest):
-            network = build_model(manifest)
-            network.load_state_dict(active.network.state_dict())
-            origin = f"warm start from {active.manifest.version}"
-            return network, manifest.model_copy(update={"origin": origin}), False
-        if _same_network(active.manifest, manifest):  # the classes changed: adapt by name
-            prior = Prior(active.manifest, active.network.state_dict(), f"version {active.manifest.version}")
-    if prior is not None:
-        manifest = starting_manifest(prior.manifest, manifest)
-        network = build_model(manifest)
-        state, report = adapt_prior(prior.manifest, prior.state, manifest, network.state_dict())
-        network.load_state_dict(state)
-        return network, manifest.model_copy(update={"origin": report.describe(prior.source)}), True
-    network = build_model(manifest)
-    weights = config.encoder_weights
-    origin = load_encoder_weights(network, weights) if weights is not None else "random weights"
-    return network, manifest.model_copy(update={"origin": origin}), False
-
-
-def _prior_if_better(
-    network: torch.nn.Module,
-    initial: dict[str, torch.Tensor],
-    validation: list[Sample],
-    manifest: ModelManifest,
-    trained: dict[str, float],
-    names: list[str],
-    train_tiles: int,
-) -> tuple[dict[str, float], ModelManifest]:
-    """Put the prior's weights back when training on the round's few tiles made it worse on validation.
-
-    A good prior fine-tuned on a handful of tiles can forget what it knew; the round then keeps the
-    prior as it started (``network`` is changed in place) and says so in the version's origin.
-    Returns the metrics of the weights kept and the manifest with that origin.
-    """
-    trained_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    network.load_state_dict(initial)
-    before = evaluate(network, validation, manifest.outputs).flat(names)
-    if _not_worse(trained, before):
-        network.load_state_dict(trained_state)
-        return trained, manifest
-    note = (
-        f"; kept as it started: trained on {train_tiles} tiles it scored mIoU {trained.get('miou', 0):.3f} "
-        f"on validation, below its {before.get('miou', 0):.3f} before training"
-    )
-    return before, manifest.model_copy(update={"origin": manifest.origin + note})
-
-
-def _same_network(old: ModelManifest, new: ModelManifest) -> bool:
-    return all(getattr(old, k) == getattr(new, k) for k in ARCHITECTURE)
-
-
 def _contest(
     contenders: Sequence[Contender],
     tiles: Sequence[LabelledTile],
@@ -500,52 +424,16 @@ def _contest(
     seed: int,
     store: RoundStore,
     round_id: int,
-) -> list[ContenderResult]:
-    """Train each contender on the round's split; record its scores (a failing one is a problem)."""
-    fed = [replace(t, target=s.target) for t, s in zip(tiles, samples, strict=True)]  # nodata ignored
-    train_tiles = [fed[i] for i in split.train] or fed
-    validation = [fed[i] for i in split.validation]
-    results, scores = [], {}
-    for contender in contenders:
-        try:
-            result = contender.fit(train_tiles, validation, classes, seed)
-        except Exception as exc:  # a contender never fails the round
-            logger.exception("round %d: contender %s failed", round_id, contender.name)
-            store.add_problem(round_id, f"{contender.name} not trained: {type(exc).__name__}: {exc}")
-            continue
-        if result is not None:
-            results.append(result)
-            scores[result.name] = {**result.metrics, "detail": result.detail}
-    if scores:
-        store.update(round_id, contenders=scores)
-    return results
-
-
-def _winner(unet: dict[str, float], results: Sequence[ContenderResult]) -> ContenderResult | None:
-    """The contender with a mean IoU above the U-Net's, the best of them; None: the U-Net wins."""
-    best, score = None, unet.get("miou", float("nan"))
-    for result in results:
-        miou = result.metrics.get("miou", float("nan"))
-        if not np.isnan(miou) and (np.isnan(score) or miou > score):
-            best, score = result, miou
-    return best
-
-
-def _winner_files(winner: ContenderResult | None) -> Callable[[Path], None] | None:
-    """Writes the winning contender's files and :data:`~trainer.contender.WINNER_FILE` into a version."""
-    if winner is None:
-        return None
-
-    def write(folder: Path) -> None:
-        winner.save(folder)
-        (folder / WINNER_FILE).write_text(winner.name + "\n", encoding="utf-8")
-
-    return write
-
-
-def _compatible(old: ModelManifest, new: ModelManifest) -> bool:
-    keys = ("classes", "input", "architecture", "encoder", "encoder_depth", "decoder_channels")
-    return all(getattr(old, k) == getattr(new, k) for k in keys)
+) -> Contest:
+    """The contenders trained on the round's split (nodata ignored), their scores and failures recorded."""
+    fed = [replace(t, target=s.target) for t, s in zip(tiles, samples, strict=True)]
+    found = contest(contenders, [fed[i] for i in split.train] or fed, [fed[i] for i in split.validation],
+                    classes, seed)  # fmt: skip
+    for problem in found.problems:
+        store.add_problem(round_id, problem)
+    if found.scores:
+        store.update(round_id, contenders=found.scores)
+    return found
 
 
 def _sample(registry: TileRegistry, labelled: LabelledTile, manifest: ModelManifest) -> Sample:
@@ -573,18 +461,10 @@ def _previous_metrics(
     active: LoadedModel | None, manifest: ModelManifest, validation: list[Sample], names: list[str]
 ) -> dict[str, float]:
     """The active version's scores on this round's validation tiles (a fair comparison)."""
-    if active is None or not validation or not _compatible(active.manifest, manifest):
+    if active is None or not validation or not compatible(active.manifest, manifest):
         return {}
     result: Metrics = evaluate(active.network, validation, manifest.outputs)
     return result.flat(names)
-
-
-def _not_worse(new: dict[str, float], old: dict[str, float]) -> bool:
-    """Promote unless the new mean IoU is below the old one (a missing or NaN old score never blocks)."""
-    old_miou, new_miou = old.get("miou", float("nan")), new.get("miou", float("nan"))
-    if np.isnan(old_miou):
-        return True
-    return not np.isnan(new_miou) and new_miou >= old_miou
 
 
 def _score_and_push(

@@ -90,3 +90,14 @@ def metrics_from_confusion(matrix: npt.NDArray[np.int64]) -> Metrics:
     )
     accuracy = float(true_positive.sum() / total) if total else float("nan")
     return Metrics(per_class, accuracy, total)
+
+
+def not_worse(new: dict[str, float], old: dict[str, float]) -> bool:
+    """True unless ``new``'s mean IoU is below ``old``'s (a missing or NaN old score never blocks).
+
+    Both are :meth:`Metrics.flat` dicts; a missing or NaN new score is worse than any old one.
+    """
+    old_miou, new_miou = old.get("miou", float("nan")), new.get("miou", float("nan"))
+    if np.isnan(old_miou):
+        return True
+    return not np.isnan(new_miou) and new_miou >= old_miou
