@@ -14,7 +14,10 @@ quarter of the area's chips are test chips, never labelled. Starts:
   many bands (``trainer.transfer.starting_manifest``), the prior's input normalisation;
 - ``prior-own``: the prior's weights with the new project's own normalisation (a comparison);
 - ``prior-frozen-bn``: ``prior`` with the batch-norm running statistics kept as the prior's (momentum 0)
-  while fine-tuning: what ``trainer.fit.train`` would do if it froze them for a prior (a comparison);
+  while fine-tuning; training still normalises with each batch's statistics (a comparison);
+- ``prior-eval-bn``: ``prior`` with the batch-norm layers in evaluation mode while fine-tuning: the
+  prior's statistics in training and evaluation, only their scale and shift learn (a comparison:
+  ``trainer.fit.train`` puts every layer in training mode);
 - ``encoder``: an ImageNet / remote-sensing ResNet-18 encoder from ``--encoder-weights FILE``
   (``trainer.transfer.load_encoder_weights``), measured only when the file is given;
 - ``sam``: the SAM-feature head (``ml_backend.samhead.train_head`` on the chips' SAM embeddings, a
@@ -42,6 +45,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+import types
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +71,7 @@ from trainer.selection import (
 from trainer.transfer import adapt_prior, load_encoder_weights
 from trainer.versions import InputSpec, ModelManifest
 
-STARTS = ("scratch", "prior", "prior-own", "prior-frozen-bn", "encoder", "sam")
+STARTS = ("scratch", "prior", "prior-own", "prior-frozen-bn", "prior-eval-bn", "encoder", "sam")
 #: Share of predicted foreground pixels under which a chip counts as empty (as bench_active_learning).
 EMPTY = 0.002
 
@@ -333,13 +337,19 @@ def start_network(holdout: Holdout, start: str, seed: int) -> torch.nn.Module:
         state = torch.load(cast(dict[str, str], _worker["priors"])[holdout.area], weights_only=True)
         weights, _ = adapt_prior(holdout.prior, state, holdout.target, network.state_dict())
         network.load_state_dict(weights)
-    if start == "prior-frozen-bn":
-        for module in network.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.momentum = 0.0  # running statistics stay the prior's
+    for module in network.modules():
+        if start == "prior-frozen-bn" and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0  # running statistics stay the prior's; training still uses the batch's
+        if start == "prior-eval-bn" and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.train = types.MethodType(_stay_in_eval, module)  # type: ignore[method-assign]
     if start == "encoder":
         load_encoder_weights(network, _args().encoder_weights)
     return network
+
+
+def _stay_in_eval(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    """``train()`` of a batch-norm layer that stays in evaluation mode: the prior's statistics throughout."""
+    return torch.nn.Module.train(module, False)
 
 
 # ---------------------------------------------------------------- the SAM-feature head (--sam-checkpoint)
