@@ -507,6 +507,23 @@ class LabelStudioClient:
         items = self._call("list predictions", lambda: self._sdk.predictions.list(task=task_id))
         return [p.model_dump() for p in items]
 
+    def delete_predictions(self, project_id: int, model_version: str) -> int:
+        """Delete every prediction of ``model_version`` in a project (a re-import replaces its own); how many.
+
+        Other versions' predictions (the trainer's rounds, another import) are kept.
+        """
+        items = self._call(
+            "list the project's predictions", lambda: list(self._sdk.predictions.list(project=project_id))
+        )
+        doomed = [int(p.id or 0) for p in items if p.model_version == model_version]
+        for prediction_id in doomed:
+            self._call(
+                "delete a prediction", lambda prediction_id=prediction_id: self._sdk.predictions.delete(
+                    id=prediction_id
+                ),
+            )
+        return len(doomed)
+
     def labelled_tasks(self, project_id: int) -> list[LabelledTask]:
         """Every task with at least one annotation (submitted or skipped), parsed.
 
