@@ -510,19 +510,17 @@ class LabelStudioClient:
     def delete_predictions(self, project_id: int, model_version: str) -> int:
         """Delete every prediction of ``model_version`` in a project (a re-import replaces its own); how many.
 
-        Other versions' predictions (the trainer's rounds, another import) are kept.
+        One request (the project's model-versions endpoint); other versions' predictions (the trainer's
+        rounds, another import) are kept. When ``model_version`` is the project's model version, Label
+        Studio clears that setting: set it again (:meth:`set_model_version`) after pushing new predictions.
         """
-        items = self._call(
-            "list the project's predictions", lambda: list(self._sdk.predictions.list(project=project_id))
+        answer = self._call(
+            f"delete the predictions of model version {model_version!r}",
+            lambda: self._raw_request(
+                "DELETE", f"/api/projects/{project_id}/model-versions/", {"model_version": model_version}
+            ),
         )
-        doomed = [int(p.id or 0) for p in items if p.model_version == model_version]
-        for prediction_id in doomed:
-            self._call(
-                "delete a prediction", lambda prediction_id=prediction_id: self._sdk.predictions.delete(
-                    id=prediction_id
-                ),
-            )
-        return len(doomed)
+        return int(answer.get("deleted_predictions") or 0)
 
     def labelled_tasks(self, project_id: int) -> list[LabelledTask]:
         """Every task with at least one annotation (submitted or skipped), parsed.
