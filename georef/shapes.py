@@ -16,7 +16,7 @@ import numpy.typing as npt
 from affine import Affine
 from rasterio.features import shapes
 from shapely import make_valid, union_all
-from shapely.geometry import MultiPolygon, Polygon, shape
+from shapely.geometry import MultiPolygon, Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 
 from georef.errors import InvalidGeometryError
@@ -122,6 +122,46 @@ def label_regions(
             report(f"label {labels} is not in the class catalogue; region not used")
             continue
         yield LabelRegion(index, region, names[-1])
+
+
+def without_holes(polygon: Polygon) -> list[Polygon]:
+    """``polygon`` cut into hole-free polygons along lines through its holes; their union is ``polygon``.
+
+    Label Studio polygons have no holes (a region is one ``points`` ring), so a polygon with holes
+    becomes several regions. Each cut crosses the first hole along its longer side (vertical or
+    horizontal), at a whole pixel coordinate strictly inside the hole's extent when there is one
+    (else at its middle), so pieces of a pixel outline keep pixel-corner vertices; pieces are cut
+    again until none has a hole. Coordinates are pixel ``(col, row)`` of the image the polygon is on.
+    """
+    if not polygon.interiors:
+        return [polygon]
+    left, bottom, right, top = polygon.bounds
+    hole_left, hole_bottom, hole_right, hole_top = Polygon(polygon.interiors[0]).bounds
+    if hole_right - hole_left >= hole_top - hole_bottom:
+        cut = _inside(hole_left, hole_right)
+        halves = (box(left - 1, bottom - 1, cut, top + 1), box(cut, bottom - 1, right + 1, top + 1))
+    else:
+        cut = _inside(hole_bottom, hole_top)
+        halves = (box(left - 1, bottom - 1, right + 1, cut), box(left - 1, cut, right + 1, top + 1))
+    return [
+        piece
+        for half in halves
+        for part in _areal_polygons(polygon.intersection(half))
+        for piece in without_holes(part)
+    ]
+
+
+def _inside(low: float, high: float) -> float:
+    """A whole number strictly between ``low`` and ``high`` when there is one, else their middle."""
+    middle = float(np.floor((low + high) / 2))
+    return middle if low < middle < high else (low + high) / 2
+
+
+def _areal_polygons(geometry: BaseGeometry) -> list[Polygon]:
+    """The polygons with area in a geometry (intersections may also give lines and points)."""
+    if isinstance(geometry, Polygon):
+        return [geometry] if geometry.area > 0 else []
+    return [part for g in getattr(geometry, "geoms", []) for part in _areal_polygons(g)]
 
 
 def _polygonal_parts(geometry: BaseGeometry) -> list[BaseGeometry]:

@@ -9,9 +9,10 @@ brush region too. A prediction where the model sees no class gives no region at 
 Label Studio polygons have no holes (a region is one ``points`` ring). A part with
 holes is cut along a pixel-edge line through each hole (vertical or horizontal, the
 hole's longer side) into hole-free polygons whose union is exactly the part, so the
-hole stays out of every region. All pieces are simplified together as a coverage
-(``shapely.coverage_simplify``), so their shared cut edges stay identical: no gap or
-overlap appears between them, and every vertex is a pixel corner of the mask.
+hole stays out of every region (:func:`georef.shapes.without_holes`). All pieces are
+simplified together as a coverage (``shapely.coverage_simplify``), so their shared cut
+edges stay identical: no gap or overlap appears between them, and every vertex is a
+pixel corner of the mask.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 from rasterio.features import shapes, sieve
-from shapely.geometry import Polygon, box, shape
+from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
 from geolabel.classes import BACKGROUND, LabelClass
 from geolabel.lsmodels import ProjectSchema
 from georef.labelstudio import ImageSize, brush_result, polygon_result
+from georef.shapes import without_holes
 from trainer.predictions import StoredPrediction
 from trainer.scoring import UncertaintyMethod, prediction_score
 
@@ -103,43 +105,13 @@ def _rings(sieved: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
     parts.sort(key=lambda part: part.area, reverse=True)
     rings = []
     for part in parts:
-        pieces = [piece for p in _polygons(part) for piece in _without_holes(p)]
+        pieces = [piece for p in _polygons(part) for piece in without_holes(p)]
         for simple in shapely.coverage_simplify(pieces, SIMPLIFY_PX):
             for polygon in _polygons(simple):
                 coords = np.asarray(polygon.exterior.coords, dtype=np.float64)[:-1]  # no closing point
                 if len(coords) >= 3:
                     rings.append(coords)
     return rings
-
-
-def _without_holes(polygon: Polygon) -> list[Polygon]:
-    """``polygon`` cut into hole-free polygons along pixel-edge lines through its holes (same union).
-
-    Each cut crosses the first hole along its longer side, at a whole pixel coordinate strictly
-    inside the hole's extent (sieved holes are at least 16 pixels, so at least 4 long).
-    """
-    if not polygon.interiors:
-        return [polygon]
-    left, bottom, right, top = polygon.bounds
-    hole_left, hole_bottom, hole_right, hole_top = Polygon(polygon.interiors[0]).bounds
-    if hole_right - hole_left >= hole_top - hole_bottom:
-        cut = _inside(hole_left, hole_right)
-        halves = (box(left - 1, bottom - 1, cut, top + 1), box(cut, bottom - 1, right + 1, top + 1))
-    else:
-        cut = _inside(hole_bottom, hole_top)
-        halves = (box(left - 1, bottom - 1, right + 1, cut), box(left - 1, cut, right + 1, top + 1))
-    return [
-        piece
-        for half in halves
-        for part in _polygons(polygon.intersection(half))
-        for piece in _without_holes(part)
-    ]
-
-
-def _inside(low: float, high: float) -> float:
-    """A whole number strictly between ``low`` and ``high`` when there is one, else their middle."""
-    middle = float(np.floor((low + high) / 2))
-    return middle if low < middle < high else (low + high) / 2
 
 
 def _valid(geometry: BaseGeometry) -> BaseGeometry:
