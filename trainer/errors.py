@@ -29,3 +29,7 @@ class HarvestError(LabelStudioDownError):
 
 class SchedulerBusyError(TrainerError):
     """Another scheduler already watches this data folder."""
+
+
+class ProbabilityImportError(TrainerError, ValueError):
+    """A probability raster cannot become the project's predictions (bands, classes, CRS, extent, values)."""
