@@ -17,7 +17,8 @@ import pyogrio
 from rasterio.crs import CRS
 from shapely.geometry.base import BaseGeometry
 
-#: Column dtypes as pandas names: "int64", "float64", "str", "bool".
+#: Column kinds: "int64", "float64", "str", "bool", "datetime" (ISO 8601 text or datetimes in, GeoPackage
+#: DateTime in UTC out; None is a null date).
 Schema = Mapping[str, str]
 GEOMETRY_COLUMN = "geom"  # GDAL's default for GeoPackage, named in ``layer_styles``
 _DATASET_OPTIONS = {"VERSION": "1.2"}
@@ -36,9 +37,7 @@ class LayerStyle:
 def frame(rows: Sequence[Mapping[str, object]], geometries: Sequence[BaseGeometry], schema: Schema,
           crs: CRS) -> gpd.GeoDataFrame:  # fmt: skip
     """A GeoDataFrame with exactly the ``schema`` columns, in order and dtype, even when empty."""
-    columns = {
-        name: pd.Series([row[name] for row in rows], dtype=_dtype(kind)) for name, kind in schema.items()
-    }
+    columns = {name: _column([row[name] for row in rows], kind) for name, kind in schema.items()}
     return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(list(geometries), crs=crs))
 
 
@@ -73,6 +72,13 @@ def write_styles(path: Path, styles: Sequence[LayerStyle]) -> None:
         }
     )
     pyogrio.write_dataframe(rows, path, layer="layer_styles", driver="GPKG")
+
+
+def _column(values: list[object], kind: str) -> pd.Series:
+    if kind == "datetime":
+        times = pd.to_datetime(pd.Series(values, dtype="object"), utc=True, format="ISO8601")
+        return times.astype("datetime64[ms, UTC]")
+    return pd.Series(values, dtype=_dtype(kind))
 
 
 def _dtype(kind: str) -> str:

@@ -19,16 +19,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import rasterio
+import rasterio.errors
 import shapely
 from shapely import STRtree, union_all
+from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from exporters.errors import ExportInputError
 from geolabel.classes import UNSURE_LABEL
 from geolabel.lsmodels import LabelledTask
 from georef.errors import InvalidGeometryError
 from georef.labelstudio import ImageSize
 from georef.registry import RasterRecord, TileRecord
-from georef.shapes import label_regions, region_shape
+from georef.shapes import label_regions, mask_shape, region_shape
+from importers.display import valid_mask
 from trainer.harvest import Problem
 
 LABELS_SCHEMA = {
@@ -41,8 +46,8 @@ LABELS_SCHEMA = {
     "annotation_id": "int64",
     "region": "int64",
     "kind": "str",
-    "created_at": "str",
-    "updated_at": "str",
+    "created_at": "datetime",
+    "updated_at": "datetime",
     "note": "str",
 }
 MERGED_SCHEMA = {"class_id": "int64", "class_name": "str", "regions": "int64", "area": "float64"}
@@ -73,11 +78,20 @@ def task_features(
     raster: RasterRecord,
     class_ids: Mapping[str, int],
     problems: list[Problem],
+    clip_to_valid: bool = False,
 ) -> list[LabelFeature]:
-    """The label features of one Label Studio task (cancelled annotations are skipped)."""
+    """The label features of one Label Studio task (cancelled annotations are skipped).
+
+    With ``clip_to_valid``, each region is cut to the tile's pixels that hold image data
+    (:func:`valid_area`); a region left with no area is reported, not exported.
+
+    Raises:
+        ExportInputError: if ``clip_to_valid`` and the tile's raster cannot be read.
+    """
     task_id = task.id
     size = ImageSize(tile.window.width, tile.window.height)
     to_world = _placement(tile, raster)
+    valid = valid_area(tile, raster) if clip_to_valid and task.submitted else None
     features = []
     for annotation in task.submitted:
         annotation_id = annotation.id
@@ -104,13 +118,56 @@ def task_features(
                 continue
             if shape.note:
                 report(f"{shape.note} (exported, note kept on the feature)")
+            geometry = shapely.transform(shape.geometry, to_world)
+            note = shape.note or ""
+            if valid is not None:
+                geometry, note = _clipped(geometry, valid, note)
+                if geometry.is_empty:
+                    report(f"region {labelled.index} lies on pixels without image; not exported (clipped)")
+                    continue
             name = labelled.class_name
             attributes = {**common, "class_id": class_ids[name], "class_name": name, "region": labelled.index,
-                          "kind": labelled.region.kind, "note": shape.note or ""}  # fmt: skip
-            features.append(
-                LabelFeature(shapely.transform(shape.geometry, to_world), tile.crs_text, attributes)
-            )
+                          "kind": labelled.region.kind, "note": note}  # fmt: skip
+            features.append(LabelFeature(geometry, tile.crs_text, attributes))
     return features
+
+
+def valid_area(tile: TileRecord, raster: RasterRecord) -> BaseGeometry:
+    """The tile's pixels that hold image data, as polygons on Earth in the raster's CRS.
+
+    Validity is what the display tiles use (:func:`importers.display.valid_mask`: nodata values, alpha
+    band, internal mask, NaN), read from the raster over the tile's window; edges follow pixel edges,
+    placed like the labels, so clipping never moves a label's vertex.
+
+    Raises:
+        ExportInputError: if the raster cannot be read.
+    """
+    window = tile.window.to_rasterio()
+    bands = list(raster.display_bands)
+    try:
+        with rasterio.open(raster.path) as src:
+            valid = valid_mask(src, bands, src.read(bands, window=window), window)
+    except rasterio.errors.RasterioIOError as exc:
+        raise ExportInputError(
+            f"cannot read {raster.path} to clip labels to its image data ({exc}); restore the raster or "
+            "export without --clip-to-valid"
+        ) from None
+    if valid.all():
+        whole = shapely.box(0, 0, tile.window.width, tile.window.height)
+        return shapely.transform(whole, _placement(tile, raster))
+    if not valid.any():
+        return Polygon()
+    return shapely.transform(mask_shape(valid).geometry, _placement(tile, raster))
+
+
+def _clipped(geometry: BaseGeometry, valid: BaseGeometry, note: str) -> tuple[BaseGeometry, str]:
+    """``geometry`` cut to ``valid``; the note says so when the cut removed area."""
+    if valid.contains(geometry):
+        return geometry, note
+    inside = shapely.intersection(geometry, valid)
+    parts = list(_polygons(inside))
+    clipped: BaseGeometry = parts[0] if len(parts) == 1 else MultiPolygon(parts)
+    return clipped, "; ".join(filter(None, [note, "clipped to valid image data"]))
 
 
 def merge(
@@ -149,9 +206,12 @@ def _polygons(geometry: BaseGeometry) -> Iterable[BaseGeometry]:
             yield from _polygons(part)
 
 
-def _timestamp(value: object) -> str:
-    """Label Studio times as ISO 8601 text (the SDK gives datetimes, raw JSON gives strings)."""
-    if value is None:
-        return ""
+def _timestamp(value: object) -> str | None:
+    """Label Studio times as ISO 8601 text (the SDK gives datetimes, raw JSON gives strings); None: unknown.
+
+    :func:`exporters.gpkg.frame` stores them as GeoPackage datetimes (UTC).
+    """
+    if value is None or value == "":
+        return None
     isoformat = getattr(value, "isoformat", None)
     return str(isoformat()) if callable(isoformat) else str(value)

@@ -61,6 +61,8 @@ class ExportOptions:
     overwrite: bool = False
     workers: int = 2  # threads of the in-process engine and of GDAL's COG writer
     announce: Callable[[str], None] | None = None  # told where the work runs (a Dask dashboard link)
+    version: str | None = None  # model version whose predictions to export (None: the active one)
+    clip_to_valid: bool = False  # cut labels to the pixels that hold image data
 
 
 @dataclass
@@ -111,7 +113,7 @@ def export_project(
     try:
         tasks = client.labelled_tasks(project.project_id) if {"labels", "tiles"} & set(options.what) else []
         if "labels" in options.what:
-            _export_labels(config, project, tasks, target_crs, work, report)
+            _export_labels(config, project, tasks, target_crs, work, report, options.clip_to_valid)
         if "predictions" in options.what:
             _export_predictions(config, project, options, target_crs, work, report, bar)
         if "tiles" in options.what:
@@ -194,6 +196,7 @@ def _export_labels(
     crs: CRS,
     work: Path,
     report: ExportReport,
+    clip_to_valid: bool,
 ) -> None:
     path = work / "labels.gpkg"
     class_ids = {c.name: c.id for c in config.classes}
@@ -208,7 +211,7 @@ def _export_labels(
     )
     for task in [*tasks, None]:  # None: flush the last features
         if task is not None:
-            pending += _task_features(task, tiles_by_task, project, class_ids, problems)
+            pending += _task_features(task, tiles_by_task, project, class_ids, problems, clip_to_valid)
         if len(pending) < LABEL_CHUNK and task is not None:
             continue
         frame = _in_crs(pending, crs)
@@ -240,10 +243,12 @@ def _task_features(
     project: _Project,
     class_ids: Mapping[str, int],
     problems: list[Problem],
+    clip_to_valid: bool,
 ) -> list[labels.LabelFeature]:
     tile = tiles_by_task.get(task.id)
     if tile is not None:
-        return labels.task_features(task, tile, project.rasters[tile.raster_id], class_ids, problems)
+        raster = project.rasters[tile.raster_id]
+        return labels.task_features(task, tile, raster, class_ids, problems, clip_to_valid)
     if task.submitted:
         problems.append(Problem(task.id, None, "no tile in the registry for this task; not exported"))
     return []
@@ -274,14 +279,8 @@ def _export_predictions(
     report: ExportReport,
     bar: Progress,
 ) -> None:
-    version = ModelStore(config.models_dir).active_name()
+    version = _prediction_version(config, options, report)
     if version is None:
-        message = (
-            "no model version yet, so no predictions: run geolabel train --now after labelling a few tiles"
-        )
-        if options.explicit:
-            raise ExportInputError(message)
-        report.notes.append(message)
         return
     tiles = [t for t in project.tiles if t.status in PREDICTABLE]
     store = PredictionStore(config.predictions_dir, version)
@@ -314,13 +313,58 @@ def _export_predictions(
     files.argmax.unlink()
     categories = [styles.Category(str(b.class_id), b.name, b.color) for b in bands]
     (work / "predictions_argmax.qml").write_text(styles.paletted_raster_qml(categories), encoding="utf-8")
-    (work / "predictions_proba.qml").write_text(
-        styles.probability_raster_qml(2, bands[1].color), encoding="utf-8"
-    )
-    report.files += ["predictions_proba.tif", "predictions_argmax.tif", "predictions_proba.qml",
-                     "predictions_argmax.qml"]  # fmt: skip
+    report.files += ["predictions_proba.tif", "predictions_argmax.tif", "predictions_argmax.qml"]
+    report.files += _probability_styles(bands, work)
     report.model_version = version
     report.counts.update(predicted_tiles=len(tiles), prediction_pixels=files.valid_pixels)
+
+
+def _prediction_version(config: Config, options: ExportOptions, report: ExportReport) -> str | None:
+    """The model version to export (``--version``, else the active one); None (with a note) when none.
+
+    Raises:
+        ExportInputError: for an unknown ``--version``, or predictions asked for without any version.
+    """
+    models = ModelStore(config.models_dir)
+    if options.version is not None:
+        known = models.versions()
+        if options.version not in known:
+            listed = ", ".join(known[-10:]) or "none yet (run geolabel train --now)"
+            raise ExportInputError(
+                f"model version {options.version!r} not found in {config.models_dir}; versions: {listed}"
+            )
+        return options.version
+    version = models.active_name()
+    if version is None:
+        message = (
+            "no model version yet, so no predictions: run geolabel train --now after labelling a few tiles"
+        )
+        if options.explicit:
+            raise ExportInputError(message)
+        report.notes.append(message)
+    return version
+
+
+def _probability_styles(bands: Sequence[rasters.Band], work: Path) -> list[str]:
+    """QGIS styles of the probability bands: the first class's as the default, one file per class.
+
+    QGIS applies ``predictions_proba.qml`` when the raster is opened; the others
+    (``predictions_proba.<class>.qml``) are loaded from the layer's style menu.
+    """
+    files = []
+    for band_number, band in enumerate(bands[1:], start=2):
+        name = f"predictions_proba.{_file_safe(band.name)}.qml"
+        (work / name).write_text(styles.probability_raster_qml(band_number, band.color, band.name), "utf-8")
+        files.append(name)
+        if band_number == 2:
+            (work / "predictions_proba.qml").write_text((work / name).read_text("utf-8"), "utf-8")
+            files.append("predictions_proba.qml")
+    return files
+
+
+def _file_safe(name: str) -> str:
+    """A class name usable in a file name on every system."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "class"
 
 
 def _output_grid(records: Sequence[RasterRecord], crs: CRS | None) -> Grid:

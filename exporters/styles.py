@@ -68,8 +68,8 @@ def paletted_raster_qml(categories: Sequence[Category]) -> str:
     return _text(root)
 
 
-def probability_raster_qml(band: int, color: str) -> str:
-    """QML of band ``band`` (0-255 probability) as a ramp from transparent to ``color``."""
+def probability_raster_qml(band: int, color: str, name: str = "") -> str:
+    """QML of band ``band`` (0-255 probability) as a ramp from transparent to ``color``; ``name``: legend."""
     root = _root("Symbology")
     pipe = ET.SubElement(root, "pipe")
     renderer = ET.SubElement(pipe, "rasterrenderer", type="singlebandpseudocolor", band=str(band),
@@ -78,8 +78,9 @@ def probability_raster_qml(band: int, color: str) -> str:
     shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader",
                            colorRampType="INTERPOLATED", classificationMode="1", clip="0",
                            minimumValue="0", maximumValue="255")  # fmt: skip
-    ET.SubElement(shader, "item", value="0", label="0 %", color=color, alpha="0")
-    ET.SubElement(shader, "item", value="255", label="100 %", color=color, alpha="255")
+    prefix = f"{name} " if name else ""
+    ET.SubElement(shader, "item", value="0", label=f"{prefix}0 %", color=color, alpha="0")
+    ET.SubElement(shader, "item", value="255", label=f"{prefix}100 %", color=color, alpha="255")
     return _text(root)
 
 

@@ -585,6 +585,8 @@ def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.option(
     "--overwrite", is_flag=True, help="Replace --out if it exists (only once the new export is complete)."
 )
+@click.option("--version", "version", help="Model version whose predictions to export (default: active).")
+@click.option("--clip-to-valid", is_flag=True, help="Cut labels to the pixels holding image data.")
 @project_option
 @scheduler_option
 @click.pass_context
@@ -595,6 +597,8 @@ def export(
     crs: Any,
     what: tuple[str, ...] | None,
     overwrite: bool,
+    version: str | None,
+    clip_to_valid: bool,
     project: str | None,
     scheduler: str | None,
 ) -> None:
@@ -603,7 +607,8 @@ def export(
 
     config = _project_config(ctx, project, scheduler)
     options = ExportOptions(out, crs, what or WHAT, explicit=what is not None, overwrite=overwrite,
-                            workers=config.import_.workers, announce=_announce)  # fmt: skip
+                            workers=config.import_.workers, announce=_announce, version=version,
+                            clip_to_valid=clip_to_valid)  # fmt: skip
     client = _client(config)
     client.check()
     with progress_bar() as bar:

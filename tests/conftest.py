@@ -233,14 +233,15 @@ def import_scene(
     overlap: int,
     crs: str = "EPSG:2154",
     transform: Affine = LAMBERT93_20CM,
+    nodata: float | None = None,
     **sections: dict[str, object],
 ) -> ImportedScene:
-    """Write ``image`` as a GeoTIFF at ``raster`` (Lambert-93 20 cm unless told), import it as project
-    ``title`` (256 px tiles), and build its config (``sections`` add to the project, classes, Label Studio
-    and paths)."""
+    """Write ``image`` as a GeoTIFF at ``raster`` (Lambert-93 20 cm and no nodata value unless told),
+    import it as project ``title`` (256 px tiles), and build its config (``sections`` add to the project,
+    classes, Label Studio and paths)."""
     count, height, width = image.shape
-    with rasterio.open(raster, "w", driver="GTiff", width=width, height=height, count=count,
-                       dtype=image.dtype.name, crs=crs, transform=transform) as dst:  # fmt: skip
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "nodata": nodata}
+    with rasterio.open(raster, "w", dtype=image.dtype.name, crs=crs, transform=transform, **profile) as dst:
         dst.write(image)
     data_dir = label_studio.document_root / "projects" / title.replace(" ", "_")
     options = ImportOptions(

@@ -123,7 +123,9 @@ def test_labels_land_on_the_ground_coordinates_of_their_pixels(scene: ImportedSc
     assert row["annotator"] == "admin@geolabel.test"
     assert row["tile_id"] == tile_at(scene, 0, 0).id
     assert row["raster"].endswith("ortho.tif")
-    assert row["created_at"].startswith("20")
+    assert row["created_at"].year >= 2026  # a GeoPackage datetime (UTC), not text
+    assert str(row["created_at"].tz) == "UTC"
+    assert row["updated_at"] >= row["created_at"]
 
 
 def test_a_building_cut_by_tiles_comes_out_whole(exported: Path) -> None:
@@ -173,6 +175,13 @@ def test_tile_map_has_states_and_the_outside_judges_agree(exported: Path) -> Non
     styles = pyogrio.read_dataframe(exported / "labels.gpkg", layer="layer_styles", read_geometry=False)
     assert sorted(styles["f_table_name"]) == ["labels", "labels_merged"]
     assert (exported / "predictions_argmax.qml").is_file()
+    for band, name in ((2, "building"), (3, "water")):  # one style per class band; the first is the default
+        qml = (exported / f"predictions_proba.{name}.qml").read_text()
+        assert f'band="{band}"' in qml
+        assert f"{name} 100 %" in qml
+    assert (exported / "predictions_proba.qml").read_text() == (
+        exported / "predictions_proba.building.qml"
+    ).read_text()
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["crs"] == "EPSG:2154"
     assert manifest["counts"]["labels"] == 3
@@ -188,6 +197,9 @@ def test_gdal_command_line_tools_read_every_output(exported: Path) -> None:
                               check=True).stdout  # fmt: skip
         assert f"Feature Count: {count}" in text
         assert "Lambert-93" in text
+        if layer == "labels":
+            assert "created_at: DateTime" in text
+            assert "updated_at: DateTime" in text
     for name, bands in (("predictions_proba.tif", 3), ("predictions_argmax.tif", 1)):
         info = json.loads(subprocess.run(["gdalinfo", "-json", str(exported / name)], capture_output=True,
                                          text=True, check=True).stdout)  # fmt: skip
@@ -362,6 +374,59 @@ def test_a_project_without_labels_or_model_gives_valid_empty_layers(
     )
     assert code == 8
     assert "geolabel train --now" in output
+
+
+def test_any_model_version_can_be_exported(
+    scene: ImportedScene, label_studio: LabelStudioServer, exported: Path, tmp_path: Path
+) -> None:
+    store = ModelStore(scene.config.models_dir)
+    active = store.active_name()
+    older = store.manifest(str(active)).model_copy(update={"version": "v20250101-000000"})
+    torch.manual_seed(1)
+    store.save(older, build_model(older).state_dict())  # saved, never activated
+    code, output = run_cli(scene, label_studio, tmp_path, "--out", str(tmp_path / "old"), "--what",
+                           "predictions", "--version", "v20250101-000000")  # fmt: skip
+    assert code == 0, output
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    assert manifest["model_version"] == "v20250101-000000"
+    with (
+        rasterio.open(tmp_path / "old" / "predictions_proba.tif") as old,
+        rasterio.open(exported / "predictions_proba.tif") as current,
+    ):
+        assert old.shape == current.shape
+        assert (old.read() != current.read()).any()  # the other version's own predictions
+    assert store.active_name() == active  # exporting an older version does not activate it
+    code, output = run_cli(scene, label_studio, tmp_path, "--out", str(tmp_path / "x"), "--version", "v1")
+    assert code == 8
+    assert "model version 'v1' not found" in output
+    assert "v20250101-000000" in output  # the versions there are listed
+    assert not (tmp_path / "x").exists()
+
+
+def test_labels_can_be_clipped_to_the_image_data(label_studio: LabelStudioServer, tmp_path: Path) -> None:
+    image = synthetic(3, 300, 300, "uint8", seed=6)
+    image[image == 0] = 1
+    image[:, :, 150:] = 0  # no image right of column 150 (nodata 0)
+    found = import_scene(label_studio, tmp_path / "edge.tif", image, "export clip", overlap=0, nodata=0)
+    first = tile_at(found, 0, 0)
+    square = np.array([(100.0, 10.0), (200.0, 10.0), (200.0, 50.0), (100.0, 50.0)])
+    label_studio.client().create_annotation(
+        int(first.task_id or 0), [polygon_result(square, SIZE, "water", "label_polygon", "image")]
+    )
+    code, output = run_cli(
+        found, label_studio, tmp_path, "--out", str(tmp_path / "whole"), "--what", "labels"
+    )
+    assert code == 0, output
+    code, output = run_cli(found, label_studio, tmp_path, "--out", str(tmp_path / "clipped"), "--what",
+                           "labels", "--clip-to-valid")  # fmt: skip
+    assert code == 0, output
+    whole = gpd.read_file(tmp_path / "whole" / "labels.gpkg", layer="labels")
+    clipped = gpd.read_file(tmp_path / "clipped" / "labels.gpkg", layer="labels")
+    assert whole.geometry.iloc[0].area == pytest.approx(100 * 40 * 0.04, rel=1e-12)
+    assert clipped.geometry.iloc[0].area == pytest.approx(50 * 40 * 0.04, rel=1e-12)  # columns 100-150 only
+    left, top = LAMBERT93_20CM @ (100, 10)
+    assert clipped.geometry.iloc[0].bounds == pytest.approx((left, top - 8.0, left + 10.0, top), abs=1e-9)
+    assert "clipped to valid image data" in clipped["note"].iloc[0]
 
 
 QGIS_SCRIPT = """
