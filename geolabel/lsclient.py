@@ -14,7 +14,7 @@ import base64
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -58,6 +58,9 @@ QUEUE_VIEW_FILTERS: dict[str, Any] = {
 }
 #: That tab's order: the score of the project's model version's prediction, lowest first (no score last).
 QUEUE_VIEW_ORDERING = ["tasks:predictions_score"]
+#: Title of the Data Manager tab of the tiles sent back for review
+#: (:meth:`~LabelStudioClient.ensure_review_view`).
+REVIEW_VIEW_TITLE = "Review: low agreement (geolabel)"
 #: HTTP answers that mean "not now" (a proxy without its upstream, a restarting or overloaded server).
 TRANSIENT_STATUS = frozenset({502, 503, 504})
 #: Of those, the ones after which a request that creates something surely was not carried out.
@@ -583,6 +586,23 @@ class LabelStudioClient:
         Raises:
             LabelStudioError: if Label Studio refuses to list, create or change the project's tabs.
         """
+        return self._keep_view(project_id, title, QUEUE_VIEW_FILTERS, QUEUE_VIEW_ORDERING)
+
+    def ensure_review_view(
+        self, project_id: int, task_ids: Sequence[int], title: str = REVIEW_VIEW_TITLE
+    ) -> int:
+        """Keep a Data Manager tab listing exactly the tasks ``task_ids`` (by id); return its id.
+
+        The tab's filter is replaced on each call (an empty ``task_ids`` lists no task); its other
+        settings are kept, as :meth:`ensure_queue_view` does.
+
+        Raises:
+            LabelStudioError: if Label Studio refuses to list, create or change the project's tabs.
+        """
+        return self._keep_view(project_id, title, review_filters(task_ids), ["tasks:id"])
+
+    def _keep_view(self, project_id: int, title: str, filters: dict[str, Any], ordering: list[str]) -> int:
+        """Create or update the Data Manager tab ``title`` with ``filters`` and ``ordering``; its id."""
         views = self._call(
             "list the project's Data Manager tabs", lambda: self._sdk.views.list(project=project_id)
         )
@@ -596,7 +616,7 @@ class LabelStudioClient:
                 creates=True,
             )
         data = {**(mine[0].data if mine else {"type": "list", "target": "tasks"}), "title": title}
-        data.update(filters=QUEUE_VIEW_FILTERS, ordering=QUEUE_VIEW_ORDERING)
+        data.update(filters=filters, ordering=ordering)
         body = {"project": project_id, "data": data}
         if mine:
             path, method, creates = f"/api/dm/views/{mine[0].id}/", "PATCH", False
@@ -608,6 +628,32 @@ class LabelStudioClient:
             creates=creates,
         )
         return int(view.get("id") or 0)
+
+    def reopen_tasks(self, project_id: int, overlaps: Mapping[int, int], first: bool = True) -> None:
+        """Put labelled tasks back in the queue until ``overlaps[task]`` distinct people labelled each.
+
+        Label Studio serves a task until as many distinct annotators as its ``overlap`` submitted it, and
+        never to one who already did: raising a task's overlap above its annotators (and marking it not
+        labelled, as Label Studio then counts it) sends it to another annotator. ``first``: turn on the
+        project's "show tasks with overlap first", so those tasks come before the rest of the queue.
+        Label Studio resets every task's overlap when someone changes the project's "annotations per
+        task", which undoes this.
+
+        Raises:
+            LabelStudioError: if Label Studio refuses a change.
+        """
+        for task_id, overlap in sorted(overlaps.items()):
+            self._call(
+                f"put task {task_id} back in the labelling queue",
+                lambda task_id=task_id, overlap=overlap: self._raw_request(  # type: ignore[misc]
+                    "PATCH", f"/api/tasks/{task_id}/", {"overlap": overlap, "is_labeled": False}
+                ),
+            )
+        if first and overlaps:
+            self._call(
+                "serve tasks with overlap first",
+                lambda: self._sdk.projects.update(id=project_id, show_overlap_first=True),
+            )
 
     def _raw_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._raw_request("POST", path, body)
@@ -630,6 +676,13 @@ def client_for(config: Config) -> LabelStudioClient:
         creds = read_credentials(config.data_dir / "label-studio")
         token = creds.token if creds else ""
     return LabelStudioClient(config.label_studio.url, token)
+
+
+def review_filters(task_ids: Sequence[int]) -> dict[str, Any]:
+    """A Data Manager filter listing exactly ``task_ids`` (none: no task, as ids start at 1)."""
+    ids = sorted({int(t) for t in task_ids}) or [0]
+    items = [{"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": i} for i in ids]
+    return {"conjunction": "or", "items": items}
 
 
 def _transient(exc: Exception, creates: bool) -> bool:
