@@ -4,11 +4,15 @@ State comes from Label Studio at export time (``labelled``: at least one
 submitted annotation; ``skipped``: only cancelled ones; ``unlabelled``), or
 ``no data`` for tiles whose pixels are all nodata (no task). Uncertainty is the
 latest promoted round's score of the tile; ``selected_round`` / ``queue_rank``
-say in which round's next batch the tile was last put, and where.
+say in which round's next batch the tile was last put, and where. ``agreement``
+and one ``iou_<class>`` column per class (background first) say how far the
+tile's annotators agree (:mod:`trainer.agreement`); NaN for a tile with fewer
+than two annotators, and for a class none of them drew.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +20,7 @@ from shapely.geometry import Polygon
 
 from geolabel.lsmodels import LabelledTask
 from georef.registry import TileRecord, TileStatus
+from trainer.agreement import TileAgreement, iou_fields
 from trainer.rounds import LabelState, RoundStatus, RoundStore
 
 TILES_SCHEMA = {
@@ -79,10 +84,42 @@ def round_view(store: RoundStore, project_id: int) -> RoundView:
     return RoundView(uncertainty, latest.model_version or "", selection)
 
 
+def tiles_schema(class_names: Sequence[str]) -> dict[str, str]:
+    """:data:`TILES_SCHEMA` with ``agreement`` and an IoU column per class name (background first).
+
+    The IoU columns are named by :func:`trainer.agreement.iou_fields`, e.g. ``iou_building``.
+    """
+    ious = dict.fromkeys(iou_fields(class_names).values(), "float64")
+    return {**TILES_SCHEMA, "agreement": "float64", **ious}
+
+
 def tile_row(
-    tile: TileRecord, raster: str, summary: TaskSummary | None, view: RoundView
+    tile: TileRecord,
+    raster: str,
+    summary: TaskSummary | None,
+    view: RoundView,
+    agreement: TileAgreement | None = None,
+    class_names: Sequence[str] = (),
 ) -> dict[str, object]:
-    """The attributes of one tile's feature."""
+    """The attributes of one tile's feature; with ``class_names``, the :func:`tiles_schema` columns."""
+    return {**_base_row(tile, raster, summary, view), **agreement_columns(agreement, class_names)}
+
+
+def agreement_columns(agreement: TileAgreement | None, class_names: Sequence[str]) -> dict[str, float]:
+    """A tile's ``agreement`` and IoU columns; NaN where undefined or not measured (``agreement`` None)."""
+    fields = iou_fields(class_names)
+    if agreement is None:
+        return {"agreement": math.nan, **dict.fromkeys(fields.values(), math.nan)}
+    ious = {fields[name]: float(agreement.class_iou.get(name, math.nan)) for name in class_names}
+    return {"agreement": agreement.agreement, **ious}
+
+
+def _base_row(
+    tile: TileRecord,
+    raster: str,
+    summary: TaskSummary | None,
+    view: RoundView,
+) -> dict[str, object]:
     selected = view.selection.get(tile.id)
     uncertainty = view.uncertainty.get(tile.id)
     return {

@@ -29,6 +29,7 @@ from geolabel.config import Config
 from georef.registry import RasterRecord, TileRegistry, TileStatus
 from importers.errors import RasterNotFoundError, RasterReadError
 from importers.maptiles import empty_tile_png, render_map_tile
+from trainer.agreement import StoredAgreement, TileAgreement, load_agreement, summarise
 from trainer.contender import UNET
 from trainer.dashboard_map import (
     STATE_COLOURS,
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 METRICS = ("iou", "f1", "precision", "recall")
 REFRESH_SECONDS = 30
 THROUGHPUT_DAYS = 14
+#: Tiles of lowest agreement the page lists.
+LOWEST_SHOWN = 10
 STATIC_DIR = Path(__file__).with_name("dashboard_static")
 _PLOT_LOCK = threading.Lock()
 __all__ = ["STATE_COLOURS", "Dashboard", "MapTile", "collect", "dashboard_blueprint"]
@@ -68,6 +71,7 @@ class Dashboard:
     rasters: list[RasterRecord] = field(default_factory=list)
     label_studio_url: str = ""
     throughput: list[AnnotatorDay] = field(default_factory=list)  # as of the newest harvest
+    agreement: StoredAgreement = field(default_factory=lambda: StoredAgreement("", []))  # as last measured
 
     @property
     def last_scored(self) -> RoundRecord | None:
@@ -93,8 +97,9 @@ def collect(config: Config) -> Dashboard:
         tiles = _map_tiles(registry, store, project_id, rounds, rasters)
         pending = registry.count_changed_annotations(project_id, store.harvested_upto(project_id))
     throughput = load_throughput(config.registry_path, project_id)
+    agreement = load_agreement(config.registry_path, project_id)
     return Dashboard(config.project.name, rounds, active, tiles, pending, config.trainer.threshold,
-                     project_id, rasters, config.label_studio.browser_url, throughput)  # fmt: skip
+                     project_id, rasters, config.label_studio.browser_url, throughput, agreement)  # fmt: skip
 
 
 def _map_tiles(
@@ -244,12 +249,64 @@ def status_lines(data: Dashboard) -> list[str]:
         lines.append(f"Pre-annotations from: {winner_text(served)}")
     return [
         *lines,
+        agreement_line(data.agreement),
         f"Tiles: {summary}",
         f"Annotation changes since the last round: {data.pending_changes} "
         f"(a round starts at {data.threshold})",
         f"Next batch: {sum(t.next_batch for t in data.tiles)} tiles"
         + (f" (round {last.number or last.id})" if last else ""),
     ]
+
+
+def agreement_line(stored: StoredAgreement) -> str:
+    """Agreement between annotators in one line: tiles compared, their mean, the lowest, when measured."""
+    summary = summarise(stored.tiles, lowest=1)
+    if not stored.measured_at:
+        return "Agreement between annotators: not measured yet (run geolabel review)"
+    if not summary.compared:
+        return f"Agreement between annotators: no tile labelled by two annotators yet ({stored.measured_at})"
+    lowest = summary.lowest[0]
+    where = f"task {lowest.task_id}, tile {lowest.tile_id}"
+    return (
+        f"Agreement between annotators: {summary.compared} tiles compared, mean "
+        f"{summary.mean_agreement:.3f}, lowest {lowest.agreement:.3f} ({where}); as of {stored.measured_at}"
+    )
+
+
+def agreement_section(data: Dashboard) -> str:
+    """The agreement section: mean IoU per class over tiles with two annotators or more, lowest tiles."""
+    summary = summarise(data.agreement.tiles, lowest=LOWEST_SHOWN)
+    if not summary.compared:
+        return f"<p>{escape(agreement_line(data.agreement))}.</p>"
+    names = list(summary.class_iou)
+    intro = (
+        f"<p>{summary.compared} tiles labelled by two annotators or more; mean agreement "
+        f"{summary.mean_agreement:.3f} (mean IoU over the classes drawn, background left out); "
+        f"as of {escape(data.agreement.measured_at)}.</p>"
+    )
+    head = "".join(f"<th>{escape(n)}</th>" for n in names)
+    means = "".join(f"<td>{_score(summary.class_iou[n])}</td>" for n in names)
+    classes = (
+        f'<table id="agreement-classes"><thead><tr><th></th>{head}</tr></thead>'
+        f"<tbody><tr><th>mean IoU</th>{means}</tr></tbody></table>"
+    )
+    links = TileLinks(data.label_studio_url, data.project_id)
+    rows = "".join(_lowest_row(t, names, links) for t in summary.lowest)
+    lowest_head = "".join(
+        f"<th>{escape(h)}</th>" for h in ("task", "tile", "agreement", *names, "annotators")
+    )
+    lowest = (
+        f'<table id="agreement-lowest"><thead><tr>{lowest_head}</tr></thead><tbody>{rows}</tbody></table>'
+    )
+    return f"{intro}{classes}<h3>Lowest agreement</h3>{lowest}"
+
+
+def _lowest_row(tile: TileAgreement, names: list[str], links: TileLinks) -> str:
+    url = links.task_url(tile.task_id)
+    task = f'<a href="{escape(url)}">{tile.task_id}</a>' if url else str(tile.task_id)
+    cells = [escape(tile.tile_id), _score(tile.agreement), *(_score(tile.class_iou.get(n)) for n in names),
+             escape(", ".join(tile.annotators))]  # fmt: skip
+    return f"<tr><td>{task}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
 def page_html(data: Dashboard) -> str:
@@ -278,6 +335,7 @@ def page_sections(data: Dashboard) -> dict[str, str]:
         "rasters": _rasters_table(data),
         "rounds": _rounds_table(data.rounds),
         "throughput": throughput_table(data.throughput),
+        "agreement": agreement_section(data),
     }
 
 
@@ -398,6 +456,8 @@ _PAGE = """<!doctype html>
 <h2>Rounds</h2><div id="rounds-section">{rounds}</div>
 <h2>Annotator throughput (tiles per annotator per day, UTC; as of the newest round's harvest)</h2>
 <div id="throughput-section">{throughput}</div>
+<h2>Agreement between annotators (per-class IoU of tiles labelled twice or more)</h2>
+<div id="agreement">{agreement}</div>
 <h2>Plots</h2><div class="plots">{plots}</div>
 <script src="dashboard/static/leaflet/leaflet.js"></script>
 <script src="dashboard/static/dashboard.js"></script>
