@@ -6,37 +6,50 @@ The masks are 8 x 8 so every intersection and union below is counted by hand in 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import numpy.typing as npt
+import pyogrio
 import pytest
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
+from exporters import gpkg, tilemap
+from exporters.tilemap import RoundView
 from geolabel.classes import UNSURE_LABEL
+from geolabel.lsclient import REVIEW_VIEW_TITLE, LabelStudioClient
 from geolabel.lsmodels import LabelledTask
+from geolabel.status import rounds_table
 from georef.grid import Grid
 from georef.labelstudio import brush_result
 from georef.registry import RasterRecord, RasterSpec, TileRecord, TileRegistry
 from georef.tiling import plan_tiles
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, ImportedScene, LabelStudioServer, import_scene, synthetic
+from tests.test_queue_serving import sign_up
 from trainer.agreement import (
     AgreementError,
+    ProjectAgreement,
     RasterValidity,
+    ReviewSent,
     StoredAgreement,
     class_ious,
     iou_fields,
     load_agreement,
     lowest_tiles,
     measure,
+    measure_project,
     review_rows,
     save_agreement,
+    send_to_review,
     summarise,
     tile_agreement,
     write_review_csv,
 )
+from trainer.dashboard import collect, page_html, page_sections
 
 SIDE = 8
 
@@ -223,3 +236,139 @@ def test_iou_fields_are_valid_and_distinct() -> None:
     fields = iou_fields(["background", "Red roof", "red-roof", "été", "x"])
     assert fields == {"background": "iou_background", "Red roof": "iou_red_roof",
                       "red-roof": "iou_red_roof_2", "été": "iou_ete", "x": "iou_x"}  # fmt: skip
+
+
+# --- with the real Label Studio: measure a project, tiles.gpkg, dashboard, status, review ----------------
+
+TILE = 256
+
+
+def square(top: int, left: int, side: int = 128) -> npt.NDArray[np.bool_]:
+    """A 256 x 256 mask, True on a ``side`` x ``side`` square from ``(top, left)``."""
+    out = np.zeros((TILE, TILE), dtype=bool)
+    out[top : top + side, left : left + side] = True
+    return out
+
+
+def drawn(square_mask: npt.NDArray[np.bool_], label: str = "building") -> list[dict[str, object]]:
+    return [brush_result(square_mask, label, "label_brush", "image")]
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """A project of 4 tiles: 3 labelled by two people (agreeing fully, partly, not at all), 1 unlabelled."""
+
+    scene: ImportedScene
+    client: LabelStudioClient
+    tasks: list[int]  # by tile column: agreement 1, 1/7, 0, unlabelled
+    measured: ProjectAgreement
+    sent: ReviewSent
+    second: str  # the second annotator's token
+
+
+@pytest.fixture(scope="module")
+def reviewed(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory) -> Reviewed:
+    folder = tmp_path_factory.mktemp("agreement")
+    image = synthetic(3, TILE, 4 * TILE, "uint8", seed=7)
+    scene = import_scene(label_studio, folder / "scene.tif", image, "agreement review", overlap=0)
+    tasks = [int(t.task_id or 0) for t in sorted(scene.tiles, key=lambda t: t.window.col_off)]
+    admin = label_studio.client()
+    _, token = sign_up(label_studio)
+    second = LabelStudioClient(label_studio.url, token)
+    for task_id, theirs in ((tasks[0], drawn(square(0, 0))), (tasks[1], drawn(square(64, 64))),
+                            (tasks[2], drawn(square(0, 0), "water"))):  # fmt: skip
+        admin.create_annotation(task_id, drawn(square(0, 0)))
+        second.create_annotation(task_id, theirs)
+    measured = measure_project(scene.config, admin)
+    sent = send_to_review(admin, scene.report.project_id, lowest_tiles(measured.measured.tiles, count=2))
+    return Reviewed(scene, admin, tasks, measured, sent, token)
+
+
+def test_a_project_is_measured_from_label_studio_and_stored(reviewed: Reviewed) -> None:
+    first, partly, apart, _ = reviewed.tasks
+    scores = {t.task_id: t.agreement for t in reviewed.measured.measured.tiles}
+    # 128 x 128 squares shifted by 64 px: 64² / (2 x 128² - 64²) = 1/7; building against water: 0 and 0
+    assert scores == {first: 1.0, partly: pytest.approx(1 / 7), apart: 0.0}
+    assert reviewed.measured.measured.problems == []
+    stored = load_agreement(reviewed.scene.config.registry_path, reviewed.measured.project_id)
+    assert {t.task_id: t.agreement for t in stored.tiles} == scores
+    assert [t.task_id for t in reviewed.sent.tiles] == [apart, partly]  # lowest first
+
+
+def test_tiles_gpkg_columns_through_the_tile_map(reviewed: Reviewed, tmp_path: Path) -> None:
+    names = reviewed.measured.class_names
+    by_task = {t.task_id: t for t in reviewed.measured.measured.tiles}
+    tiles = sorted(reviewed.scene.tiles, key=lambda t: t.window.col_off)
+    view = RoundView({}, "", {})
+    rows = [tilemap.tile_row(t, "scene.tif", None, view, by_task.get(t.task_id or -1), names) for t in tiles]
+    schema = tilemap.tiles_schema(names)
+    crs = reviewed.measured.rasters[tiles[0].raster_id].grid.crs
+    path = tmp_path / "tiles.gpkg"
+    gpkg.write_layer(path, "tiles", gpkg.frame(rows, [tilemap.footprint(t) for t in tiles], schema, crs),
+                     "Polygon", append=False)  # fmt: skip
+    frame = pyogrio.read_dataframe(path, layer="tiles")
+    assert [c for c in frame.columns if c != "geometry"] == list(schema)
+    assert list(schema)[-4:] == ["agreement", "iou_background", "iou_building", "iou_water"]
+    assert frame["agreement"].iloc[:3].tolist() == pytest.approx([1.0, 1 / 7, 0.0])
+    assert frame["iou_building"].iloc[:3].tolist() == pytest.approx([1.0, 1 / 7, 0.0])
+    assert math.isnan(frame["iou_water"].iloc[0])  # nobody drew water on the first tile
+    assert frame["iou_water"].iloc[2] == 0.0
+    assert frame[["agreement", "iou_building"]].iloc[3].isna().all()  # unlabelled: no agreement
+
+
+def test_the_dashboard_and_status_show_the_agreement(reviewed: Reviewed) -> None:
+    first, partly, apart, _ = reviewed.tasks
+    data = collect(reviewed.scene.config)
+    section = page_sections(data)["agreement"]
+    assert "3 tiles labelled by two annotators or more; mean agreement 0.381" in section
+    lowest = section.split('id="agreement-lowest"')[1]
+    link = f"/projects/{reviewed.measured.project_id}/data?task={apart}"
+    assert (
+        lowest.index(f'{link}">{apart}</a>')
+        < lowest.index(f'task={partly}">')
+        < lowest.index(f'task={first}">')
+    )  # lowest first, each linked to its task
+    assert 'id="agreement"' in page_html(data)
+    _, lines = rounds_table(reviewed.scene.config)
+    (line,) = [x for x in lines if x.startswith("Agreement between annotators")]
+    assert line.startswith(f"Agreement between annotators: 3 tiles compared, mean 0.381, lowest 0.000 "
+                           f"(task {apart}, tile ")  # fmt: skip
+
+
+def test_the_lowest_tiles_are_served_again_and_listed_in_the_tab(
+    reviewed: Reviewed, label_studio: LabelStudioServer
+) -> None:
+    first, partly, apart, unlabelled = reviewed.tasks
+    url, project = label_studio.url, reviewed.measured.project_id
+    headers = {"Authorization": f"Token {label_studio.token}"}
+    listed = httpx.get(f"{url}/api/tasks/", params={"project": project, "view": reviewed.sent.view_id},
+                       headers=headers, timeout=60).json()["tasks"]  # fmt: skip
+    assert [t["id"] for t in listed] == sorted([partly, apart])  # exactly the tiles sent to review
+    views = httpx.get(f"{url}/api/dm/views/", params={"project": project}, headers=headers, timeout=60).json()
+    assert [v["id"] for v in views if v["data"]["title"] == REVIEW_VIEW_TITLE] == [reviewed.sent.view_id]
+    _, third = sign_up(label_studio)
+    served = []
+    for _ in range(3):  # a third annotator gets both review tiles before the unlabelled one
+        task_id = served_next(url, third, project)
+        assert task_id is not None
+        served.append(task_id)
+        LabelStudioClient(url, third).create_annotation(task_id, drawn(square(0, 0)))
+    assert sorted(served[:2]) == sorted([partly, apart])
+    assert served[2] == unlabelled
+    assert served_next(url, reviewed.second, project) is None  # nothing left that they have not labelled
+    counts = {t.task_id: t.annotations for t in reviewed.client.tasks(project)}
+    assert (counts[first], counts[partly], counts[apart]) == (2, 3, 3)
+    again = send_to_review(reviewed.client, project, [])  # an empty review empties the tab, keeps it
+    assert again.view_id == reviewed.sent.view_id
+    assert httpx.get(f"{url}/api/tasks/", params={"project": project, "view": again.view_id},
+                     headers=headers, timeout=60).json()["tasks"] == []  # fmt: skip
+
+
+def served_next(url: str, token: str, project_id: int) -> int | None:
+    """The task Label Studio's next-task API serves this user (None: nothing left for them)."""
+    answer = httpx.get(f"{url}/api/projects/{project_id}/next", headers={"Authorization": f"Token {token}"},
+                       timeout=60)  # fmt: skip
+    if answer.status_code == 404:
+        return None
+    answer.raise_for_status()
+    return int(answer.json()["id"])
