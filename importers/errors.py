@@ -43,3 +43,7 @@ class RasterReadError(ImportFailedError, OSError):
 
 class TileWriteError(ImportFailedError, OSError):
     """A display tile could not be written (disk full, permissions...)."""
+
+
+class LabelFileError(ImportFailedError, ValueError):
+    """A vector label file cannot be read or used (no such layer, no CRS, no way to tell its classes)."""

@@ -1,0 +1,714 @@
+"""``geolabel import-labels``: existing vector labels (GeoPackage, GeoJSON, Shapefile) onto a project's tasks.
+
+The inverse of the ``labels`` export (:mod:`exporters.labels`): each polygon is reprojected to
+each raster's CRS, mapped to that raster's continuous pixel ``(col, row)`` through the inverse of
+its transform, clipped to the windows of the tiles it touches (windows are the registry's), and
+shifted by the tile's offset, which undoes the export's ``pixel + offset -> transform`` exactly.
+Pixel coordinates within :data:`SNAP_PX` of a whole number are taken as that number: the export
+writes pixel corners through a floating-point transform, and snapping them back keeps a shape that
+ends on a tile's edge from leaving a sliver (1e-9 pixels wide) on the neighbouring tile.
+
+Label Studio polygons have no holes: a polygon with holes becomes hole-free pieces whose union is
+the polygon (:func:`georef.shapes.without_holes`). A project whose labelling config has no polygon
+control gets one brush region per class and tile instead, rasterised by pixel centres (as the
+trainer rasterises polygons): pixel-quantised, no longer exact. Points and lines are not areas:
+they are reported, not placed (buffering them would invent an extent).
+
+Regions go to the tasks either as predictions (pre-annotations to correct, under their own model
+version; a re-run replaces that version's predictions) or as annotations to review (a ledger under
+the project's folder records what was created per source file and task, so a re-run adds nothing
+twice). Every feature that cannot be placed is counted with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import geopandas as gpd
+import numpy as np
+import numpy.typing as npt
+import pyogrio
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.features import rasterize
+from shapely import STRtree
+from shapely.geometry import Polygon, box
+from shapely.geometry.base import BaseGeometry
+
+from geolabel.classes import UNSURE_LABEL, LabelClass
+from geolabel.config import Config
+from geolabel.lsclient import LabelStudioClient
+from geolabel.lsmodels import ProjectSchema, read_schema
+from geolabel.progress import Progress, SilentProgress
+from georef.grid import crs_to_text
+from georef.labelstudio import ImageSize, brush_result, polygon_result
+from georef.registry import RasterRecord, TileRecord, TileRegistry
+from georef.shapes import without_holes
+from importers.errors import LabelFileError
+from importers.pipeline import import_lock
+
+#: Pixel coordinates this close to a whole number are snapped to it (see the module docstring).
+SNAP_PX = 1e-6
+#: Features placed per step of the progress bar.
+CHUNK = 500
+#: The ledger of annotations created from label files, in the project's folder (JSON lines).
+LEDGER_NAME = "label-imports.jsonl"
+
+EMPTY = "no geometry"
+NOT_AREA = "not an area (points and lines are not placed)"
+UNKNOWN_CLASS = "class value not in the catalogue"
+NOT_IN_CONFIG = "class not in the project's labelling config (run geolabel import to update it)"
+OUTSIDE = "outside every tile of the project's rasters"
+NO_TASK = "only on tiles without a Label Studio task (all nodata, or their import is unfinished)"
+TOO_SMALL = "covers no pixel centre of any tile (brush regions are pixel masks)"
+
+
+@dataclass(frozen=True)
+class LabelImportOptions:
+    """What to import and how.
+
+    Attributes:
+        source: the vector file (GeoPackage, GeoJSON, Shapefile, anything GDAL reads).
+        layer: the layer to read; required when the file has several layers with geometries.
+        class_field: attribute holding class names (any case) or ids of the catalogue.
+        class_name: the class of every feature, when there is no class field.
+        as_annotations: False: predictions (pre-annotations to correct); True: annotations to review.
+        model_version: the predictions' model version (default ``import-labels:<file stem>``).
+        crs: the CRS of a file that records none (an error otherwise); refused if the file says another.
+    """
+
+    source: Path
+    layer: str | None = None
+    class_field: str | None = None
+    class_name: str | None = None
+    as_annotations: bool = False
+    model_version: str | None = None
+    crs: str | None = None
+
+    @property
+    def version(self) -> str:
+        """The predictions' model version."""
+        return self.model_version or f"import-labels:{self.source.stem}"
+
+
+@dataclass
+class LabelImportReport:
+    """What an import of labels did, and every feature it could not place (counted by reason)."""
+
+    source: str
+    layer: str | None
+    mode: Literal["predictions", "annotations"]
+    model_version: str | None
+    features_read: int = 0
+    features_placed: int = 0
+    regions: int = 0
+    tasks_touched: int = 0
+    created: int = 0
+    kept: int = 0
+    replaced: int = 0
+    repaired: int = 0
+    partly_outside: int = 0
+    tiles_without_task: int = 0
+    not_placed: dict[str, int] = field(default_factory=dict)
+    unknown_classes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The report as lines of text for the command line."""
+        done = [f"{self.features_placed} of {self.features_read} features placed as {self.regions} regions "
+                f"on {self.tasks_touched} tasks; {self.created} {self.mode} created"]  # fmt: skip
+        if self.model_version:
+            done[0] += f" (model version {self.model_version!r})"
+        if self.replaced:
+            done.append(f"{self.replaced} predictions of an earlier import of this version replaced")
+        if self.kept:
+            done.append(f"{self.kept} tasks already had this file's annotations (ledger); not created again")
+        done += [f"not placed: {count} ({reason})" for reason, count in sorted(self.not_placed.items())]
+        if self.unknown_classes:
+            values = ", ".join(f"{value!r} x{count}" for value, count in sorted(self.unknown_classes.items()))
+            done.append(f"class values not in the catalogue: {values}")
+        if self.partly_outside:
+            done.append(
+                f"{self.partly_outside} features lie partly outside the tiles; only their inside is placed"
+            )
+        if self.repaired:
+            done.append(f"{self.repaired} invalid polygons repaired (make_valid) before placing")
+        if self.tiles_without_task:
+            done.append(
+                f"{self.tiles_without_task} tiles touched have no task (all nodata); nothing put there"
+            )
+        return done + self.notes
+
+    def skip(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` features not placed for ``reason``."""
+        if count:
+            self.not_placed[reason] = self.not_placed.get(reason, 0) + count
+
+
+@dataclass(frozen=True)
+class _Project:
+    project_id: int
+    rasters: dict[int, RasterRecord]
+    tiles: list[TileRecord]
+
+
+def import_labels(
+    config: Config, client: LabelStudioClient, options: LabelImportOptions, progress: Progress | None = None
+) -> LabelImportReport:
+    """Put the polygons of a vector file on the project's tasks as predictions or annotations.
+
+    The file is read and its classes checked before anything else (no request to Label Studio).
+
+    Raises:
+        LabelFileError: if the file cannot be read, has no CRS, several layers and no ``layer``, or its
+            classes cannot be told (no class field and several classes).
+        ImportFailedError: if the project has no imported raster, or another import is running.
+        LabelStudioError: if Label Studio cannot be read or refuses what is sent.
+    """
+    bar = progress or SilentProgress()
+    mode: Literal["predictions", "annotations"] = "annotations" if options.as_annotations else "predictions"
+    frame = read_label_file(options.source, options.layer, options.crs)
+    labels, unknown = class_labels(frame, config.classes, options.class_field, options.class_name)
+    report = LabelImportReport(str(options.source), options.layer, mode,
+                               None if options.as_annotations else options.version)  # fmt: skip
+    report.features_read = len(frame)
+    report.unknown_classes = dict(unknown)
+    report.skip(UNKNOWN_CLASS, sum(unknown.values()))
+    project = _load_project(config)
+    with import_lock(config.data_dir):
+        schema = read_schema(str(client.project(project.project_id)["label_config"]))
+        live = {state.task_id for state in client.tasks(project.project_id)}
+        features = _usable_features(frame, labels, schema, report)
+        placed = _place(features, frame.crs, project, schema, live, report, bar)
+        if options.as_annotations:
+            _create_annotations(config, client, options, placed, report, bar)
+        else:
+            _push_predictions(client, project.project_id, options.version, placed, report, bar)
+    return report
+
+
+# --- reading the file -----------------------------------------------------------
+
+
+def read_label_file(source: Path, layer: str | None = None, crs: str | None = None) -> gpd.GeoDataFrame:
+    """The features of a vector file's layer, with their CRS (``crs`` when the file records none).
+
+    Raises:
+        LabelFileError: if the file is missing or unreadable, the layer is missing or must be named,
+            or the CRS is unknown (or contradicts ``crs``).
+    """
+    if not source.exists():
+        raise LabelFileError(f"{source} does not exist; give the path of a GeoPackage, GeoJSON or Shapefile")
+    try:
+        layers = [(str(name), kind) for name, kind in pyogrio.list_layers(source)]
+    except Exception as exc:  # pyogrio raises DataSourceError and friends
+        raise LabelFileError(f"{source} cannot be read as vector data ({exc})") from None
+    spatial = [name for name, kind in layers if kind is not None]
+    if layer is None and len(spatial) > 1:
+        raise LabelFileError(
+            f"{source} has {len(spatial)} layers ({', '.join(spatial)}); choose one with --layer"
+        )
+    if layer is not None and layer not in {name for name, _ in layers}:
+        raise LabelFileError(
+            f"{source} has no layer {layer!r}; its layers: {', '.join(n for n, _ in layers)}"
+        )
+    name = layer or (spatial[0] if spatial else None)
+    if name is None:
+        raise LabelFileError(f"{source} has no layer with geometries")
+    try:
+        frame = gpd.read_file(source, layer=name, engine="pyogrio")
+    except Exception as exc:
+        raise LabelFileError(f"{source}: layer {name!r} cannot be read ({exc})") from None
+    return _with_crs(frame, source, crs)
+
+
+def _with_crs(frame: gpd.GeoDataFrame, source: Path, crs: str | None) -> gpd.GeoDataFrame:
+    given = None
+    if crs is not None:
+        try:
+            given = CRS.from_user_input(crs)
+        except CRSError:
+            raise LabelFileError(f"--crs {crs!r} is not a CRS (e.g. EPSG:2154)") from None
+    if frame.crs is None:
+        if given is None:
+            raise LabelFileError(
+                f"{source} records no CRS, so its coordinates cannot be placed; give the CRS they are in "
+                "with --crs (e.g. --crs EPSG:2154), or write it into the file (ogr2ogr -a_srs EPSG:2154)"
+            )
+        return frame.set_crs(given.to_wkt())
+    if given is not None and CRS.from_user_input(frame.crs) != given:
+        raise LabelFileError(
+            f"{source} says its CRS is {crs_to_text(CRS.from_user_input(frame.crs))}, --crs says {crs}; "
+            "drop --crs (it is only for files that record no CRS) or fix the file"
+        )
+    return frame
+
+
+def class_labels(
+    frame: gpd.GeoDataFrame,
+    classes: Sequence[LabelClass],
+    class_field: str | None = None,
+    class_name: str | None = None,
+) -> tuple[list[str | None], Counter[str]]:
+    """The Label Studio label of each feature (None: unknown) and the unknown values with their counts.
+
+    Field values match catalogue names in any case, or ids (``unsure`` gives the unsure label); with
+    no field, every feature is ``class_name``, or the catalogue's only class.
+
+    Raises:
+        LabelFileError: if the field is missing, ``class_name`` is not a class, both are given, or
+            neither is given and the catalogue has several classes.
+    """
+    names = [c.name for c in classes]
+    fields = [str(c) for c in frame.columns if c != frame.geometry.name]
+    if class_field is not None and class_name is not None:
+        raise LabelFileError("give either a class field or one class name for every feature, not both")
+    if class_field is None:
+        if class_name is None and len(classes) == 1:
+            class_name = classes[0].name
+        if class_name is None:
+            raise LabelFileError(
+                f"the catalogue has {len(classes)} classes ({', '.join(names)}): say which attribute "
+                "holds each feature's class with --class-field (the file's fields: "
+                f"{', '.join(fields) or 'none'}), or give every feature one class with --class-name"
+            )
+        match = _matcher(classes)(class_name)
+        if match is None:
+            raise LabelFileError(f"class {class_name!r} is not in the catalogue ({', '.join(names)})")
+        return [match] * len(frame), Counter()
+    if class_field not in frame.columns:
+        raise LabelFileError(
+            f"the file has no field {class_field!r}; its fields: {', '.join(fields) or 'none'}"
+        )
+    match = _matcher(classes)
+    labels: list[str | None] = []
+    unknown: Counter[str] = Counter()
+    for value in frame[class_field]:
+        label = match(value)
+        labels.append(label)
+        if label is None:
+            unknown[_shown(value)] += 1
+    return labels, unknown
+
+
+def _matcher(classes: Sequence[LabelClass]) -> Any:
+    by_name = {c.name.casefold(): c.name for c in classes} | {UNSURE_LABEL.casefold(): UNSURE_LABEL}
+    by_id = {c.id: c.name for c in classes}
+
+    def match(value: object) -> str | None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, bool):
+            number = float(value)
+            return by_id.get(int(number)) if number.is_integer() else None
+        text = str(value).strip()
+        found = by_name.get(text.casefold())
+        if found is None and text.isdigit():
+            found = by_id.get(int(text))
+        return found
+
+    return match
+
+
+def _shown(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "(empty)"
+    return str(value)
+
+
+# --- geometry ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Feature:
+    """A usable feature: its row in the file, polygonal geometry (source CRS, valid) and label."""
+
+    row: int
+    geometry: BaseGeometry
+    label: str
+
+
+def _usable_features(
+    frame: gpd.GeoDataFrame, labels: Sequence[str | None], schema: ProjectSchema, report: LabelImportReport
+) -> list[_Feature]:
+    """The features with an area and a class the project can show; the others are counted."""
+    features = []
+    drawable = {*schema.labels}
+    for row, (geometry, label) in enumerate(zip(frame.geometry, labels, strict=True)):
+        if label is None:
+            continue  # counted as an unknown class already
+        if geometry is None or geometry.is_empty:
+            report.skip(EMPTY)
+            continue
+        area = _areal(shapely.force_2d(geometry))
+        if area is None:
+            report.skip(NOT_AREA)
+            continue
+        if not area.is_valid:
+            area = _areal(shapely.make_valid(area))
+            report.repaired += 1
+            if area is None:
+                report.skip(EMPTY)
+                continue
+        if label not in drawable:
+            report.skip(NOT_IN_CONFIG)
+            continue
+        features.append(_Feature(row, area, label))
+    return features
+
+
+def _areal(geometry: BaseGeometry) -> BaseGeometry | None:
+    """The polygonal part of a geometry (None when it has none)."""
+    parts = _polygons(geometry)
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+
+
+def _polygons(geometry: BaseGeometry) -> list[Polygon]:
+    if isinstance(geometry, Polygon):
+        return [geometry] if not geometry.is_empty and geometry.area > 0 else []
+    return [part for g in getattr(geometry, "geoms", []) for part in _polygons(g)]
+
+
+def _load_project(config: Config) -> _Project:
+    if not config.registry_path.is_file():
+        raise LabelFileError(
+            f"nothing imported yet ({config.registry_path} does not exist): import the rasters the labels "
+            "lie on first (geolabel import RASTER)"
+        )
+    with TileRegistry(config.registry_path) as registry:
+        project_id = registry.project_id(config.project.name)
+        if project_id is None:
+            raise LabelFileError(
+                f"project {config.project.name!r} has no tiles yet: import its rasters first "
+                "(geolabel import RASTER)"
+            )
+        rasters = {r.id: r for r in registry.rasters() if r.project_id == project_id}
+        tiles = [t for t in registry.tiles() if t.raster_id in rasters]
+    return _Project(project_id, rasters, tiles)
+
+
+@dataclass
+class _Placement:
+    """Regions per task, and per feature whether it was placed and why not."""
+
+    results: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    placed: set[int] = field(default_factory=set)
+    touched: set[int] = field(default_factory=set)  # features on some tile (with a task or not)
+    on_task: set[int] = field(default_factory=set)  # features on a tile with a task
+    covered: set[int] = field(default_factory=set)  # features wholly inside the tiles of some raster
+    bare_tiles: set[str] = field(default_factory=set)
+
+
+def _place(
+    features: Sequence[_Feature],
+    source_crs: object,
+    project: _Project,
+    schema: ProjectSchema,
+    live: set[int],
+    report: LabelImportReport,
+    bar: Progress,
+) -> _Placement:
+    """Place every feature on every tile it covers part of, raster by raster."""
+    placement = _Placement()
+    for raster in project.rasters.values():
+        tiles = [t for t in project.tiles if t.raster_id == raster.id]
+        if not tiles or not features:
+            continue
+        layout = _Layout(tiles)
+        pixels = _to_raster_pixels(
+            _in_crs([f.geometry for f in features], source_crs, raster.grid.crs), raster
+        )
+        brush: _BrushPieces = {}
+        bar.start(f"placing {Path(report.source).name} on {raster.name}", len(features))
+        for start in range(0, len(features), CHUNK):
+            chunk = range(start, min(start + CHUNK, len(features)))
+            for index in chunk:
+                _place_feature(index, features[index].label, pixels[index], layout, schema, live, placement,
+                               brush)  # fmt: skip
+            bar.advance(len(chunk))
+        _brush_regions(brush, layout, schema, placement)
+    _count(features, placement, report)
+    return placement
+
+
+def _count(features: Sequence[_Feature], placement: _Placement, report: LabelImportReport) -> None:
+    for index in range(len(features)):
+        if index in placement.placed:
+            report.features_placed += 1
+            if index not in placement.covered:
+                report.partly_outside += 1
+        elif index not in placement.touched:
+            report.skip(OUTSIDE)
+        elif index not in placement.on_task:
+            report.skip(NO_TASK)
+        else:
+            report.skip(TOO_SMALL)
+    report.tiles_without_task = len(placement.bare_tiles)
+    report.regions = sum(len(r) for r in placement.results.values())
+    report.tasks_touched = len(placement.results)
+
+
+class _Layout:
+    """A raster's tiles with their windows as boxes in raster pixels, indexed (STRtree)."""
+
+    def __init__(self, tiles: Sequence[TileRecord]) -> None:
+        self.tiles = list(tiles)
+        self.windows = [box(t.window.col_off, t.window.row_off, t.window.col_end, t.window.row_end)
+                        for t in tiles]  # fmt: skip
+        self.tree = STRtree(self.windows)
+
+
+#: Brush mode: per tile id and label, the (feature index, piece in tile pixels) to rasterise.
+_BrushPieces = dict[str, dict[str, list[tuple[int, BaseGeometry]]]]
+
+
+def _in_crs(geometries: Sequence[BaseGeometry], source: object, target: CRS) -> npt.NDArray[np.object_]:
+    """The geometries reprojected (vertex by vertex, as the export reprojects) to ``target``."""
+    series = gpd.GeoSeries(list(geometries), crs=source)
+    if series.crs is not None and CRS.from_user_input(series.crs) == target:
+        return np.asarray(series.values, dtype=object)
+    return np.asarray(series.to_crs(target.to_wkt()).values, dtype=object)
+
+
+def _to_raster_pixels(world: npt.NDArray[np.object_], raster: RasterRecord) -> list[BaseGeometry | None]:
+    """World geometries -> continuous raster pixel ``(col, row)``, snapped (None: not projectable here)."""
+    inverse = ~raster.grid.transform
+
+    def to_pixel(points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return _snap(_apply(inverse, points))
+
+    out: list[BaseGeometry | None] = []
+    for geometry in shapely.transform(world, to_pixel):
+        if geometry is None or geometry.is_empty or not np.isfinite(shapely.get_coordinates(geometry)).all():
+            out.append(None)
+            continue
+        out.append(geometry if geometry.is_valid else _areal(shapely.make_valid(geometry)))
+    return out
+
+
+def _apply(transform: Affine, points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``transform`` applied to ``(N, 2)`` points (as :meth:`georef.grid.Grid.world_to_pixel` does)."""
+    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
+    xs, ys = points[:, 0], points[:, 1]
+    return np.column_stack((a * xs + b * ys + c, d * xs + e * ys + f))
+
+
+def _snap(points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    whole = np.rint(points)
+    return np.where(np.abs(points - whole) < SNAP_PX, whole, points)
+
+
+def _place_feature(
+    index: int,
+    label: str,
+    geometry: BaseGeometry | None,
+    layout: _Layout,
+    schema: ProjectSchema,
+    live: set[int],
+    placement: _Placement,
+    brush: _BrushPieces,
+) -> None:
+    """Clip one feature (raster pixels) to the tiles it covers; polygon regions, or pieces for the brush."""
+    if geometry is None:
+        return
+    hits = [int(i) for i in layout.tree.query(geometry, predicate="intersects")]
+    clipped = {i: _polygons(geometry.intersection(layout.windows[i])) for i in hits}
+    hits = [i for i in hits if clipped[i]]
+    if not hits:
+        return
+    placement.touched.add(index)
+    if shapely.difference(geometry, shapely.union_all([layout.windows[i] for i in hits])).area == 0:
+        placement.covered.add(index)
+    for i in hits:
+        tile = layout.tiles[i]
+        if tile.task_id is None or tile.task_id not in live:
+            placement.bare_tiles.add(tile.id)
+            continue
+        placement.on_task.add(index)
+        pieces = [_to_tile(p, tile) for p in clipped[i]]
+        if schema.polygon is None:
+            brush.setdefault(tile.id, {}).setdefault(label, []).extend((index, p) for p in pieces)
+            continue
+        regions = _polygon_regions(pieces, tile, label, schema)
+        if regions:
+            placement.results.setdefault(tile.task_id, []).extend(regions)
+            placement.placed.add(index)
+
+
+def _to_tile(geometry: BaseGeometry, tile: TileRecord) -> BaseGeometry:
+    """Raster pixels -> the tile's pixels (the inverse of the export's ``pixel + offset``)."""
+    offset = np.array([tile.window.col_off, tile.window.row_off], dtype=np.float64)
+    return shapely.transform(geometry, lambda points: points - offset)
+
+
+def _polygon_regions(
+    pieces: Sequence[BaseGeometry], tile: TileRecord, label: str, schema: ProjectSchema
+) -> list[dict[str, Any]]:
+    """``polygonlabels`` results for the pieces of a feature on a tile, holes cut away."""
+    size = ImageSize(tile.window.width, tile.window.height)
+    regions = []
+    for piece in pieces:
+        for polygon in without_holes(piece):
+            ring = np.asarray(polygon.exterior.coords, dtype=np.float64)[:-1]  # no closing point
+            if len(ring) >= 3 and polygon.area > 0:
+                result = polygon_result(ring, size, label, str(schema.polygon), schema.image)
+                regions.append({"id": _region_id(), **result})
+    return regions
+
+
+def _brush_regions(
+    brush: _BrushPieces, layout: _Layout, schema: ProjectSchema, placement: _Placement
+) -> None:
+    """One brush region per class and tile (pixel centres inside the pieces), for projects without polygons.
+
+    A feature counts as placed when a pixel centre of some tile lies inside it.
+    """
+    tiles = {t.id: t for t in layout.tiles}
+    for tile_id, by_label in brush.items():
+        tile = tiles[tile_id]
+        shape = (tile.window.height, tile.window.width)
+        for label, pieces in by_label.items():
+            mask = _mask([p for _, p in pieces], shape)
+            if not mask.any():
+                continue
+            result = brush_result(mask, label, schema.brush, schema.image)
+            placement.results.setdefault(int(tile.task_id or 0), []).append({"id": _region_id(), **result})
+            for index, piece in pieces:
+                if index not in placement.placed and _mask([piece], shape).any():
+                    placement.placed.add(index)
+
+
+def _mask(pieces: Sequence[BaseGeometry], shape: tuple[int, int]) -> npt.NDArray[np.bool_]:
+    """Pixels whose centre lies inside the pieces (tile pixel coordinates), as GDAL rasterises."""
+    burnt = rasterize([(p, 1) for p in pieces], out_shape=shape, transform=Affine.identity(), dtype=np.uint8)
+    return np.asarray(burnt, dtype=bool)
+
+
+def _region_id() -> str:
+    return os.urandom(5).hex()
+
+
+# --- pushing to Label Studio ------------------------------------------------------
+
+
+def _push_predictions(
+    client: LabelStudioClient,
+    project_id: int,
+    version: str,
+    placement: _Placement,
+    report: LabelImportReport,
+    bar: Progress,
+) -> None:
+    """Replace this version's predictions with the placed regions; show them if no model version is set.
+
+    Label Studio's labelling stream pre-fills a task only with predictions of the project's model
+    version (``project.model_version``; none when it is empty), so the imported version becomes the
+    project's when it has none (or when Label Studio cleared it because it was this version). A project
+    already showing another version (a trained model's) keeps it: the report says how to switch.
+    """
+    report.replaced = client.delete_predictions(project_id, version)
+    predictions = [{"task": task_id, "result": results, "model_version": version}
+                   for task_id, results in sorted(placement.results.items())]  # fmt: skip
+    bar.start(f"importing predictions {version!r}", len(predictions))
+    report.created = client.import_predictions(project_id, predictions)
+    bar.advance(len(predictions))
+    if not predictions:
+        return
+    current = str(client.project(project_id).get("model_version") or "")
+    if not current:
+        client.set_model_version(project_id, version)
+        report.notes.append(
+            f"the project's model version is now {version!r}: its tasks open pre-filled with these"
+        )
+    elif current != version:
+        report.notes.append(
+            f"the project shows model version {current!r}'s pre-annotations; to show these instead choose "
+            f"{version!r} in the project's settings (Annotation > Prelabeling / model version)"
+        )
+
+
+def _create_annotations(
+    config: Config,
+    client: LabelStudioClient,
+    options: LabelImportOptions,
+    placement: _Placement,
+    report: LabelImportReport,
+    bar: Progress,
+) -> None:
+    """One annotation per task holding its regions; tasks the ledger lists for this file are left alone."""
+    ledger = _Ledger(config.project_dir / LEDGER_NAME, f"{file_digest(options.source)}:{options.layer or ''}")
+    bar.start("creating annotations", len(placement.results))
+    for task_id, results in sorted(placement.results.items()):
+        if task_id in ledger.done:
+            report.kept += 1
+        else:
+            ledger.record(task_id, client.create_annotation(task_id, results))
+            report.created += 1
+        bar.advance(1)
+
+
+class _Ledger:
+    """Annotations created from one source (file digest and layer): a JSON line per task, appended."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.path = path
+        self.source = source
+        self.done: dict[int, int] = {}
+        for entry in _entries(path):
+            if entry.get("source") == source:
+                self.done[int(entry["task"])] = int(entry["annotation"])
+
+    def record(self, task_id: int, annotation_id: int) -> None:
+        """Append that ``annotation_id`` was created on ``task_id`` (flushed to disk before returning)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"source": self.source, "task": task_id, "annotation": annotation_id})
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.done[task_id] = annotation_id
+
+
+def _entries(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash: that annotation may exist once more (said in the docs)
+        if isinstance(entry, dict) and {"source", "task", "annotation"} <= entry.keys():
+            yield entry
+
+
+def file_digest(source: Path) -> str:
+    """SHA-256 of a vector file's content (with its side files: a Shapefile's .dbf, .shx, .prj...)."""
+    digest = hashlib.sha256()
+    for path in _content_files(source):
+        digest.update(path.suffix.lower().encode() + b"\0")
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _content_files(source: Path) -> list[Path]:
+    """The files holding a vector dataset: a folder's files, a Shapefile with its side files, or the file."""
+    if source.is_dir():
+        return sorted(p for p in source.rglob("*") if p.is_file())
+    if source.suffix.lower() == ".shp":
+        sides = [source.with_suffix(s) for s in (".shp", ".shx", ".dbf", ".prj", ".cpg")]
+        return [p for p in sides if p.is_file()]
+    return [source]
