@@ -41,7 +41,7 @@ from trainer.agreement import (
     load_agreement,
     lowest_tiles,
     measure,
-    measure_project,
+    review,
     review_rows,
     save_agreement,
     send_to_review,
@@ -264,6 +264,7 @@ class Reviewed:
     measured: ProjectAgreement
     sent: ReviewSent
     second: str  # the second annotator's token
+    rows: list[dict[str, object]]  # the review list
 
 
 @pytest.fixture(scope="module")
@@ -279,9 +280,9 @@ def reviewed(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathF
                             (tasks[2], drawn(square(0, 0), "water"))):  # fmt: skip
         admin.create_annotation(task_id, drawn(square(0, 0)))
         second.create_annotation(task_id, theirs)
-    measured = measure_project(scene.config, admin)
-    sent = send_to_review(admin, scene.report.project_id, lowest_tiles(measured.measured.tiles, count=2))
-    return Reviewed(scene, admin, tasks, measured, sent, token)
+    report = review(scene.config, admin, count=2)  # what `geolabel review --lowest 2` runs
+    assert report.sent is not None
+    return Reviewed(scene, admin, tasks, report.measured, report.sent, token, report.rows)
 
 
 def test_a_project_is_measured_from_label_studio_and_stored(reviewed: Reviewed) -> None:
@@ -293,6 +294,14 @@ def test_a_project_is_measured_from_label_studio_and_stored(reviewed: Reviewed) 
     stored = load_agreement(reviewed.scene.config.registry_path, reviewed.measured.project_id)
     assert {t.task_id: t.agreement for t in stored.tiles} == scores
     assert [t.task_id for t in reviewed.sent.tiles] == [apart, partly]  # lowest first
+    assert [(r["task_id"], r["agreement"], r["iou_building"], r["iou_water"]) for r in reviewed.rows] == [
+        (apart, "0.0000", "0.0000", "0.0000"), (partly, "0.1429", "0.1429", "")]  # fmt: skip
+    paths = {r.path for r in reviewed.measured.rasters.values()}
+    assert len(paths) == 1
+    assert all(r["raster"] in paths and str(r["raster"]).endswith("scene.tif") for r in reviewed.rows)
+    dry = review(reviewed.scene.config, reviewed.client, below=0.5, send=False)  # Label Studio unchanged
+    assert dry.sent is None
+    assert [t.task_id for t in dry.chosen] == [apart, partly]
 
 
 def test_tiles_gpkg_columns_through_the_tile_map(reviewed: Reviewed, tmp_path: Path) -> None:

@@ -209,14 +209,23 @@ def lowest_tiles(tiles: Iterable[TileAgreement], count: int | None = None,
     Raises:
         AgreementError: if neither ``count`` nor ``below`` is given, or ``count`` is below 1.
     """
-    if count is None and below is None:
-        raise AgreementError("say which tiles to review: a number of tiles, an agreement threshold, or both")
-    if count is not None and count < 1:
-        raise AgreementError(f"the number of tiles to review must be 1 or more, not {count}")
+    check_choice(count, below)
     chosen = sorted((t for t in tiles if t.compared), key=lambda t: (t.agreement, t.task_id))
     if below is not None:
         chosen = [t for t in chosen if t.agreement < below]
     return chosen if count is None else chosen[:count]
+
+
+def check_choice(count: int | None, below: float | None) -> None:
+    """Check a choice of tiles to review: a number of tiles (1 or more), a threshold, or both.
+
+    Raises:
+        AgreementError: if neither is given, or ``count`` is below 1.
+    """
+    if count is None and below is None:
+        raise AgreementError("say which tiles to review: a number of tiles, an agreement threshold, or both")
+    if count is not None and count < 1:
+        raise AgreementError(f"the number of tiles to review must be 1 or more, not {count}")
 
 
 def _nanmean(values: npt.NDArray[np.float64]) -> float:
@@ -402,6 +411,44 @@ def send_to_review(
     client.reopen_tasks(project_id, overlaps, first)
     view = client.ensure_review_view(project_id, list(overlaps))
     return ReviewSent(view, list(tiles))
+
+
+@dataclass(frozen=True)
+class ReviewReport:
+    """What ``geolabel review`` did: the project measured, the tiles chosen (lowest first) and their rows.
+
+    ``sent`` is None on a dry run (Label Studio left unchanged).
+    """
+
+    measured: ProjectAgreement
+    chosen: list[TileAgreement]
+    rows: list[dict[str, object]]
+    sent: ReviewSent | None
+
+
+def review(
+    config: Config,
+    client: LabelStudioClient,
+    count: int | None = None,
+    below: float | None = None,
+    send: bool = True,
+    first: bool = True,
+) -> ReviewReport:
+    """Measure the project's agreement (one read of Label Studio), store it, pick the tiles to review.
+
+    The tiles are the lowest ``count`` and/or those below ``below`` (:func:`lowest_tiles`); with ``send``
+    they go back to Label Studio's queue and its review tab (:func:`send_to_review`, ``first``: served
+    before the rest of the queue).
+
+    Raises:
+        AgreementError: if nothing was imported, or neither ``count`` nor ``below`` is given.
+        LabelStudioError: if Label Studio cannot be read or refuses a change.
+    """
+    check_choice(count, below)  # before reading Label Studio
+    measured = measure_project(config, client)
+    chosen = lowest_tiles(measured.measured.tiles, count, below)
+    sent = send_to_review(client, measured.project_id, chosen, first) if send else None
+    return ReviewReport(measured, chosen, review_rows(chosen, measured.rasters, measured.class_names), sent)
 
 
 def review_rows(
