@@ -209,6 +209,12 @@ def write_predictions_gpkg(
     qml = styles.categorized_fill_qml("class_id", categories)
     gpkg.write_styles(target, [gpkg.LayerStyle(LAYER, "geolabel classes", qml)])
     notes = _notes(options, dropped + last.dropped, kept_outline + last.kept_outline)
+    if crs.is_geographic and (options.min_area or options.simplify or options.regularize):
+        notes.append(
+            f"the predictions are in a geographic CRS ({crs.to_string()}): min_area and simplify were taken "
+            "in degrees and right angles are right in degrees, not on the ground; export with a projected "
+            "--crs to shape polygons in metres"
+        )
     return VectorReport(writer.written, writer.per_class, notes)
 
 

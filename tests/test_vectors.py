@@ -330,3 +330,15 @@ def test_right_angled_recovers_a_rasterised_l_within_a_pixel(scale: float, angle
     assert len(square.exterior.coords) == 7
     assert right_angles_only(square)
     assert shapely.hausdorff_distance(square, truth) < 1.5  # pixels
+
+
+def test_shaping_in_a_geographic_crs_says_its_units_are_degrees(tmp_path: Path) -> None:
+    ids = np.zeros((16, 16), np.uint8)
+    ids[4:12, 4:12] = 1
+    degrees = Affine(1e-5, 0.0, 2.35, 0.0, -1e-5, 48.85)
+    _, exact = vectorise(tmp_path / "exact", ids, transform=degrees, crs=CRS.from_epsg(4326))
+    frame, shaped = vectorise(tmp_path / "shaped", ids, VectorOptions(min_area=1e-12), transform=degrees,
+                              crs=CRS.from_epsg(4326))  # fmt: skip
+    assert exact == []
+    assert len(frame) == 1
+    assert any("geographic CRS (EPSG:4326): min_area and simplify were taken in degrees" in n for n in shaped)
