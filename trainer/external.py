@@ -452,8 +452,8 @@ def _source_window(src: DatasetReader, grid: Grid) -> Window | None:
     finite = np.isfinite(xs) & np.isfinite(ys)
     if not finite.any():
         return None
-    inverse = ~src.transform
-    cols, rows = inverse * (np.asarray(xs)[finite], np.asarray(ys)[finite])
+    source = Grid(src.width, src.height, src.transform, src.crs)
+    cols, rows = source.world_to_pixel(np.column_stack((xs, ys))[finite]).T
     # bilinear needs the next pixel centre; downsampling widens GDAL's kernel by the ratio of pixel sizes
     pad = 2 + math.ceil(max(np.ptp(cols) / grid.width, np.ptp(rows) / grid.height))
     col0, row0 = max(math.floor(cols.min()) - pad, 0), max(math.floor(rows.min()) - pad, 0)
