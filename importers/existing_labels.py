@@ -22,11 +22,9 @@ twice). Every feature that cannot be placed is counted with the reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-from collections import Counter
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,26 +33,23 @@ from typing import Any, Literal
 import geopandas as gpd
 import numpy as np
 import numpy.typing as npt
-import pyogrio
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from shapely import STRtree
 from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-from geolabel.classes import UNSURE_LABEL, LabelClass
 from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import ProjectSchema, read_schema
 from geolabel.progress import Progress, SilentProgress
-from georef.grid import crs_to_text
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import RasterRecord, TileRecord, TileRegistry
 from georef.shapes import without_holes
 from importers.errors import LabelFileError
+from importers.labelfile import UNKNOWN_CLASS, class_labels, file_digest, read_label_file
 from importers.pipeline import import_lock
 
 #: Pixel coordinates this close to a whole number are snapped to it (see the module docstring).
@@ -66,7 +61,6 @@ LEDGER_NAME = "label-imports.jsonl"
 
 EMPTY = "no geometry"
 NOT_AREA = "not an area (points and lines are not placed)"
-UNKNOWN_CLASS = "class value not in the catalogue"
 NOT_IN_CONFIG = "class not in the project's labelling config (run geolabel import to update it)"
 OUTSIDE = "outside every tile of the project's rasters"
 NO_TASK = "only on tiles without a Label Studio task (all nodata, or their import is unfinished)"
@@ -195,135 +189,6 @@ def import_labels(
         else:
             _push_predictions(client, project.project_id, options.version, placed, report, bar)
     return report
-
-
-# --- reading the file -----------------------------------------------------------
-
-
-def read_label_file(source: Path, layer: str | None = None, crs: str | None = None) -> gpd.GeoDataFrame:
-    """The features of a vector file's layer, with their CRS (``crs`` when the file records none).
-
-    Raises:
-        LabelFileError: if the file is missing or unreadable, the layer is missing or must be named,
-            or the CRS is unknown (or contradicts ``crs``).
-    """
-    if not source.exists():
-        raise LabelFileError(f"{source} does not exist; give the path of a GeoPackage, GeoJSON or Shapefile")
-    try:
-        layers = [(str(name), kind) for name, kind in pyogrio.list_layers(source)]
-    except Exception as exc:  # pyogrio raises DataSourceError and friends
-        raise LabelFileError(f"{source} cannot be read as vector data ({exc})") from None
-    spatial = [name for name, kind in layers if kind is not None]
-    if layer is None and len(spatial) > 1:
-        raise LabelFileError(
-            f"{source} has {len(spatial)} layers ({', '.join(spatial)}); choose one with --layer"
-        )
-    if layer is not None and layer not in {name for name, _ in layers}:
-        raise LabelFileError(
-            f"{source} has no layer {layer!r}; its layers: {', '.join(n for n, _ in layers)}"
-        )
-    name = layer or (spatial[0] if spatial else None)
-    if name is None:
-        raise LabelFileError(f"{source} has no layer with geometries")
-    try:
-        frame = gpd.read_file(source, layer=name, engine="pyogrio")
-    except Exception as exc:
-        raise LabelFileError(f"{source}: layer {name!r} cannot be read ({exc})") from None
-    return _with_crs(frame, source, crs)
-
-
-def _with_crs(frame: gpd.GeoDataFrame, source: Path, crs: str | None) -> gpd.GeoDataFrame:
-    given = None
-    if crs is not None:
-        try:
-            given = CRS.from_user_input(crs)
-        except CRSError:
-            raise LabelFileError(f"--crs {crs!r} is not a CRS (e.g. EPSG:2154)") from None
-    if frame.crs is None:
-        if given is None:
-            raise LabelFileError(
-                f"{source} records no CRS, so its coordinates cannot be placed; give the CRS they are in "
-                "with --crs (e.g. --crs EPSG:2154), or write it into the file (ogr2ogr -a_srs EPSG:2154)"
-            )
-        return frame.set_crs(given.to_wkt())
-    if given is not None and CRS.from_user_input(frame.crs) != given:
-        raise LabelFileError(
-            f"{source} says its CRS is {crs_to_text(CRS.from_user_input(frame.crs))}, --crs says {crs}; "
-            "drop --crs (it is only for files that record no CRS) or fix the file"
-        )
-    return frame
-
-
-def class_labels(
-    frame: gpd.GeoDataFrame,
-    classes: Sequence[LabelClass],
-    class_field: str | None = None,
-    class_name: str | None = None,
-) -> tuple[list[str | None], Counter[str]]:
-    """The Label Studio label of each feature (None: unknown) and the unknown values with their counts.
-
-    Field values match catalogue names in any case, or ids (``unsure`` gives the unsure label); with
-    no field, every feature is ``class_name``, or the catalogue's only class.
-
-    Raises:
-        LabelFileError: if the field is missing, ``class_name`` is not a class, both are given, or
-            neither is given and the catalogue has several classes.
-    """
-    names = [c.name for c in classes]
-    fields = [str(c) for c in frame.columns if c != frame.geometry.name]
-    if class_field is not None and class_name is not None:
-        raise LabelFileError("give either a class field or one class name for every feature, not both")
-    if class_field is None:
-        if class_name is None and len(classes) == 1:
-            class_name = classes[0].name
-        if class_name is None:
-            raise LabelFileError(
-                f"the catalogue has {len(classes)} classes ({', '.join(names)}): say which attribute "
-                "holds each feature's class with --class-field (the file's fields: "
-                f"{', '.join(fields) or 'none'}), or give every feature one class with --class-name"
-            )
-        match = _matcher(classes)(class_name)
-        if match is None:
-            raise LabelFileError(f"class {class_name!r} is not in the catalogue ({', '.join(names)})")
-        return [match] * len(frame), Counter()
-    if class_field not in frame.columns:
-        raise LabelFileError(
-            f"the file has no field {class_field!r}; its fields: {', '.join(fields) or 'none'}"
-        )
-    match = _matcher(classes)
-    labels: list[str | None] = []
-    unknown: Counter[str] = Counter()
-    for value in frame[class_field]:
-        label = match(value)
-        labels.append(label)
-        if label is None:
-            unknown[_shown(value)] += 1
-    return labels, unknown
-
-
-def _matcher(classes: Sequence[LabelClass]) -> Any:
-    by_name = {c.name.casefold(): c.name for c in classes} | {UNSURE_LABEL.casefold(): UNSURE_LABEL}
-    by_id = {c.id: c.name for c in classes}
-
-    def match(value: object) -> str | None:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return None
-        if isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, bool):
-            number = float(value)
-            return by_id.get(int(number)) if number.is_integer() else None
-        text = str(value).strip()
-        found = by_name.get(text.casefold())
-        if found is None and text.isdigit():
-            found = by_id.get(int(text))
-        return found
-
-    return match
-
-
-def _shown(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "(empty)"
-    return str(value)
 
 
 # --- geometry ---------------------------------------------------------------------
@@ -484,10 +349,9 @@ def _in_crs(geometries: Sequence[BaseGeometry], source: object, target: CRS) -> 
 
 def _to_raster_pixels(world: npt.NDArray[np.object_], raster: RasterRecord) -> list[BaseGeometry | None]:
     """World geometries -> continuous raster pixel ``(col, row)``, snapped (None: not projectable here)."""
-    inverse = ~raster.grid.transform
 
     def to_pixel(points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        return _snap(_apply(inverse, points))
+        return _snap(raster.grid.world_to_pixel(points))
 
     out: list[BaseGeometry | None] = []
     for geometry in shapely.transform(world, to_pixel):
@@ -496,13 +360,6 @@ def _to_raster_pixels(world: npt.NDArray[np.object_], raster: RasterRecord) -> l
             continue
         out.append(geometry if geometry.is_valid else _areal(shapely.make_valid(geometry)))
     return out
-
-
-def _apply(transform: Affine, points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """``transform`` applied to ``(N, 2)`` points (as :meth:`georef.grid.Grid.world_to_pixel` does)."""
-    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
-    xs, ys = points[:, 0], points[:, 1]
-    return np.column_stack((a * xs + b * ys + c, d * xs + e * ys + f))
 
 
 def _snap(points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -597,7 +454,7 @@ def _mask(pieces: Sequence[BaseGeometry], shape: tuple[int, int]) -> npt.NDArray
 
 
 def _region_id() -> str:
-    return os.urandom(5).hex()
+    return secrets.token_hex(5)
 
 
 # --- pushing to Label Studio ------------------------------------------------------
@@ -691,24 +548,3 @@ def _entries(path: Path) -> Iterator[dict[str, Any]]:
             continue  # a line cut short by a crash: that annotation may exist once more (said in the docs)
         if isinstance(entry, dict) and {"source", "task", "annotation"} <= entry.keys():
             yield entry
-
-
-def file_digest(source: Path) -> str:
-    """SHA-256 of a vector file's content (with its side files: a Shapefile's .dbf, .shx, .prj...)."""
-    digest = hashlib.sha256()
-    for path in _content_files(source):
-        digest.update(path.suffix.lower().encode() + b"\0")
-        with path.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def _content_files(source: Path) -> list[Path]:
-    """The files holding a vector dataset: a folder's files, a Shapefile with its side files, or the file."""
-    if source.is_dir():
-        return sorted(p for p in source.rglob("*") if p.is_file())
-    if source.suffix.lower() == ".shp":
-        sides = [source.with_suffix(s) for s in (".shp", ".shx", ".dbf", ".prj", ".cpg")]
-        return [p for p in sides if p.is_file()]
-    return [source]

@@ -15,7 +15,6 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.features import rasterize
-from shapely import union_all
 from shapely.geometry import Point, Polygon, box
 
 from exporters.project import ExportOptions, export_project
@@ -25,17 +24,9 @@ from geolabel.lsmodels import LabelledTask
 from georef.labelstudio import ImageSize, brush_result, polygon_result
 from georef.registry import TileRecord, TileRegistry
 from importers.errors import LabelFileError
-from importers.existing_labels import (
-    NO_TASK,
-    NOT_AREA,
-    OUTSIDE,
-    UNKNOWN_CLASS,
-    LabelImportOptions,
-    class_labels,
-    import_labels,
-    read_label_file,
-)
+from importers.existing_labels import NO_TASK, NOT_AREA, OUTSIDE, LabelImportOptions, import_labels
 from importers.labelconfig import label_config
+from importers.labelfile import UNKNOWN_CLASS, class_labels, read_label_file
 from importers.pipeline import ImportOptions, import_raster
 from tests.conftest import CLASSES, LAMBERT93_20CM, ImportedScene, LabelStudioServer, import_scene, synthetic
 from trainer.harvest import harvest
@@ -164,7 +155,9 @@ def test_export_import_export_gives_the_same_geometries(
 # --- solaris footprints on their buildings -------------------------------------------------
 
 
-def test_solaris_footprints_land_on_their_buildings(label_studio: LabelStudioServer, shared_data: Path) -> None:
+def test_solaris_footprints_land_on_their_buildings(
+    label_studio: LabelStudioServer, shared_data: Path
+) -> None:
     client = label_studio.client()
     raster = shared_data / "solaris" / "sample_geotiff.tif"
     labels = shared_data / "solaris" / "geotiff_labels.geojson"
@@ -199,9 +192,9 @@ def test_solaris_footprints_land_on_their_buildings(label_studio: LabelStudioSer
 
     project = client.project(project_id(scene.config))
     assert project["model_version"] == options.version
-    prefilled = httpx.get(f"{label_studio.url}/api/projects/{project['id']}/next",
-                          headers={"Authorization": f"Token {label_studio.token}"}, timeout=30).json()  # fmt: skip
-    assert [p["model_version"] for p in prefilled["predictions"]] == [options.version]  # the labelling stream
+    headers = {"Authorization": f"Token {label_studio.token}"}
+    stream = httpx.get(f"{label_studio.url}/api/projects/{project['id']}/next", headers=headers, timeout=30)
+    assert [p["model_version"] for p in stream.json()["predictions"]] == [options.version]  # pre-filled
 
     rerun = import_labels(scene.config, client, options)
     assert rerun.replaced == report.created
@@ -260,6 +253,7 @@ def test_classes_by_field_and_what_is_not_placed_is_reported(
     assert report.features_placed == 3
     assert report.unknown_classes == {"tree": 1, "(empty)": 1}
     assert report.not_placed == {UNKNOWN_CLASS: 2, OUTSIDE: 1, NOT_AREA: 1, NO_TASK: 1}
+    assert report.features_placed + sum(report.not_placed.values()) == report.features_read
     assert report.partly_outside == 1
     assert report.tiles_without_task == 1
     first = client.predictions(task_of(scene.tiles, 0, 0))
@@ -269,7 +263,7 @@ def test_classes_by_field_and_what_is_not_placed_is_reported(
     edge = client.predictions(task_of(scene.tiles, 224, 0))[0]["result"]
     assert [r["value"]["polygonlabels"] for r in edge] == [["water"]]
     points = np.asarray(edge[0]["value"]["points"]) / 100 * 256 + (224, 0)  # raster pixels
-    assert points[:, 0].min() == pytest.approx(440) and points[:, 0].max() == pytest.approx(480)
+    assert (points[:, 0].min(), points[:, 0].max()) == pytest.approx((440, 480))
 
     rerun = import_labels(scene.config, client, options)
     assert (rerun.replaced, rerun.created) == (report.created, report.created)
@@ -279,7 +273,7 @@ def test_classes_by_field_and_what_is_not_placed_is_reported(
 def test_a_project_without_polygons_gets_brush_masks(label_studio: LabelStudioServer, tmp_path: Path) -> None:
     client = label_studio.client()
     scene = mapping_scene(label_studio, tmp_path, "label brush")
-    root = ET.fromstring(label_config(CLASSES))  # noqa: S314
+    root = ET.fromstring(label_config(CLASSES))
     for parent in root.iter():
         for child in list(parent):
             if child.tag == "PolygonLabels":
@@ -307,7 +301,7 @@ def test_files_that_cannot_be_used_are_clear_errors(tmp_path: Path) -> None:
     two = tmp_path / "two.gpkg"
     frame.to_file(two, layer="roofs")
     frame.to_file(two, layer="walls")
-    with pytest.raises(LabelFileError, match="2 layers \\(roofs, walls\\); choose one with --layer"):
+    with pytest.raises(LabelFileError, match=r"2 layers \(roofs, walls\); choose one with --layer"):
         read_label_file(two)
     with pytest.raises(LabelFileError, match="no layer 'doors'"):
         read_label_file(two, "doors")
@@ -315,13 +309,13 @@ def test_files_that_cannot_be_used_are_clear_errors(tmp_path: Path) -> None:
 
     bare = tmp_path / "bare.shp"
     frame.set_crs(None, allow_override=True).to_file(bare)
-    with pytest.raises(LabelFileError, match="records no CRS.*--crs"):
+    with pytest.raises(LabelFileError, match=r"records no CRS.*--crs"):
         read_label_file(bare)
     assert read_label_file(bare, crs="EPSG:2154").crs == "EPSG:2154"
     with pytest.raises(LabelFileError, match="says its CRS is EPSG:2154, --crs says EPSG:4326"):
         read_label_file(two, "walls", crs="EPSG:4326")
 
-    with pytest.raises(LabelFileError, match="2 classes \\(building, water\\).*fields: kind, height"):
+    with pytest.raises(LabelFileError, match=r"2 classes \(building, water\).*fields: kind, height"):
         class_labels(frame, CLASSES)
     with pytest.raises(LabelFileError, match="no field 'class'; its fields: kind, height"):
         class_labels(frame, CLASSES, class_field="class")
