@@ -14,6 +14,7 @@ are built for it from the tiles' own grids:
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from trainer.external import (
     split_class_names,
 )
 from trainer.predictions import PredictionStore
+from trainer.versions import InputSpec, ModelManifest, ModelStore
 
 pytestmark = pytest.mark.labelstudio
 Array = npt.NDArray[Any]
@@ -355,3 +357,34 @@ def test_names_and_versions(scene: ImportedScene, tmp_path: Path) -> None:
     path = small(tmp_path / "p.tif", np.zeros((2, 60, 60), np.uint8))
     with pytest.raises(ProbabilityImportError, match="is not a valid name"):
         resample_probabilities(scene.config, ProbabilityImport(path, ("background", "building"), "a/b"))
+    with pytest.raises(ProbabilityImportError, match="could be, the name of a model version"):
+        resample_probabilities(
+            scene.config, ProbabilityImport(path, ("background", "building"), "v20260101-120000")
+        )
+
+
+def test_after_a_promoted_model_the_import_keeps_out_of_the_queue(
+    scene: ImportedScene,
+    imported: ProbabilityImportReport,
+    texture: tuple[Path, Array, Affine],
+    client: LabelStudioClient,
+) -> None:
+    """A model version promoted (a real version folder and ``ACTIVE``): pre-annotations only."""
+    config = scene.config
+    models = ModelStore(config.models_dir)
+    spec = InputSpec(bands=[1], mean=[0.0], std=[1.0])
+    manifest = ModelManifest(
+        version="v20260101-120000", created="2026-01-01T12:00:00+00:00", classes=config.classes, input=spec
+    )
+    models.save(manifest, {})
+    models.activate(manifest.version)
+    try:
+        report = import_probabilities(config, client, ProbabilityImport(texture[0], version="texture-late"))
+    finally:
+        shutil.rmtree(config.models_dir)
+    assert (report.pushed, report.queue_taken) == (8, False)
+    assert client.project(scene.report.project_id)["model_version"] == imported.version  # unchanged
+    assert "v20260101-120000 was promoted already" in report.notes[-1]
+    assert [q.task_id for q in client.queue(scene.report.project_id)] == expected_queue(scene)
+    tile = by_place(scene)[(0, 3)]  # not covered by the first import, covered by this one
+    assert [p["model_version"] for p in client.predictions(int(tile.task_id or 0))] == ["texture-late"]

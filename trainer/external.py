@@ -82,6 +82,8 @@ __all__ = [
 IMPORT_PREFIX = "import-"
 #: What a version name may hold (a folder name; the same rule as model versions).
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: The names rounds give their versions (:func:`trainer.versions.new_version_name`): not for imports.
+ROUND_VERSION = re.compile(r"^v\d{8}-\d{6}$")
 #: The import's record in its version's prediction folder (what the stored tiles were made from).
 RECORD_NAME = "import.json"
 #: Float probabilities may stray this far outside 0..1 (rounding in the producer) before it is an error.
@@ -279,25 +281,32 @@ def push_probabilities(
 def _take_queue(
     config: Config, client: LabelStudioClient, project_id: int, report: ProbabilityImportReport
 ) -> None:
-    """Make the import's scores order the queue when no model version was promoted; say what was done."""
+    """Make the import's scores order the queue when no model version was promoted; say what was done.
+
+    Label Studio itself makes imported predictions' version the project's when it has none (after a
+    round that pushed nothing, say): the report says whose scores order the queue as Label Studio has it.
+    """
     active = ModelStore(config.models_dir).active_name() if config.models_dir.is_dir() else None
+    if report.pushed and active is None:
+        client.set_model_version(project_id, report.version)
+    current = str(client.project(project_id).get("model_version") or "")
+    report.queue_taken = bool(report.pushed) and current == report.version
     if not report.pushed:
         report.notes.append(
             "no tile with a Label Studio task is covered by the raster: nothing pushed, the queue is "
             "unchanged"
         )
-    elif active is not None:
-        report.notes.append(
-            f"model version {active} was promoted already: its predictions keep ordering the queue; the "
-            f"imported ones are stored as {report.version} (shown in Label Studio only if you pick that "
-            "model version in the project's settings)"
-        )
-    else:
-        client.set_model_version(project_id, report.version)
-        report.queue_taken = True
+    elif report.queue_taken:
         problem = keep_queue_view(client, project_id)
         if problem:
             report.notes.append(problem)
+    else:
+        report.notes.append(
+            f"model version {active} was promoted already, so the import does not take the queue over: Label "
+            f"Studio ranks tasks and shows pre-annotations of model version {current or '(none)'}; the "
+            f"imported predictions are there as {report.version} (pick that model version in the project's "
+            "settings to use them)"
+        )
     report.queue_head = client.queue(project_id)[:QUEUE_HEAD]
 
 
@@ -498,10 +507,12 @@ def _version(config: Config, options: ProbabilityImport) -> str:
             f"version {version!r} is not a valid name: use letters, digits, '.', '_' and '-', starting with "
             "a letter or digit"
         )
-    if config.models_dir.is_dir() and version in ModelStore(config.models_dir).versions():
+    if ROUND_VERSION.match(version) or (
+        config.models_dir.is_dir() and version in ModelStore(config.models_dir).versions()
+    ):
         raise ProbabilityImportError(
-            f"{version!r} is a model version of project {config.project.name!r}; give the import "
-            "another name (--version)"
+            f"{version!r} is, or could be, the name of a model version of project {config.project.name!r}; "
+            "give the import another name (--version)"
         )
     return version
 
