@@ -36,11 +36,12 @@ from geolabel.progress import Progress, SilentProgress
 from georef.errors import InvalidGeometryError
 from georef.grid import Grid, covering_grid, crs_from_text, crs_to_text, reprojected_grid, union_grid
 from georef.registry import RasterRecord, TileRecord, TileRegistry
+from trainer.agreement import RasterValidity, class_names, measure, save_agreement
 from trainer.harvest import Problem
 from trainer.legacy import adopt_legacy_stores
 from trainer.predict import PREDICTABLE, predict_missing
 from trainer.predictions import PredictionStore
-from trainer.rounds import RoundStore
+from trainer.rounds import RoundStore, now
 from trainer.versions import ModelStore
 
 WHAT = ("labels", "predictions", "tiles")
@@ -394,12 +395,21 @@ def _export_tiles(
     summaries = tilemap.summarise(tasks)
     with RoundStore(config.registry_path) as store:
         view = tilemap.round_view(store, project.project_id)
-    gpkg.write_layer(path, "tiles", gpkg.frame([], [], tilemap.TILES_SCHEMA, crs), "Polygon", append=False)
+    names = class_names(config.classes)
+    schema = tilemap.tiles_schema(names)
+    tiles_by_task = {t.task_id: t for t in project.tiles if t.task_id is not None}
+    validity = RasterValidity(project.rasters)
+    measured = measure(tasks, tiles_by_task, config.classes, config.trainer.labelling, validity)
+    save_agreement(config.registry_path, project.project_id, measured.tiles, now())  # the dashboard's too
+    agreement = {a.task_id: a for a in measured.tiles}
+    gpkg.write_layer(path, "tiles", gpkg.frame([], [], schema, crs), "Polygon", append=False)
     for raster in project.rasters.values():
         tiles = [t for t in project.tiles if t.raster_id == raster.id]
-        rows = [tilemap.tile_row(t, raster.path, summaries.get(t.task_id or -1), view) for t in tiles]
-        frame = gpkg.frame(rows, [tilemap.footprint(t) for t in tiles], tilemap.TILES_SCHEMA, raster.grid.crs)
+        rows = [tilemap.tile_row(t, raster.path, summaries.get(t.task_id or -1), view,
+                                 agreement.get(t.task_id or -1), names) for t in tiles]  # fmt: skip
+        frame = gpkg.frame(rows, [tilemap.footprint(t) for t in tiles], schema, raster.grid.crs)
         gpkg.write_layer(path, "tiles", frame.to_crs(crs), "Polygon", append=True)
+    report.problems.extend(str(p) for p in [*measured.problems, *validity.problems])
     qml = styles.categorized_fill_qml("state", styles.TILE_STATES, fill_alpha=60)
     gpkg.write_styles(path, [gpkg.LayerStyle("tiles", "tile states", qml)])
     report.files.append(path.name)
@@ -443,7 +453,8 @@ Files:
   predictions_proba.tif   one uint8 band per class (background first), probability 0-255; pixels
                           without image are masked (per-dataset mask)
   predictions_argmax.tif  class id of the most probable class, colour table, nodata 255
-  tiles.gpkg              tile footprints: state, uncertainty, selection round, annotation counts
+  tiles.gpkg              tile footprints: state, uncertainty, selection round, annotation counts,
+                          agreement between annotators (agreement, iou_<class>)
   *.qml, layer_styles     QGIS styles, applied when the layers are opened
   manifest.json           this information, machine-readable, with every problem met
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # heavy modules are imported by the commands that need them
     from georef.registry import TileRegistry
     from importers.forget import ForgetReport
     from importers.pipeline import ImportOptions, ImportReport
+    from trainer.agreement import ReviewReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -530,6 +531,67 @@ def predict(
     )
     for problem in report.problems:
         err_console.print(f"[yellow]left out:[/] {problem}", highlight=False)
+
+
+@cli.command()
+@click.option(
+    "--lowest", "count", type=click.IntRange(min=1), help="Send the N tiles of lowest agreement (default 20)."
+)
+@click.option("--below", type=click.FloatRange(0, 1), help="Send the tiles whose agreement is below this.")
+@click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the review list as CSV."
+)
+@click.option("--dry-run", is_flag=True, help="Measure and list the tiles; change nothing in Label Studio.")
+@project_option
+@click.pass_context
+@handle_errors
+def review(
+    ctx: click.Context,
+    count: int | None,
+    below: float | None,
+    csv_path: Path | None,
+    dry_run: bool,
+    project: str | None,
+) -> None:
+    """Measure agreement between annotators; send the tiles of lowest agreement back for another annotator."""
+    from trainer.agreement import review as review_tiles
+    from trainer.agreement import write_review_csv
+
+    config = _project_config(ctx, project)
+    if not _has_registry(config):
+        return
+    if count is None and below is None:
+        count = 20
+    report = review_tiles(config, _client(config), count, below, send=not dry_run)
+    print_review(report)
+    if csv_path is not None:
+        write_review_csv(csv_path, report.rows, report.measured.class_names)
+        console.print(f"wrote {len(report.rows)} tiles to {csv_path}", highlight=False)
+
+
+def print_review(report: ReviewReport) -> None:
+    """The measure, the tiles chosen (lowest first) and where they went."""
+    from geolabel.lsclient import REVIEW_VIEW_TITLE
+    from trainer.agreement import summarise
+
+    summary = summarise(report.measured.measured.tiles)
+    mean = "-" if summary.compared == 0 else f"{summary.mean_agreement:.3f}"
+    console.print(
+        f"{summary.compared} tiles labelled by two annotators or more; mean agreement {mean}", highlight=False
+    )
+    for row in report.rows:
+        line = f"  task {row['task_id']}  agreement {row['agreement']}  tile {row['tile_id']}"
+        console.print(line, highlight=False)
+    if report.sent is not None:
+        console.print(
+            f"{len(report.chosen)} tiles back in the labelling queue (served first, to an annotator who has "
+            f"not labelled them); Data Manager tab {REVIEW_VIEW_TITLE!r}",
+            highlight=False,
+        )
+    elif report.chosen:
+        console.print("dry run: Label Studio left unchanged")
+    for problem in report.measured.measured.problems:
+        err_console.print(f"[yellow]not compared:[/] {problem}", highlight=False)
 
 
 @cli.command()

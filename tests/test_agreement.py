@@ -5,6 +5,7 @@ The masks are 8 x 8 so every intersection and union below is counted by hand in 
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,14 @@ import pyogrio
 import pytest
 import rasterio
 from affine import Affine
+from click.testing import CliRunner
 from rasterio.crs import CRS
 
 from exporters import gpkg, tilemap
+from exporters.project import ExportOptions, export_project
 from exporters.tilemap import RoundView
 from geolabel.classes import UNSURE_LABEL
+from geolabel.cli import cli
 from geolabel.lsclient import REVIEW_VIEW_TITLE, LabelStudioClient
 from geolabel.lsmodels import LabelledTask
 from geolabel.status import rounds_table
@@ -28,7 +32,7 @@ from georef.grid import Grid
 from georef.labelstudio import brush_result
 from georef.registry import RasterRecord, RasterSpec, TileRecord, TileRegistry
 from georef.tiling import plan_tiles
-from tests.conftest import CLASSES, ImportedScene, LabelStudioServer, import_scene, synthetic
+from tests.conftest import CLASSES, ImportedScene, LabelStudioServer, config_toml, import_scene, synthetic
 from tests.test_queue_serving import sign_up
 from trainer.agreement import (
     AgreementError,
@@ -342,6 +346,38 @@ def test_the_dashboard_and_status_show_the_agreement(reviewed: Reviewed) -> None
     (line,) = [x for x in lines if x.startswith("Agreement between annotators")]
     assert line.startswith(f"Agreement between annotators: 3 tiles compared, mean 0.381, lowest 0.000 "
                            f"(task {apart}, tile ")  # fmt: skip
+
+
+def test_geolabel_review_and_the_export_carry_the_agreement(
+    reviewed: Reviewed, label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    first, partly, apart, _ = reviewed.tasks
+    config = config_toml(reviewed.scene.config, tmp_path)
+    env = {"GEOLABEL_LABEL_STUDIO_TOKEN": label_studio.token}
+    args = [
+        "--config",
+        str(config),
+        "review",
+        "--below",
+        "0.5",
+        "--dry-run",
+        "--csv",
+        str(tmp_path / "r.csv"),
+    ]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "3 tiles labelled by two annotators or more; mean agreement 0.381" in result.output
+    assert result.output.index(f"task {apart} ") < result.output.index(f"task {partly} ")
+    assert "dry run: Label Studio left unchanged" in result.output
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [int(r["task_id"]) for r in rows] == [apart, partly]
+    result = CliRunner().invoke(cli, ["--config", str(config), "review", "--below", "2"], env=env)
+    assert result.exit_code == 2  # a value outside 0..1 is refused before anything is read
+    export_project(reviewed.scene.config, reviewed.client, ExportOptions(tmp_path / "out", what=("tiles",)))
+    tiles = pyogrio.read_dataframe(tmp_path / "out" / "tiles.gpkg", layer="tiles")
+    by_task = dict(zip(tiles["task_id"], tiles["agreement"], strict=True))
+    assert [by_task[first], by_task[partly], by_task[apart]] == pytest.approx([1.0, 1 / 7, 0.0])
+    assert "iou_water" in tiles.columns
 
 
 def test_the_lowest_tiles_are_served_again_and_listed_in_the_tab(
