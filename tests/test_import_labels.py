@@ -226,6 +226,7 @@ def on_ground(pixel_box: tuple[float, float, float, float]) -> Polygon:
 
 
 def write_mapping_file(path: Path) -> Path:
+    """A GeoPackage layer in EPSG:4326 (reprojected onto the Lambert-93 raster on import) of mixed cases."""
     rows = [
         ("Building", on_ground((10, 10, 60, 40))),  # name in another case
         ("2", on_ground((70, 10, 120, 40))),  # an id: water
@@ -237,7 +238,9 @@ def write_mapping_file(path: Path) -> Path:
         ("building", on_ground((300, 300, 400, 400))),  # on the all-nodata tile only
     ]
     frame = gpd.GeoDataFrame({"kind": [r[0] for r in rows]}, geometry=[r[1] for r in rows], crs="EPSG:2154")
-    pyogrio.write_dataframe(frame, path, layer="mixed", geometry_type="Unknown")
+    pyogrio.write_dataframe(
+        frame.to_crs("EPSG:4326"), path, layer="mixed", geometry_type="Unknown"
+    )  # reprojected
     return path
 
 
@@ -263,7 +266,8 @@ def test_classes_by_field_and_what_is_not_placed_is_reported(
     edge = client.predictions(task_of(scene.tiles, 224, 0))[0]["result"]
     assert [r["value"]["polygonlabels"] for r in edge] == [["water"]]
     points = np.asarray(edge[0]["value"]["points"]) / 100 * 256 + (224, 0)  # raster pixels
-    assert (points[:, 0].min(), points[:, 0].max()) == pytest.approx((440, 480))
+    assert (points[:, 0].min(), points[:, 0].max()) == pytest.approx((440, 480), abs=1e-6)
+    assert (points[:, 1].min(), points[:, 1].max()) == pytest.approx((10, 40), abs=1e-6)
 
     rerun = import_labels(scene.config, client, options)
     assert (rerun.replaced, rerun.created) == (report.created, report.created)
