@@ -127,7 +127,7 @@ class LabelImportReport:
             done.append(f"{self.replaced} predictions of an earlier import of this version replaced")
         if self.kept:
             done.append(f"{self.kept} tasks already had this file's annotations (ledger); not created again")
-        done += [f"not placed: {count} ({reason})" for reason, count in sorted(self.not_placed.items())]
+        done += [f"not placed, {reason}: {count}" for reason, count in sorted(self.not_placed.items())]
         if self.unknown_classes:
             values = ", ".join(f"{value!r} x{count}" for value, count in sorted(self.unknown_classes.items()))
             done.append(f"class values not in the catalogue: {values}")
