@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ import shapely
 import shapely.affinity
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
 from shapely.geometry import Polygon, shape
 
 from exporters import gpkg, rasters, styles
@@ -311,12 +313,19 @@ def vectorise_block(job: VectorJob, window: PixelWindow) -> BlockResult:
         return BlockResult()
     foreground = np.isin(ids, [class_id for class_id, _ in classes]) & (ids != ARGMAX_NODATA)
     offset = Affine.translation(window.col_off, window.row_off)  # global pixel coordinates: exact integers
-    outlines = [(shape(g), int(v)) for g, v in rasterio.features.shapes(ids, mask=foreground, connectivity=4,
-                                                                        transform=offset)]  # fmt: skip
-    labels = rasterio.features.rasterize(
-        ((g, index) for index, (g, _) in enumerate(outlines, start=1)),
-        out_shape=ids.shape, transform=offset, fill=0, dtype="int32",
-    )  # fmt: skip
+    with warnings.catch_warnings():  # the first block's offset is the identity, which rasterio warns about
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        outlines = [
+            (shape(g), int(v))
+            for g, v in rasterio.features.shapes(ids, mask=foreground, connectivity=4, transform=offset)
+        ]
+        labels = rasterio.features.rasterize(
+            ((g, index) for index, (g, _) in enumerate(outlines, start=1)),
+            out_shape=ids.shape,
+            transform=offset,
+            fill=0,
+            dtype="int32",
+        )
     own = _own_probability(job, window, ids, classes)
     pixels = np.bincount(labels.ravel(), minlength=len(outlines) + 1)
     sums = np.bincount(labels.ravel(), weights=own.ravel(), minlength=len(outlines) + 1)
