@@ -326,9 +326,11 @@ def vectorise_block(job: VectorJob, window: PixelWindow) -> BlockResult:
             fill=0,
             dtype="int32",
         )
-    own = _own_probability(job, window, ids, classes)
-    pixels = np.bincount(labels.ravel(), minlength=len(outlines) + 1)
-    sums = np.bincount(labels.ravel(), weights=own.ravel(), minlength=len(outlines) + 1)
+    inside = np.flatnonzero(labels)  # the pixels of some region (flat indices)
+    region = labels.ravel()[inside]
+    pixels = np.bincount(region, minlength=len(outlines) + 1)
+    own = _own_probability(job, window, ids.ravel()[inside], inside, classes)
+    sums = np.bincount(region, weights=own, minlength=len(outlines) + 1)
     on_edge = _edge_labels(labels, window, job)
     regions = [Region(class_id, geometry, int(pixels[i]), round(float(sums[i])), i in on_edge)
                for i, (geometry, class_id) in enumerate(outlines, start=1)]  # fmt: skip
@@ -339,15 +341,22 @@ def vectorise_block(job: VectorJob, window: PixelWindow) -> BlockResult:
 
 
 def _own_probability(
-    job: VectorJob, window: PixelWindow, ids: npt.NDArray[np.uint8], classes: Sequence[tuple[int, int]]
+    job: VectorJob,
+    window: PixelWindow,
+    ids: npt.NDArray[np.uint8],
+    inside: npt.NDArray[np.intp],
+    classes: Sequence[tuple[int, int]],
 ) -> npt.NDArray[np.float64]:
-    """Per pixel, the 0-255 probability of the class the pixel was given (0 elsewhere)."""
+    """The 0-255 probability of the class each pixel was given, at the block's flat indices ``inside``.
+
+    ``ids`` holds those pixels' class ids.
+    """
     with rasterio.open(job.proba) as src:
         stack = src.read([band for _, band in classes], window=window.to_rasterio())
-    own = np.zeros(ids.shape, dtype=np.float64)
+    own = np.zeros(len(inside), dtype=np.float64)
     for (class_id, _), values in zip(classes, stack, strict=True):
         chosen = ids == class_id
-        own[chosen] = values[chosen]
+        own[chosen] = values.ravel()[inside[chosen]]
     return own
 
 
