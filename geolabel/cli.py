@@ -325,6 +325,95 @@ def print_forget_report(report: ForgetReport) -> None:
         console.print(f"  note: {note}", highlight=False)
 
 
+@cli.command(name="import-labels")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--layer", help="Layer to read (required when the file has several).")
+@click.option("--class-field", help="Attribute holding each feature's class (a catalogue name or id).")
+@click.option("--class-name", help="The class of every feature, when the file has no class field.")
+@click.option(
+    "--as",
+    "as_",
+    type=click.Choice(["predictions", "annotations"]),
+    default="predictions",
+    show_default=True,
+    help="Pre-annotations to correct, or annotations to review.",
+)
+@click.option("--model-version", help="Model version name of the predictions (default import-labels:<file>).")
+@click.option("--crs", "file_crs", help="CRS of a file that records none, e.g. EPSG:2154.")
+@project_option
+@click.pass_context
+@handle_errors
+def import_labels_command(
+    ctx: click.Context,
+    file: Path,
+    layer: str | None,
+    class_field: str | None,
+    class_name: str | None,
+    as_: str,
+    model_version: str | None,
+    file_crs: str | None,
+    project: str | None,
+) -> None:
+    """Put existing vector labels (GeoPackage, GeoJSON, Shapefile) on the project's tasks, placed exactly."""
+    from importers.existing_labels import LabelImportOptions, import_labels
+
+    config = _project_config(ctx, project)
+    options = LabelImportOptions(file, layer, class_field, class_name, as_annotations=as_ == "annotations",
+                                 model_version=model_version, crs=file_crs)  # fmt: skip
+    with progress_bar() as bar:
+        report = import_labels(config, _client(config), options, bar)
+    for line in report.lines():
+        console.print(line, highlight=False)
+
+
+@cli.command(name="import-predictions")
+@click.argument("raster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--classes",
+    help="Class of each band, in band order, comma-separated (background allowed; names not in the "
+    "project's classes are summed into background). Default: the band descriptions.",
+)
+@click.option("--version", "version", help="Name its predictions carry (default: import-<file stem>).")
+@project_option
+@scheduler_option
+@click.pass_context
+@handle_errors
+def import_predictions(
+    ctx: click.Context,
+    raster: Path,
+    classes: str | None,
+    version: str | None,
+    project: str | None,
+    scheduler: str | None,
+) -> None:
+    """Import a probability raster (one band per class) as pre-annotations and the queue's order.
+
+    Resumable: after an interruption run it again; a rerun replaces its predictions in Label Studio.
+    """
+    from trainer.external import ProbabilityImport, import_probabilities, split_class_names
+
+    config = _project_config(ctx, project, scheduler)
+    if not _has_registry(config):
+        return
+    options = ProbabilityImport(raster, split_class_names(classes) if classes else (), version)
+    with progress_bar() as bar:
+        report = import_probabilities(config, _client(config), options, bar)
+    console.print(
+        f"{config.project.name}: {report.version}: {report.resampled} tiles resampled, {report.already} "
+        f"already stored, {report.uncovered} not covered, of {report.tiles}; {report.pushed} predictions "
+        f"pushed ({report.replaced} replaced)",
+        highlight=False,
+    )
+    if report.queue_taken:
+        head = ", ".join(
+            f"task {q.task_id} ({q.score:.3f})" if q.score is not None else f"task {q.task_id}"
+            for q in report.queue_head
+        )
+        console.print(f"Label Studio now serves the least confident tile first: {head}", highlight=False)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
 @cli.command()
 @click.pass_context
 @handle_errors

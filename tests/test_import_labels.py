@@ -14,10 +14,12 @@ import pyogrio
 import pytest
 import rasterio
 from affine import Affine
+from click.testing import CliRunner
 from rasterio.features import rasterize
 from shapely.geometry import Point, Polygon, box
 
 from exporters.project import ExportOptions, export_project
+from geolabel.cli import cli
 from geolabel.config import Config, parse_config
 from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import LabelledTask
@@ -28,7 +30,15 @@ from importers.existing_labels import NO_TASK, NOT_AREA, OUTSIDE, LabelImportOpt
 from importers.labelconfig import label_config
 from importers.labelfile import UNKNOWN_CLASS, class_labels, read_label_file
 from importers.pipeline import ImportOptions, import_raster
-from tests.conftest import CLASSES, LAMBERT93_20CM, ImportedScene, LabelStudioServer, import_scene, synthetic
+from tests.conftest import (
+    CLASSES,
+    LAMBERT93_20CM,
+    ImportedScene,
+    LabelStudioServer,
+    config_toml,
+    import_scene,
+    synthetic,
+)
 from trainer.harvest import harvest
 
 pytestmark = pytest.mark.labelstudio
@@ -221,7 +231,7 @@ def mapping_scene(label_studio: LabelStudioServer, tmp_path: Path, title: str) -
 def on_ground(pixel_box: tuple[float, float, float, float]) -> Polygon:
     """A raster-pixel box ``(col0, row0, col1, row1)`` as a Lambert-93 polygon."""
     col0, row0, col1, row1 = pixel_box
-    corners = [LAMBERT93_20CM * xy for xy in ((col0, row0), (col1, row0), (col1, row1), (col0, row1))]
+    corners = [LAMBERT93_20CM @ xy for xy in ((col0, row0), (col1, row0), (col1, row1), (col0, row1))]
     return Polygon(corners)
 
 
@@ -269,8 +279,13 @@ def test_classes_by_field_and_what_is_not_placed_is_reported(
     assert (points[:, 0].min(), points[:, 0].max()) == pytest.approx((440, 480), abs=1e-6)
     assert (points[:, 1].min(), points[:, 1].max()) == pytest.approx((10, 40), abs=1e-6)
 
-    rerun = import_labels(scene.config, client, options)
-    assert (rerun.replaced, rerun.created) == (report.created, report.created)
+    config = config_toml(scene.config, tmp_path)
+    args = ["--config", str(config), "import-labels", str(source), "--class-field", "kind", "--model-version",
+            "survey 2024"]  # fmt: skip
+    rerun = CliRunner().invoke(cli, args, env={"GEOLABEL_LABEL_STUDIO_TOKEN": label_studio.token})
+    assert rerun.exit_code == 0, rerun.output
+    assert f"3 of 8 features placed as {report.regions} regions" in rerun.output
+    assert f"{report.created} predictions created" in rerun.output
     assert [len(client.predictions(task_of(scene.tiles, c, 0))) for c in (0, 224)] == [1, 1]
 
 

@@ -23,13 +23,15 @@ import numpy.typing as npt
 import pytest
 import rasterio
 from affine import Affine
+from click.testing import CliRunner
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.warp import transform, transform_bounds
 
+from geolabel.cli import cli
 from geolabel.lsclient import LabelStudioClient
 from georef.registry import TileRecord
-from tests.conftest import LAMBERT93_20CM, ImportedScene, LabelStudioServer, import_scene
+from tests.conftest import LAMBERT93_20CM, ImportedScene, LabelStudioServer, config_toml, import_scene
 from trainer.errors import ProbabilityImportError
 from trainer.external import (
     ProbabilityImport,
@@ -243,14 +245,20 @@ def test_a_rerun_replaces_the_predictions_and_resumes_the_tiles(
     imported: ProbabilityImportReport,
     tile_probabilities: Path,
     client: LabelStudioClient,
+    label_studio: LabelStudioServer,
+    tmp_path: Path,
 ) -> None:
     tiles = by_place(scene)
     store = PredictionStore(scene.config.predictions_dir, imported.version)
     store.path(tiles[(1, 1)].id).unlink()  # as if the first run had been stopped before this tile
-    options = ProbabilityImport(tile_probabilities, ("background", "zone_industrielle", "building"))
-    again = import_probabilities(scene.config, client, options)
-    assert (again.resampled, again.already, again.uncovered) == (1, 5, 2)  # uncovered tiles are tried again
-    assert (again.replaced, again.pushed) == (6, 6)
+    config = config_toml(scene.config, tmp_path)
+    args = ["--config", str(config), "import-predictions", str(tile_probabilities), "--classes",
+            "background, zone_industrielle, building"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, env={"GEOLABEL_LABEL_STUDIO_TOKEN": label_studio.token})
+    assert result.exit_code == 0, result.output
+    # uncovered tiles are tried again
+    assert "import-cosia_like: 1 tiles resampled, 5 already stored, 2 not covered, of 8" in result.output
+    assert "6 predictions pushed (6 replaced)" in result.output
     for place in [(r, c) for r in range(2) for c in range(3)]:
         versions = [p["model_version"] for p in client.predictions(int(tiles[place].task_id or 0))]
         assert versions == [imported.version]
