@@ -24,7 +24,7 @@ import pandas as pd
 from rasterio.crs import CRS
 from shapely.geometry.base import BaseGeometry
 
-from exporters import gpkg, labels, rasters, styles, tilemap
+from exporters import gpkg, labels, rasters, styles, tilemap, vectors
 from exporters.errors import ExportInputError, OutputExistsError
 from exporters.mosaic import ARGMAX_NODATA, MosaicTile, plan_blocks
 from geolabel.compute import DaskEngine, open_engine
@@ -64,6 +64,7 @@ class ExportOptions:
     announce: Callable[[str], None] | None = None  # told where the work runs (a Dask dashboard link)
     version: str | None = None  # model version whose predictions to export (None: the active one)
     clip_to_valid: bool = False  # cut labels to the pixels that hold image data
+    vectors: vectors.VectorOptions = field(default_factory=vectors.VectorOptions)  # predictions.gpkg shaping
 
 
 @dataclass
@@ -305,6 +306,9 @@ def _export_predictions(
         blocks = plan_blocks(out_grid, mosaic_tiles)
         bar.start("mosaicking predictions", len(blocks))
         files = rasters.write_mosaic(out_grid, blocks, store.load, bands, work, engine, bar.advance)
+        bar.start("vectorising predictions", vectors.vector_blocks(files.argmax))
+        polygons = vectors.write_predictions_gpkg(files.argmax, files.proba, bands, work / "predictions.gpkg",
+                                                  options.vectors, engine, bar.advance)  # fmt: skip
     bar.start("writing Cloud-Optimized GeoTIFFs", 2)
     rasters.to_cog(files.proba, work / "predictions_proba.tif", "AVERAGE", options.workers)
     bar.advance(1)
@@ -314,10 +318,17 @@ def _export_predictions(
     files.argmax.unlink()
     categories = [styles.Category(str(b.class_id), b.name, b.color) for b in bands]
     (work / "predictions_argmax.qml").write_text(styles.paletted_raster_qml(categories), encoding="utf-8")
-    report.files += ["predictions_proba.tif", "predictions_argmax.tif", "predictions_argmax.qml"]
+    report.files += [
+        "predictions_proba.tif",
+        "predictions_argmax.tif",
+        "predictions_argmax.qml",
+        "predictions.gpkg",
+    ]
+    report.notes += polygons.notes
     report.files += _probability_styles(bands, work)
     report.model_version = version
-    report.counts.update(predicted_tiles=len(tiles), prediction_pixels=files.valid_pixels)
+    report.counts.update(predicted_tiles=len(tiles), prediction_pixels=files.valid_pixels,
+                         prediction_polygons=polygons.features)  # fmt: skip
 
 
 def _prediction_version(config: Config, options: ExportOptions, report: ExportReport) -> str | None:
@@ -453,9 +464,12 @@ Files:
   predictions_proba.tif   one uint8 band per class (background first), probability 0-255; pixels
                           without image are masked (per-dataset mask)
   predictions_argmax.tif  class id of the most probable class, colour table, nodata 255
+  predictions.gpkg        layer predictions: the class ids vectorised, one polygon per connected region
+                          of a class (merged across tiles), mean class probability, pixels, area
   tiles.gpkg              tile footprints: state, uncertainty, selection round, annotation counts,
                           agreement between annotators (agreement, iou_<class>)
   *.qml, layer_styles     QGIS styles, applied when the layers are opened
+                          (predictions_proba.<class>.qml: one per class band, from the Style menu)
   manifest.json           this information, machine-readable, with every problem met
 
 Problems (regions not exported, repairs): {len(manifest["problems"])}; see manifest.json.

@@ -28,6 +28,7 @@ from importers.errors import ImportFailedError
 from trainer.errors import TrainerError
 
 if TYPE_CHECKING:  # heavy modules are imported by the commands that need them
+    from exporters.vectors import VectorOptions
     from geolabel.lsclient import LabelStudioClient
     from georef.registry import TileRegistry
     from importers.forget import ForgetReport
@@ -738,6 +739,15 @@ def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 )
 @click.option("--version", "version", help="Model version whose predictions to export (default: active).")
 @click.option("--clip-to-valid", is_flag=True, help="Cut labels to the pixels holding image data.")
+@click.option(
+    "--min-area", type=click.FloatRange(min=0), help="predictions.gpkg: smallest polygon (export.min_area)."
+)
+@click.option(
+    "--simplify", type=click.FloatRange(min=0), help="predictions.gpkg: tolerance (export.simplify)."
+)
+@click.option(
+    "--regularize", help="predictions.gpkg: classes given right angles, comma-separated (export.regularize)."
+)
 @project_option
 @scheduler_option
 @click.pass_context
@@ -750,6 +760,9 @@ def export(
     overwrite: bool,
     version: str | None,
     clip_to_valid: bool,
+    min_area: float | None,
+    simplify: float | None,
+    regularize: str | None,
     project: str | None,
     scheduler: str | None,
 ) -> None:
@@ -759,7 +772,8 @@ def export(
     config = _project_config(ctx, project, scheduler)
     options = ExportOptions(out, crs, what or WHAT, explicit=what is not None, overwrite=overwrite,
                             workers=config.import_.workers, announce=_announce, version=version,
-                            clip_to_valid=clip_to_valid)  # fmt: skip
+                            clip_to_valid=clip_to_valid,
+                            vectors=_vector_options(config, min_area, simplify, regularize))  # fmt: skip
     client = _client(config)
     client.check()
     with progress_bar() as bar:
@@ -771,6 +785,20 @@ def export(
         console.print(f"note: {note}", highlight=False)
     for problem in report.problems:
         err_console.print(f"[yellow]not exported or repaired:[/] {problem}", highlight=False)
+
+
+def _vector_options(
+    config: Config, min_area: float | None, simplify: float | None, regularize: str | None
+) -> VectorOptions:
+    """``predictions.gpkg``'s shaping: the ``[export]`` section, overridden by the command's options."""
+    from exporters.vectors import VectorOptions
+
+    section = config.export
+    classes = (
+        section.regularize if regularize is None else [c.strip() for c in regularize.split(",") if c.strip()]
+    )
+    return VectorOptions(section.min_area if min_area is None else min_area,
+                         section.simplify if simplify is None else simplify, frozenset(classes))  # fmt: skip
 
 
 def _has_registry(config: Config) -> bool:

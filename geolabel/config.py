@@ -166,6 +166,14 @@ class ImportSection(_Section):
     workers: int = Field(default=2, ge=1, le=64)
 
 
+class ExportSection(_Section):
+    """``[export]``: how ``predictions.gpkg`` shapes its polygons (ground units of the export's CRS)."""
+
+    min_area: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    simplify: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    regularize: list[str] = []
+
+
 class Config(_Section):
     """The whole ``geolabel.toml``."""
 
@@ -181,6 +189,7 @@ class Config(_Section):
     compute: ComputeSection = ComputeSection()
     paths: PathsSection = PathsSection()
     import_: ImportSection = Field(default=ImportSection(), alias="import")
+    export: ExportSection = ExportSection()
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @field_validator("classes")
@@ -518,4 +527,13 @@ data_dir = "geolabel-data"
 [import]
 # Threads reading and encoding display tiles.
 workers = 2
+
+[export]
+# predictions.gpkg (the class-id raster vectorised): polygons under min_area (ground units^2 of the
+# export's CRS, e.g. m^2) are left out; simplify is a tolerance in ground units (0 = exact pixel
+# edges; neighbours keep their shared edges); classes named in regularize (e.g. ["building"]) get
+# right angles. For 20 cm imagery in metres, e.g. min_area = 1.0, simplify = 0.3.
+min_area = 0.0
+simplify = 0.0
+regularize = []
 """

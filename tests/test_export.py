@@ -16,6 +16,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import rasterio.features
 import rasterio.transform
 import torch
 from affine import Affine
@@ -166,6 +167,26 @@ def test_prediction_rasters_match_the_source_grid_and_are_valid_cogs(exported: P
     assert (ids[mask] == np.array([0, 1, 2])[proba.argmax(axis=0)][mask]).all()
 
 
+def test_vector_predictions_cover_exactly_the_class_pixels_of_the_argmax(exported: Path) -> None:
+    predictions = gpd.read_file(exported / "predictions.gpkg", layer="predictions")
+    assert predictions.crs == CRS.from_epsg(2154)
+    with rasterio.open(exported / "predictions_argmax.tif") as src:
+        ids = src.read(1)
+    for class_id, name in ((1, "building"), (2, "water")):
+        mine = predictions[predictions["class_id"] == class_id]
+        assert set(mine["class_name"]) <= {name}
+        pixels = int((ids == class_id).sum())
+        assert int(mine["pixels"].sum()) == pixels
+        assert mine.geometry.area.sum() == pytest.approx(pixels * 0.04, rel=1e-9)  # 20 cm pixels, no simplify
+        burnt = rasterio.features.rasterize(
+            ((g, 1) for g in mine.geometry), out_shape=ids.shape, transform=LAMBERT93_20CM, dtype="uint8"
+        )
+        assert (burnt.astype(bool) == (ids == class_id)).all()  # exactly those pixels: no shift, no flip
+    assert ((predictions["mean_probability"] > 0.3) & (predictions["mean_probability"] <= 1.0)).all()
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["counts"]["prediction_polygons"] == len(predictions)
+
+
 def test_tile_map_has_states_and_the_outside_judges_agree(exported: Path) -> None:
     tiles = gpd.read_file(exported / "tiles.gpkg", layer="tiles")
     assert sorted(tiles["state"]) == ["labelled", "labelled", "skipped"]
@@ -174,6 +195,9 @@ def test_tile_map_has_states_and_the_outside_judges_agree(exported: Path) -> Non
     assert first.bounds == pytest.approx((650000.0, 6860000.0 - 51.2, 650000.0 + 51.2, 6860000.0))
     styles = pyogrio.read_dataframe(exported / "labels.gpkg", layer="layer_styles", read_geometry=False)
     assert sorted(styles["f_table_name"]) == ["labels", "labels_merged"]
+    styles = pyogrio.read_dataframe(exported / "predictions.gpkg", layer="layer_styles", read_geometry=False)
+    assert list(styles["f_table_name"]) == ["predictions"]
+    assert 'attr="class_id"' in styles["styleQML"].iloc[0]
     assert (exported / "predictions_argmax.qml").is_file()
     for band, name in ((2, "building"), (3, "water")):  # one style per class band; the first is the default
         qml = (exported / f"predictions_proba.{name}.qml").read_text()
@@ -191,7 +215,9 @@ def test_tile_map_has_states_and_the_outside_judges_agree(exported: Path) -> Non
 
 def test_gdal_command_line_tools_read_every_output(exported: Path) -> None:
     require_gdal_tools()
-    layers = {("labels.gpkg", "labels"): 3, ("labels.gpkg", "labels_merged"): 2, ("tiles.gpkg", "tiles"): 3}
+    polygons = len(gpd.read_file(exported / "predictions.gpkg", layer="predictions"))
+    layers = {("labels.gpkg", "labels"): 3, ("labels.gpkg", "labels_merged"): 2, ("tiles.gpkg", "tiles"): 3,
+              ("predictions.gpkg", "predictions"): polygons}  # fmt: skip
     for (file, layer), count in layers.items():
         text = subprocess.run(["ogrinfo", "-so", str(exported / file), layer], capture_output=True, text=True,
                               check=True).stdout  # fmt: skip
@@ -400,6 +426,11 @@ def test_any_model_version_can_be_exported(
     assert code == 8
     assert "model version 'v1' not found" in output
     assert "v20250101-000000" in output  # the versions there are listed
+    code, output = run_cli(
+        scene, label_studio, tmp_path, "--out", str(tmp_path / "x"), "--regularize", "roof"
+    )
+    assert code == 8
+    assert "cannot regularise roof: not a class of this model" in output
     assert not (tmp_path / "x").exists()
 
 
@@ -439,8 +470,9 @@ found = {}
 for name in ("labels", "labels_merged"):
     layer = QgsVectorLayer(f"{folder}/labels.gpkg|layername={name}", name, "ogr")
     found[name] = [layer.isValid(), layer.crs().authid(), layer.featureCount(), layer.renderer().type()]
-layer = QgsVectorLayer(f"{folder}/tiles.gpkg|layername=tiles", "tiles", "ogr")
-found["tiles"] = [layer.isValid(), layer.crs().authid(), layer.featureCount(), layer.renderer().type()]
+for file, name in (("tiles", "tiles"), ("predictions", "predictions")):
+    layer = QgsVectorLayer(f"{folder}/{file}.gpkg|layername={name}", name, "ogr")
+    found[name] = [layer.isValid(), layer.crs().authid(), layer.featureCount(), layer.renderer().type()]
 for name in ("predictions_proba", "predictions_argmax"):
     layer = QgsRasterLayer(f"{folder}/{name}.tif", name)
     found[name] = [layer.isValid(), layer.crs().authid(), layer.width(), layer.renderer().type()]
@@ -464,5 +496,7 @@ def test_qgis_opens_every_layer_styled(exported: Path, tmp_path: Path) -> None:
     assert found["labels"] == [True, "EPSG:2154", 3, "categorizedSymbol"]
     assert found["labels_merged"] == [True, "EPSG:2154", 2, "categorizedSymbol"]
     assert found["tiles"] == [True, "EPSG:2154", 3, "categorizedSymbol"]
+    polygons = len(gpd.read_file(exported / "predictions.gpkg", layer="predictions"))
+    assert found["predictions"] == [True, "EPSG:2154", polygons, "categorizedSymbol"]
     assert found["predictions_argmax"] == [True, "EPSG:2154", 480, "paletted"]
     assert found["predictions_proba"] == [True, "EPSG:2154", 480, "singlebandpseudocolor"]
