@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_CONFIG ?= demo/geolabel.toml
 
-.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export bench-deploy bench-territory bench-transfer judges docker-judges deploy-test gdal clean
+.PHONY: install demo serve test lint typecheck pytest browser bench bench-import bench-ml bench-al bench-export bench-vectors bench-deploy bench-territory bench-transfer judges docker-judges deploy-test gdal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ bench-transfer: install  ## a new area from an earlier model: scratch vs prior x
 
 bench-export: install gdal  ## prediction export on 10000 tiles against gdal_translate -of COG
 	$(BIN)/python bench/bench_export.py
+
+bench-vectors: install gdal  ## predictions.gpkg on the 10000-tile export bench against gdal_polygonize.py
+	nice $(BIN)/python bench/bench_vectors.py
 
 bench-deploy: install  ## 20 simulated annotators against the deployment topology (PostgreSQL, then SQLite): latencies, nothing lost, RSS, secrets in logs
 	$(BIN)/python bench/bench_deployment.py

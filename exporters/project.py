@@ -27,7 +27,7 @@ from shapely.geometry.base import BaseGeometry
 from exporters import gpkg, labels, rasters, styles, tilemap, vectors
 from exporters.errors import ExportInputError, OutputExistsError
 from exporters.mosaic import ARGMAX_NODATA, MosaicTile, plan_blocks
-from geolabel.compute import DaskEngine, open_engine
+from geolabel.compute import DaskEngine, InProcess, open_engine
 from geolabel.config import Config
 from geolabel.locks import hold_lock, is_locked, process_alive
 from geolabel.lsclient import LabelStudioClient
@@ -294,6 +294,7 @@ def _export_predictions(
         raise ExportInputError(
             f"class id {ARGMAX_NODATA} is the class-id raster's nodata; renumber that class"
         )
+    vectors.check_regularize(options.vectors, bands)  # before the long work, not after it
     out_grid = _output_grid(list(project.rasters.values()), options.crs)
     with open_engine(config.compute, len(tiles), options.workers, options.announce) as engine:
         model_engine = engine if isinstance(engine, DaskEngine) else None  # in this process: one model pass
@@ -306,9 +307,11 @@ def _export_predictions(
         blocks = plan_blocks(out_grid, mosaic_tiles)
         bar.start("mosaicking predictions", len(blocks))
         files = rasters.write_mosaic(out_grid, blocks, store.load, bands, work, engine, bar.advance)
-        bar.start("vectorising predictions", vectors.vector_blocks(files.argmax))
-        polygons = vectors.write_predictions_gpkg(files.argmax, files.proba, bands, work / "predictions.gpkg",
-                                                  options.vectors, engine, bar.advance)  # fmt: skip
+    bar.start("vectorising predictions", vectors.vector_blocks(files.argmax))
+    polygons = vectors.write_predictions_gpkg(  # in this process: a remote worker cannot see the work folder
+        files.argmax, files.proba, bands, work / "predictions.gpkg", options.vectors,
+        InProcess(options.workers), bar.advance,
+    )  # fmt: skip
     bar.start("writing Cloud-Optimized GeoTIFFs", 2)
     rasters.to_cog(files.proba, work / "predictions_proba.tif", "AVERAGE", options.workers)
     bar.advance(1)

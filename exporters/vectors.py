@@ -243,6 +243,19 @@ def _job(
                 raise ExportInputError(f"{argmax} has no CRS; the polygons could not be placed")
     except rasterio.errors.RasterioIOError as exc:
         raise ExportInputError(f"cannot read the prediction rasters: {exc}") from None
+    known = check_regularize(options, bands)
+    foreground = tuple((b.class_id, index) for index, b in enumerate(bands, start=1) if b.class_id != 0)
+    job = VectorJob(argmax, proba, grid[0], grid[1], grid[2], foreground, options,
+                    frozenset(known[name] for name in options.regularize))  # fmt: skip
+    return job, grid[3]
+
+
+def check_regularize(options: VectorOptions, bands: Sequence[rasters.Band]) -> dict[str, int]:
+    """The foreground classes by name; checks that every class of ``options.regularize`` is one of them.
+
+    Raises:
+        ExportInputError: naming the classes that are not.
+    """
     known = {b.name: b.class_id for b in bands if b.class_id != 0}
     unknown = sorted(options.regularize - set(known))
     if unknown:
@@ -250,10 +263,7 @@ def _job(
             f"cannot regularise {', '.join(unknown)}: not a class of this model "
             f"(classes: {', '.join(sorted(known)) or 'none'})"
         )
-    foreground = tuple((b.class_id, index) for index, b in enumerate(bands, start=1) if b.class_id != 0)
-    job = VectorJob(argmax, proba, grid[0], grid[1], grid[2], foreground, options,
-                    frozenset(known[name] for name in options.regularize))  # fmt: skip
-    return job, grid[3]
+    return known
 
 
 def _notes(options: VectorOptions, dropped: int, kept_outline: int) -> list[str]:

@@ -40,6 +40,7 @@ from tests.conftest import (
     free_port,
     import_scene,
 )
+from trainer.agreement import load_agreement
 from trainer.contender import ContenderResult
 from trainer.dashboard import PLOTS, MapTile, collect
 from trainer.errors import HarvestError, TrainerError
@@ -217,6 +218,9 @@ def test_a_round_trains_promotes_scores_and_records(project: Project) -> None:
     store = ModelStore(project.config.models_dir)
     assert store.active_name() == record.model_version
     assert record.labelled_tiles == 4
+    measured = load_agreement(project.config.registry_path, project.project_id)  # the round measured it
+    assert measured.measured_at >= record.started
+    assert measured.tiles == []  # one annotator per tile: nothing to compare
     expected_buildings = sum(int((tile_truth(project, t) == 1).sum()) for t in labelled)
     assert record.class_pixels["building"] == expected_buildings  # no annotation lost
     assert record.validation_tiles >= 1

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS tile_agreement (
     measured_at TEXT NOT NULL,
     PRIMARY KEY (project_id, task_id)
 );
+CREATE TABLE IF NOT EXISTS agreement_measures (
+    project_id INTEGER PRIMARY KEY,
+    measured_at TEXT NOT NULL
+);
 """
 
 
@@ -511,10 +515,14 @@ def save_agreement(
     with _connect(path) as conn:
         conn.execute("DELETE FROM tile_agreement WHERE project_id = ?", (project_id,))
         conn.executemany("INSERT INTO tile_agreement VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("INSERT OR REPLACE INTO agreement_measures VALUES (?, ?)", (project_id, measured_at))
 
 
 def load_agreement(path: str | Path, project_id: int) -> StoredAgreement:
-    """The project's stored agreement, by task id (empty before the first measure)."""
+    """The project's stored agreement, by task id (empty before the first measure, or none compared).
+
+    ``measured_at`` is the last measure's time even when it found no tile with two annotators.
+    """
     if not Path(path).is_file():
         return StoredAgreement("", [])
     with _connect(path) as conn:
@@ -523,12 +531,15 @@ def load_agreement(path: str | Path, project_id: int) -> StoredAgreement:
             "measured_at FROM tile_agreement WHERE project_id = ? ORDER BY task_id",
             (project_id,),
         ).fetchall()
+        measure = conn.execute(
+            "SELECT measured_at FROM agreement_measures WHERE project_id = ?", (project_id,)
+        ).fetchone()
     tiles = [
         TileAgreement(int(task), str(tile), int(raster), tuple(json.loads(who)), int(authors), int(pixels),
                       _ious_from_json(ious), math.nan if score is None else float(score))
         for task, tile, raster, who, authors, pixels, score, ious, _ in rows
     ]  # fmt: skip
-    return StoredAgreement(str(rows[0][-1]) if rows else "", tiles)
+    return StoredAgreement(str(measure[0]) if measure else (str(rows[0][-1]) if rows else ""), tiles)
 
 
 def _ious_json(ious: Mapping[str, float]) -> str:

@@ -16,10 +16,12 @@ whose process died is closed by the next process that takes the lock
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import rasterio.errors
 
 from geolabel.classes import LabelClass
 from geolabel.compute import open_engine
@@ -27,10 +29,11 @@ from geolabel.config import Config
 from geolabel.errors import LabelStudioUnreachableError
 from geolabel.locks import exclusive_lock
 from geolabel.lsclient import LabelStudioClient, Retry
-from geolabel.lsmodels import read_schema
+from geolabel.lsmodels import LabelledTask, read_schema
 from geolabel.progress import Progress, SilentProgress
 from georef.registry import TileRecord, TileRegistry, TileStatus
 from importers.inputs import project_input
+from trainer.agreement import measure_project
 from trainer.batch import ModelJob, TileWork, map_tiles
 from trainer.contender import UNET, Contender, Contest, contest, winner_files
 from trainer.dashboard_throughput import ThroughputTally, save_throughput
@@ -175,8 +178,9 @@ def _round(
     events_upto = max((e.id for e in registry.annotation_events(project_id)), default=0)
     classes = list(config.classes)
     tiles = {t.task_id: t for t in _project_tiles(registry, project_id) if t.task_id is not None}
-    found, tally = _harvest(client, project_id, tiles, classes, config.trainer.labelling)
+    found, tally, tasks = _harvest(client, project_id, tiles, classes, config.trainer.labelling)
     save_throughput(config.registry_path, project_id, tally.counts())  # the dashboard's tiles per day
+    _refresh_agreement(config, client, tasks)
     names = ["background", *(c.name for c in classes)]
     store.update(
         round_id,
@@ -327,8 +331,8 @@ def _harvest(
     tiles: dict[int, TileRecord],
     classes: list[LabelClass],
     labelling: Labelling = "exhaustive",
-) -> tuple[Harvest, ThroughputTally]:
-    """Annotations from Label Studio (its client retries while it is unreachable).
+) -> tuple[Harvest, ThroughputTally, list[LabelledTask]]:
+    """Annotations from Label Studio (its client retries while it is unreachable), and the tasks read.
 
     Also counts each annotator's tiles per day on the way (:mod:`trainer.dashboard_throughput`).
 
@@ -340,7 +344,19 @@ def _harvest(
         tasks = client.labelled_tasks(project_id)
     except LabelStudioUnreachableError as exc:
         raise HarvestError(f"no annotations harvested: {exc}") from None
-    return harvest(tally.watch(tasks), tiles, classes, labelling), tally
+    return harvest(tally.watch(tasks), tiles, classes, labelling), tally, tasks
+
+
+def _refresh_agreement(config: Config, client: LabelStudioClient, tasks: Sequence[LabelledTask]) -> None:
+    """Measure the agreement between annotators from the tasks just read, for the dashboard and status.
+
+    A measure that fails (a raster gone, the registry busy) is logged and never fails the round: the
+    previous measure stays, with its time.
+    """
+    try:
+        measure_project(config, client, tasks)
+    except (TrainerError, OSError, sqlite3.Error, rasterio.errors.RasterioError) as exc:
+        logger.warning("agreement between annotators not measured this round: %s", exc)
 
 
 def _annotators(tiles: Sequence[LabelledTile]) -> dict[str, int]:
