@@ -476,6 +476,11 @@ for file, name in (("tiles", "tiles"), ("predictions", "predictions")):
 for name in ("predictions_proba", "predictions_argmax"):
     layer = QgsRasterLayer(f"{folder}/{name}.tif", name)
     found[name] = [layer.isValid(), layer.crs().authid(), layer.width(), layer.renderer().type()]
+layer = QgsRasterLayer(f"{folder}/predictions_proba.tif", "water")
+_, loaded = layer.loadNamedStyle(f"{folder}/predictions_proba.water.qml")
+renderer = layer.renderer()
+band = renderer.inputBand() if hasattr(renderer, "inputBand") else renderer.band()
+found["water_style"] = [loaded, renderer.type(), band]
 print(json.dumps(found), flush=True)
 os._exit(0)  # QGIS 3.22 may crash while tearing down offscreen; the answer is already out
 """
@@ -500,3 +505,4 @@ def test_qgis_opens_every_layer_styled(exported: Path, tmp_path: Path) -> None:
     assert found["predictions"] == [True, "EPSG:2154", polygons, "categorizedSymbol"]
     assert found["predictions_argmax"] == [True, "EPSG:2154", 480, "paletted"]
     assert found["predictions_proba"] == [True, "EPSG:2154", 480, "singlebandpseudocolor"]
+    assert found["water_style"] == [True, "singlebandpseudocolor", 3]  # a class's own style, loaded by hand
