@@ -172,8 +172,8 @@ def _load_project(config: Config) -> _Project:
         project_id = registry.project_id(config.project.name)
         if project_id is None:
             raise ExportInputError(f"project {config.project.name!r} has no tiles yet; run geolabel import")
-        rasters = {r.id: r for r in registry.rasters() if r.project_id == project_id}
-        tiles = [t for t in registry.tiles() if t.raster_id in rasters]  # this project's only
+        rasters = {r.id: r for r in registry.rasters(project_id)}
+        tiles = registry.tiles(project_id=project_id)  # this project's only
     adopt_legacy_stores(config)  # models and predictions are the project's own (config.models_dir)
     return _Project(project_id, rasters, tiles)
 

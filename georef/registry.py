@@ -332,9 +332,12 @@ class TileRegistry:
         )
         return _raster_record(row) if row else None
 
-    def rasters(self) -> list[RasterRecord]:
-        """Every raster row, oldest first."""
-        return [_raster_record(row) for row in self._all("SELECT * FROM rasters ORDER BY id", [])]
+    def rasters(self, project_id: int | None = None) -> list[RasterRecord]:
+        """Every raster row (or those of one project), oldest first."""
+        if project_id is None:
+            return [_raster_record(row) for row in self._all("SELECT * FROM rasters ORDER BY id", [])]
+        sql = "SELECT * FROM rasters WHERE project_id = ? ORDER BY id"
+        return [_raster_record(row) for row in self._all(sql, [project_id])]
 
     def set_raster_status(self, raster_id: int, status: RasterStatus) -> None:
         """Set a raster's status."""
@@ -368,10 +371,15 @@ class TileRegistry:
 
     # tiles --------------------------------------------------------------------
 
-    def tiles(self, raster_id: int | None = None, status: TileStatus | None = None) -> list[TileRecord]:
-        """Tile rows, optionally of one raster and/or one status, in row-major order."""
+    def tiles(
+        self, raster_id: int | None = None, status: TileStatus | None = None, project_id: int | None = None
+    ) -> list[TileRecord]:
+        """Tile rows, optionally of one raster, one status and/or one project, in row-major order."""
         clauses: list[str] = []
         params: list[Any] = []
+        if project_id is not None:
+            clauses.append("t.raster_id IN (SELECT id FROM rasters WHERE project_id = ?)")
+            params.append(project_id)
         if raster_id is not None:
             clauses.append("t.raster_id = ?")
             params.append(raster_id)

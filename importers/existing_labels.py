@@ -259,8 +259,8 @@ def _load_project(config: Config) -> _Project:
                 f"project {config.project.name!r} has no tiles yet: import its rasters first "
                 "(geolabel import RASTER)"
             )
-        rasters = {r.id: r for r in registry.rasters() if r.project_id == project_id}
-        tiles = [t for t in registry.tiles() if t.raster_id in rasters]
+        rasters = {r.id: r for r in registry.rasters(project_id)}
+        tiles = registry.tiles(project_id=project_id)
     return _Project(project_id, rasters, tiles)
 
 

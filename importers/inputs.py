@@ -69,7 +69,7 @@ def legacy_project_input(
     It is the input bands of the project's active model when it has one, else what its first raster
     would give a new project (bands 1..n, or the display bands when n > 5: what models read then).
     """
-    rasters = [r for r in registry.rasters() if r.project_id == project_id]
+    rasters = [] if project_id is None else registry.rasters(project_id)
     if not rasters:
         return None
     first = rasters[0]

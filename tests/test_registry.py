@@ -188,3 +188,17 @@ def test_forget_raster_deletes_its_rows_only(registry: TileRegistry) -> None:
     assert registry.forget_raster(gone.id) == len(ids)
     assert [r.id for r in registry.rasters()] == [kept.id]
     assert {t.raster_id for t in registry.tiles()} == {kept.id}
+
+
+def test_rasters_and_tiles_of_one_project_only(registry: TileRegistry) -> None:
+    registry.record_project(8, "other")
+    plans = plan_tiles(GRID.width, GRID.height, 512, 64)
+    mine = registry.add_raster(new_raster(), plans)
+    other = dataclasses.replace(new_raster("/data/b.tif", "cd" * 32), project_id=8)
+    theirs = registry.add_raster(other, plans)
+    assert [r.id for r in registry.rasters(7)] == [mine.id]
+    assert [r.id for r in registry.rasters(8)] == [theirs.id]
+    assert {t.raster_id for t in registry.tiles(project_id=8)} == {theirs.id}
+    assert len(registry.tiles(project_id=7)) == len(plans)
+    assert registry.tiles(project_id=9) == []
+    assert len(registry.tiles()) == 2 * len(plans)

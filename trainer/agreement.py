@@ -376,8 +376,8 @@ def measure_project(
         project_id = registry.project_id(config.project.name)
         if project_id is None:
             raise AgreementError(f"project {config.project.name!r} has no tiles yet; run geolabel import")
-        rasters = {r.id: r for r in registry.rasters() if r.project_id == project_id}
-        tiles = {t.task_id: t for t in registry.tiles() if t.raster_id in rasters and t.task_id is not None}
+        rasters = {r.id: r for r in registry.rasters(project_id)}
+        tiles = {t.task_id: t for t in registry.tiles(project_id=project_id) if t.task_id is not None}
     if tasks is None:
         tasks = client.labelled_tasks(project_id)
     validity = RasterValidity(rasters)

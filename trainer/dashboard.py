@@ -93,7 +93,7 @@ def collect(config: Config) -> Dashboard:
         if project_id is None:
             return empty
         rounds = store.rounds(project_id)
-        rasters = [r for r in registry.rasters() if r.project_id == project_id]
+        rasters = registry.rasters(project_id)
         tiles = _map_tiles(registry, store, project_id, rounds, rasters)
         pending = registry.count_changed_annotations(project_id, store.harvested_upto(project_id))
     throughput = load_throughput(config.registry_path, project_id)

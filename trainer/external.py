@@ -58,7 +58,7 @@ from georef.grid import Grid, crs_to_text
 from georef.registry import TileRecord, TileRegistry
 from trainer.errors import ProbabilityImportError, TrainerError
 from trainer.preannotations import prediction
-from trainer.predict import PREDICTABLE
+from trainer.predict import predictable_tiles
 from trainer.predictions import PredictionStore
 from trainer.serving import keep_queue_view
 from trainer.versions import ModelStore
@@ -215,7 +215,7 @@ def resample_probabilities(
     bar = progress or SilentProgress()
     version = _version(config, options)
     with TileRegistry(config.registry_path) as registry:
-        tiles = _project_tiles(config, registry)
+        tiles = predictable_tiles(config, registry)
         grids = [registry.raster(r).grid for r in sorted({t.raster_id for t in tiles})]
     with _opened(options.source) as src:
         plan, summed = band_plan(src, options.classes, config.classes)
@@ -260,8 +260,8 @@ def push_probabilities(
     store = PredictionStore(config.predictions_dir, report.version)
     with TileRegistry(config.registry_path) as registry:
         project_id = registry.project_id(config.project.name)
-        tiles = [t for t in _project_tiles(config, registry) if t.task_id is not None and store.has(t.id)]
-    if project_id is None:  # _project_tiles raised already; for the type checker
+        tiles = [t for t in predictable_tiles(config, registry) if t.task_id is not None and store.has(t.id)]
+    if project_id is None:  # predictable_tiles raised already; for the type checker
         raise TrainerError(f"project {config.project.name!r} has no tiles yet; run geolabel import")
     schema = read_schema(client.project(project_id)["label_config"])
     report.replaced = client.delete_predictions(project_id, report.version)
@@ -515,15 +515,6 @@ def _version(config: Config, options: ProbabilityImport) -> str:
             "give the import another name (--version)"
         )
     return version
-
-
-def _project_tiles(config: Config, registry: TileRegistry) -> list[TileRecord]:
-    """The project's tiles with an image."""
-    project_id = registry.project_id(config.project.name)
-    if project_id is None:
-        raise TrainerError(f"project {config.project.name!r} has no tiles yet; run geolabel import first")
-    rasters = {r.id for r in registry.rasters() if r.project_id == project_id}
-    return [t for t in registry.tiles() if t.raster_id in rasters and t.status in PREDICTABLE]
 
 
 @contextmanager

@@ -321,8 +321,7 @@ def _project_tiles(
     registry: TileRegistry, project_id: int, status: TileStatus | None = None
 ) -> list[TileRecord]:
     """The tiles of the project's rasters only (a data folder may hold several projects)."""
-    rasters = {r.id for r in registry.rasters() if r.project_id == project_id}
-    return [t for t in registry.tiles(status=status) if t.raster_id in rasters]
+    return registry.tiles(status=status, project_id=project_id)
 
 
 def _harvest(

@@ -67,7 +67,7 @@ def predict_project(
     if name not in models.versions():
         raise TrainerError(f"no model version {name!r} in project {config.project.name!r}")
     with TileRegistry(config.registry_path) as registry:
-        tiles = _project_tiles(config, registry, raster)
+        tiles = predictable_tiles(config, registry, raster)
         return predict_missing(config, registry, name, tiles, progress, announce)
 
 
@@ -109,12 +109,16 @@ def predict_missing(
     return report
 
 
-def _project_tiles(config: Config, registry: TileRegistry, raster: Path | None) -> list[TileRecord]:
-    """The project's tiles with an image, or those of ``raster`` (which must be one of the project's)."""
+def predictable_tiles(config: Config, registry: TileRegistry, raster: Path | None = None) -> list[TileRecord]:
+    """The configured project's tiles with an image, or those of ``raster`` (one of the project's).
+
+    Raises:
+        TrainerError: if the project has no tiles yet, or ``raster`` is not one of its rasters.
+    """
     project_id = registry.project_id(config.project.name)
     if project_id is None:
         raise TrainerError(f"project {config.project.name!r} has no tiles yet; run geolabel import")
-    rasters = {r.id for r in registry.rasters() if r.project_id == project_id}
+    rasters = {r.id for r in registry.rasters(project_id)}
     if raster is not None:
         record = registry.raster_by_path(str(raster.resolve()))
         if record is None or record.id not in rasters:
