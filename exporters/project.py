@@ -36,6 +36,7 @@ from geolabel.progress import Progress, SilentProgress
 from georef.errors import InvalidGeometryError
 from georef.grid import Grid, covering_grid, crs_from_text, crs_to_text, reprojected_grid, union_grid
 from georef.registry import RasterRecord, TileRecord, TileRegistry
+from importers.project import ProjectTiles, load_project_tiles
 from trainer.agreement import RasterValidity, class_names, measure, save_agreement
 from trainer.harvest import Problem
 from trainer.legacy import adopt_legacy_stores
@@ -78,13 +79,6 @@ class ExportReport:
     model_version: str | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Project:
-    project_id: int
-    rasters: dict[int, RasterRecord]
-    tiles: list[TileRecord]
 
 
 def export_project(
@@ -163,19 +157,10 @@ def _in_use(work: Path, pid: int) -> bool:
     return is_locked(lock) or not lock.exists()  # no lock file: a folder being set up, or older geolabel
 
 
-def _load_project(config: Config) -> _Project:
-    if not config.registry_path.is_file():
-        raise ExportInputError(
-            f"nothing imported yet ({config.registry_path} does not exist); run geolabel import"
-        )
-    with TileRegistry(config.registry_path) as registry:
-        project_id = registry.project_id(config.project.name)
-        if project_id is None:
-            raise ExportInputError(f"project {config.project.name!r} has no tiles yet; run geolabel import")
-        rasters = {r.id: r for r in registry.rasters(project_id)}
-        tiles = registry.tiles(project_id=project_id)  # this project's only
+def _load_project(config: Config) -> ProjectTiles:
+    project = load_project_tiles(config, ExportInputError)
     adopt_legacy_stores(config)  # models and predictions are the project's own (config.models_dir)
-    return _Project(project_id, rasters, tiles)
+    return project
 
 
 def _common_crs(rasters: Iterable[RasterRecord]) -> CRS:
@@ -193,7 +178,7 @@ def _common_crs(rasters: Iterable[RasterRecord]) -> CRS:
 
 def _export_labels(
     config: Config,
-    project: _Project,
+    project: ProjectTiles,
     tasks: Sequence[LabelledTask],
     crs: CRS,
     work: Path,
@@ -242,7 +227,7 @@ def _export_labels(
 def _task_features(
     task: LabelledTask,
     tiles_by_task: Mapping[int, TileRecord],
-    project: _Project,
+    project: ProjectTiles,
     class_ids: Mapping[str, int],
     problems: list[Problem],
     clip_to_valid: bool,
@@ -274,7 +259,7 @@ def _in_crs(features: Sequence[labels.LabelFeature], crs: CRS) -> gpd.GeoDataFra
 
 def _export_predictions(
     config: Config,
-    project: _Project,
+    project: ProjectTiles,
     options: ExportOptions,
     crs: CRS,
     work: Path,
@@ -399,7 +384,7 @@ def _output_grid(records: Sequence[RasterRecord], crs: CRS | None) -> Grid:
 
 def _export_tiles(
     config: Config,
-    project: _Project,
+    project: ProjectTiles,
     tasks: Sequence[LabelledTask],
     crs: CRS,
     work: Path,

@@ -46,11 +46,12 @@ from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import ProjectSchema, read_schema
 from geolabel.progress import Progress, SilentProgress
 from georef.labelstudio import ImageSize, brush_result, polygon_result
-from georef.registry import RasterRecord, TileRecord, TileRegistry
+from georef.registry import RasterRecord, TileRecord
 from georef.shapes import without_holes
 from importers.errors import LabelFileError
 from importers.labelfile import UNKNOWN_CLASS, class_labels, file_digest, read_label_file
 from importers.pipeline import import_lock
+from importers.project import ProjectTiles, load_project_tiles
 
 #: Pixel coordinates this close to a whole number are snapped to it (see the module docstring).
 SNAP_PX = 1e-6
@@ -149,13 +150,6 @@ class LabelImportReport:
             self.not_placed[reason] = self.not_placed.get(reason, 0) + count
 
 
-@dataclass(frozen=True)
-class _Project:
-    project_id: int
-    rasters: dict[int, RasterRecord]
-    tiles: list[TileRecord]
-
-
 def import_labels(
     config: Config, client: LabelStudioClient, options: LabelImportOptions, progress: Progress | None = None
 ) -> LabelImportReport:
@@ -178,7 +172,7 @@ def import_labels(
     report.features_read = len(frame)
     report.unknown_classes = dict(unknown)
     report.skip(UNKNOWN_CLASS, sum(unknown.values()))
-    project = _load_project(config)
+    project = load_project_tiles(config, LabelFileError)
     with import_lock(config.data_dir):
         schema = read_schema(str(client.project(project.project_id)["label_config"]))
         live = {state.task_id for state in client.tasks(project.project_id)}
@@ -246,24 +240,6 @@ def _polygons(geometry: BaseGeometry) -> list[Polygon]:
     return [part for g in getattr(geometry, "geoms", []) for part in _polygons(g)]
 
 
-def _load_project(config: Config) -> _Project:
-    if not config.registry_path.is_file():
-        raise LabelFileError(
-            f"nothing imported yet ({config.registry_path} does not exist): import the rasters the labels "
-            "lie on first (geolabel import RASTER)"
-        )
-    with TileRegistry(config.registry_path) as registry:
-        project_id = registry.project_id(config.project.name)
-        if project_id is None:
-            raise LabelFileError(
-                f"project {config.project.name!r} has no tiles yet: import its rasters first "
-                "(geolabel import RASTER)"
-            )
-        rasters = {r.id: r for r in registry.rasters(project_id)}
-        tiles = registry.tiles(project_id=project_id)
-    return _Project(project_id, rasters, tiles)
-
-
 @dataclass
 class _Placement:
     """Regions per task, and per feature whether it was placed and why not."""
@@ -279,7 +255,7 @@ class _Placement:
 def _place(
     features: Sequence[_Feature],
     source_crs: object,
-    project: _Project,
+    project: ProjectTiles,
     schema: ProjectSchema,
     live: set[int],
     report: LabelImportReport,

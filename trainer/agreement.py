@@ -25,15 +25,13 @@ the registry file), replacing the previous ones, so the dashboard and
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
 import json
 import math
 import re
-import sqlite3
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,12 +45,14 @@ from geolabel.classes import BACKGROUND_NAME, LabelClass
 from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import Annotation, LabelledTask
-from georef.registry import RasterRecord, TileRecord, TileRegistry
+from georef.registry import RasterRecord, TileRecord
 from importers.display import valid_mask
+from importers.project import load_project_tiles
 from trainer.errors import TrainerError
 from trainer.harvest import Labelling, Problem, harvest
 from trainer.metrics import IGNORE, confusion
 from trainer.rounds import now
+from trainer.tables import connect
 
 #: A tile's valid-pixel mask (True: holds data), or None when every pixel counts.
 ValidMask = npt.NDArray[np.bool_] | None
@@ -368,16 +368,8 @@ def measure_project(
         AgreementError: if nothing was imported for the project yet.
         LabelStudioError: if Label Studio cannot be read.
     """
-    if not config.registry_path.is_file():
-        raise AgreementError(
-            f"nothing imported yet ({config.registry_path} does not exist); run geolabel import"
-        )
-    with TileRegistry(config.registry_path) as registry:
-        project_id = registry.project_id(config.project.name)
-        if project_id is None:
-            raise AgreementError(f"project {config.project.name!r} has no tiles yet; run geolabel import")
-        rasters = {r.id: r for r in registry.rasters(project_id)}
-        tiles = {t.task_id: t for t in registry.tiles(project_id=project_id) if t.task_id is not None}
+    project = load_project_tiles(config, AgreementError)
+    project_id, rasters, tiles = project.project_id, project.rasters, project.by_task()
     if tasks is None:
         tasks = client.labelled_tasks(project_id)
     validity = RasterValidity(rasters)
@@ -512,7 +504,7 @@ def save_agreement(
          None if math.isnan(t.agreement) else t.agreement, _ious_json(t.class_iou), measured_at)
         for t in tiles
     ]  # fmt: skip
-    with _connect(path) as conn:
+    with connect(path, SCHEMA) as conn:
         conn.execute("DELETE FROM tile_agreement WHERE project_id = ?", (project_id,))
         conn.executemany("INSERT INTO tile_agreement VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         conn.execute("INSERT OR REPLACE INTO agreement_measures VALUES (?, ?)", (project_id, measured_at))
@@ -525,7 +517,7 @@ def load_agreement(path: str | Path, project_id: int) -> StoredAgreement:
     """
     if not Path(path).is_file():
         return StoredAgreement("", [])
-    with _connect(path) as conn:
+    with connect(path, SCHEMA) as conn:
         rows = conn.execute(
             "SELECT task_id, tile_id, raster_id, annotators, authors, pixels, agreement, class_iou, "
             "measured_at FROM tile_agreement WHERE project_id = ? ORDER BY task_id",
@@ -548,18 +540,6 @@ def _ious_json(ious: Mapping[str, float]) -> str:
 
 def _ious_from_json(text: str) -> dict[str, float]:
     return {str(k): math.nan if v is None else float(v) for k, v in json.loads(text).items()}
-
-
-@contextlib.contextmanager
-def _connect(path: str | Path) -> Iterator[sqlite3.Connection]:
-    """A short-lived connection to the registry file: one transaction, always closed."""
-    conn = sqlite3.connect(path, timeout=30)
-    try:
-        conn.executescript(SCHEMA)
-        with conn:
-            yield conn
-    finally:
-        conn.close()
 
 
 def iou_field(name: str) -> str:

@@ -11,14 +11,13 @@ newest harvest.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from geolabel.lsmodels import LabelledTask
+from trainer.tables import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotator_days (
@@ -83,7 +82,7 @@ def _day(timestamp: str | None) -> str | None:
 
 def save_throughput(path: str | Path, project_id: int, counts: Iterable[AnnotatorDay]) -> None:
     """Replace the project's stored counts with ``counts`` (one transaction)."""
-    with _connect(path) as conn:
+    with connect(path, SCHEMA) as conn:
         conn.execute("DELETE FROM annotator_days WHERE project_id = ?", (project_id,))
         conn.executemany(
             "INSERT INTO annotator_days (project_id, annotator, day, tiles) VALUES (?, ?, ?, ?)",
@@ -95,21 +94,9 @@ def load_throughput(path: str | Path, project_id: int) -> list[AnnotatorDay]:
     """The project's stored counts, by annotator then day (empty before the first harvest)."""
     if not Path(path).is_file():
         return []
-    with _connect(path) as conn:
+    with connect(path, SCHEMA) as conn:
         rows = conn.execute(
             "SELECT annotator, day, tiles FROM annotator_days WHERE project_id = ? ORDER BY annotator, day",
             (project_id,),
         ).fetchall()
     return [AnnotatorDay(str(who), str(day), int(tiles)) for who, day, tiles in rows]
-
-
-@contextlib.contextmanager
-def _connect(path: str | Path) -> Iterator[sqlite3.Connection]:
-    """A short-lived connection to the registry file: one transaction, always closed."""
-    conn = sqlite3.connect(path, timeout=30)
-    try:
-        conn.executescript(SCHEMA)
-        with conn:
-            yield conn
-    finally:
-        conn.close()
