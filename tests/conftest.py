@@ -243,6 +243,13 @@ def import_scene(
     profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "nodata": nodata}
     with rasterio.open(raster, "w", dtype=image.dtype.name, crs=crs, transform=transform, **profile) as dst:
         dst.write(image)
+    return import_existing(label_studio, raster, title, overlap, **sections)
+
+
+def import_existing(
+    label_studio: LabelStudioServer, raster: Path, title: str, overlap: int, **sections: dict[str, object]
+) -> ImportedScene:
+    """Import the raster file ``raster`` as project ``title`` (256 px tiles) and build its config."""
     data_dir = label_studio.document_root / "projects" / title.replace(" ", "_")
     options = ImportOptions(
         title, CLASSES, data_dir, label_studio.document_root, tile_size=256, overlap=overlap, workers=1

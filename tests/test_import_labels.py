@@ -29,13 +29,13 @@ from importers.errors import LabelFileError
 from importers.existing_labels import NO_TASK, NOT_AREA, OUTSIDE, LabelImportOptions, import_labels
 from importers.labelconfig import label_config
 from importers.labelfile import UNKNOWN_CLASS, class_labels, read_label_file
-from importers.pipeline import ImportOptions, import_raster
 from tests.conftest import (
     CLASSES,
     LAMBERT93_20CM,
     ImportedScene,
     LabelStudioServer,
     config_toml,
+    import_existing,
     import_scene,
     synthetic,
 )
@@ -59,22 +59,7 @@ def task_of(tiles: list[TileRecord], col_off: int, row_off: int) -> int:
 
 def import_file(label_studio: LabelStudioServer, raster: Path, title: str) -> ImportedScene:
     """Import an existing raster as project ``title`` (256 px tiles, overlap 32) and build its config."""
-    data_dir = label_studio.document_root / "projects" / title.replace(" ", "_")
-    options = ImportOptions(title, CLASSES, data_dir, label_studio.document_root, tile_size=256, overlap=32,
-                            workers=1)  # fmt: skip
-    with TileRegistry(data_dir / "registry.sqlite") as registry:
-        report = import_raster(raster, options, registry, label_studio.client())
-        tiles = sorted(registry.tiles(), key=lambda t: t.task_id or 0)
-    config = parse_config(
-        {
-            "project": {"name": title},
-            "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in CLASSES],
-            "label_studio": {"url": label_studio.url},
-            "paths": {"data_dir": str(data_dir)},
-        },
-        base_dir=data_dir,
-    )
-    return ImportedScene(config, report, tiles)
+    return import_existing(label_studio, raster, title, overlap=32)
 
 
 def export_labels(config: Config, client: LabelStudioClient, out: Path) -> Path:
