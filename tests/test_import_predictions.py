@@ -396,3 +396,22 @@ def test_after_a_promoted_model_the_import_keeps_out_of_the_queue(
     assert [q.task_id for q in client.queue(scene.report.project_id)] == expected_queue(scene)
     tile = by_place(scene)[(0, 3)]  # not covered by the first import, covered by this one
     assert [p["model_version"] for p in client.predictions(int(tile.task_id or 0))] == ["texture-late"]
+
+
+def test_pixels_without_image_get_no_imported_prediction(
+    label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    image = np.random.default_rng(4).integers(1, 255, (3, 256, 256), dtype=np.uint8)
+    image[:, :, 150:] = 0  # no image right of column 150 (nodata 0)
+    edge = import_scene(label_studio, tmp_path / "edge.tif", image, "import predictions edge", overlap=0,
+                        nodata=0)  # fmt: skip
+    data = np.stack([np.full((60, 60), 64), np.full((60, 60), 191)]).astype(np.uint8)  # covers the tile
+    path = small(tmp_path / "proba.tif", data)
+    report = resample_probabilities(edge.config, ProbabilityImport(path, ("background", "building")))
+    assert report.resampled == 1
+    (tile,) = edge.tiles
+    stored = PredictionStore(edge.config.predictions_dir, report.version).load(tile.id)
+    expected = np.zeros((256, 256), bool)
+    expected[:, :150] = True
+    assert (stored.valid == expected).all()  # the probability raster covers it all; the image does not
+    assert (stored.proba[1][expected] == 191).all()

@@ -15,7 +15,8 @@ band descriptions. A band named ``background`` or a name the catalogue does not 
 background (IGN rasters have many more classes than a project; the report names them); a catalogue
 class without a band gets probability 0. Per pixel the bands are renormalised to sum to 1, so a
 uint8 raster may hold 0-255 or percent. A pixel is valid where the source covers it (its nodata,
-mask or alpha) and its bands do not all read 0.
+mask or alpha), its bands do not all read 0 and the tile's imagery has a pixel there (its nodata, alpha or
+mask, as the display tiles and a round's predictions).
 
 Resumable: each tile is stored atomically as it is resampled, and a rerun resamples only the tiles
 still missing, unless the file (path, size, time) or the band-to-class plan changed since the
@@ -32,7 +33,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ from geolabel.lsmodels import read_schema
 from geolabel.progress import Progress, SilentProgress
 from georef.grid import Grid, crs_to_text
 from georef.registry import TileRecord, TileRegistry
+from importers.display import valid_mask
 from trainer.errors import ProbabilityImportError, TrainerError
 from trainer.preannotations import prediction
 from trainer.predict import predictable_tiles
@@ -216,7 +218,9 @@ def resample_probabilities(
     version = _version(config, options)
     with TileRegistry(config.registry_path) as registry:
         tiles = predictable_tiles(config, registry)
-        grids = [registry.raster(r).grid for r in sorted({t.raster_id for t in tiles})]
+        rasters = {r: registry.raster(r) for r in sorted({t.raster_id for t in tiles})}
+    grids = [r.grid for r in rasters.values()]
+    images = {r.id: ImageRef(r.path, r.display_bands) for r in rasters.values()}
     with _opened(options.source) as src:
         plan, summed = band_plan(src, options.classes, config.classes)
         _check_overlap(src, grids, config.project.name)
@@ -228,7 +232,7 @@ def resample_probabilities(
                             "every tile is resampled again")  # fmt: skip
     missing = [t for t in tiles if not store.has(t.id)]
     report.already = len(tiles) - len(missing)
-    job = ResampleJob(str(options.source.resolve()), plan, config.predictions_dir, version)
+    job = ResampleJob(str(options.source.resolve()), plan, config.predictions_dir, version, images)
     chunks = [missing[i : i + config.compute.chunk] for i in range(0, len(missing), config.compute.chunk)]
     with open_engine(config.compute, len(missing), threads=min(4, os.cpu_count() or 1)) as engine:
         bar.start(f"resampling {options.source.name} onto {len(missing)} tiles", len(missing))
@@ -390,6 +394,14 @@ def _class_notes(summed: Sequence[str], plan: BandPlan, catalogue: Sequence[Labe
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    """Where a tile's imagery is read to know which of its pixels hold an image: path, display bands."""
+
+    path: str
+    bands: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ResampleJob:
     """What every chunk of an import shares (values only: Dask workers need no registry)."""
 
@@ -397,6 +409,7 @@ class ResampleJob:
     plan: BandPlan
     predictions_dir: Path
     version: str
+    images: Mapping[int, ImageRef]  # by raster id
 
 
 def resample_chunk(job: ResampleJob, tiles: Sequence[TileRecord]) -> list[bool]:
@@ -409,20 +422,38 @@ def resample_chunk(job: ResampleJob, tiles: Sequence[TileRecord]) -> list[bool]:
     done = []
     with _opened(Path(job.source)) as src:
         for tile in tiles:
-            resampled = resample_tile(src, tile.grid, job.plan)
+            resampled = resample_tile(src, tile.grid, job.plan, image_valid(job.images[tile.raster_id], tile))
             if resampled is not None:
                 store.save(tile.id, *resampled)
             done.append(resampled is not None)
     return done
 
 
+def image_valid(image: ImageRef, tile: TileRecord) -> npt.NDArray[np.bool_]:
+    """The tile's pixels that hold an image (the display tiles' rule: nodata, alpha, mask, NaN).
+
+    Raises:
+        ProbabilityImportError: if the tile's raster cannot be read.
+    """
+    window = tile.window.to_rasterio()
+    try:
+        with rasterio.open(image.path) as src:
+            return valid_mask(src, image.bands, src.read(list(image.bands), window=window), window)
+    except RasterioIOError as exc:
+        raise ProbabilityImportError(
+            f"cannot read {image.path}, the imagery of tile {tile.id}, to know where it has pixels ({exc}); "
+            "restore the raster (or geolabel forget it) and run again"
+        ) from None
+
+
 def resample_tile(
-    src: DatasetReader, grid: Grid, plan: BandPlan
+    src: DatasetReader, grid: Grid, plan: BandPlan, image: npt.NDArray[np.bool_] | None = None
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]] | None:
     """The source's probabilities on ``grid`` (``(classes + 1, height, width)``, background first) and valid.
 
     Bilinear from a window of the source around the tile (pixel centres, GDAL's exact transformer);
-    source pixels outside its mask are not used. Returns None when no pixel of the tile is valid.
+    source pixels outside its mask are not used, nor tile pixels without image (``image``: the tile's
+    :func:`image_valid`, as a round's predictions leave them out). Returns None when no pixel is valid.
 
     Raises:
         ProbabilityImportError: if the window cannot be read or holds float values outside 0..1.
@@ -436,6 +467,8 @@ def resample_tile(
               dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
               resampling=Resampling.bilinear, tolerance=0.0)  # fmt: skip
     valid = np.isfinite(warped).all(axis=0)
+    if image is not None:
+        valid &= image
     proba = np.zeros((plan.outputs, grid.height, grid.width), dtype=np.float32)
     for band, target in enumerate(plan.targets):
         proba[target] += np.where(valid, warped[band], 0.0)
