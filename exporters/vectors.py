@@ -463,7 +463,7 @@ def finish(regions: Sequence[Region], job: VectorJob) -> BlockResult:
 
 
 def to_world(geometry: Polygon, transform: Affine) -> Polygon:
-    """A geometry in pixel ``(col, row)`` coordinates placed as ``transform * (col, row)`` places a point."""
+    """A geometry in pixel ``(col, row)`` coordinates placed as ``transform @ (col, row)`` places a point."""
     a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
 
     def place(coords: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

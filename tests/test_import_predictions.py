@@ -85,7 +85,7 @@ def source_grid(crs: str, resolution: tuple[float, float], margin: float) -> tup
 def pixel_centres_in(crs: str, grid: Affine, width: int, height: int) -> tuple[Array, Array]:
     """Lambert-93 ``(x, y)`` of every pixel centre of a grid in ``crs``, as (height, width) arrays."""
     rows, cols = np.mgrid[0:height, 0:width] + 0.5
-    xs, ys = grid * (cols.ravel(), rows.ravel())
+    xs, ys = grid @ (cols.ravel(), rows.ravel())
     lx, ly = transform(crs, "EPSG:2154", np.asarray(xs).tolist(), np.asarray(ys).tolist())
     return np.reshape(lx, (height, width)), np.reshape(ly, (height, width))
 
@@ -163,7 +163,7 @@ def expected_building(tile: TileRecord, values: Array, grid: Affine, shift: int 
     rows, cols = np.mgrid[0 : tile.grid.height, 0 : tile.grid.width] + 0.5
     world = tile.grid.pixel_to_world(np.column_stack([cols.ravel() + shift, rows.ravel()]))
     lon, lat = transform("EPSG:2154", "EPSG:4326", world[:, 0].tolist(), world[:, 1].tolist())
-    src_cols, src_rows = ~grid * (np.asarray(lon), np.asarray(lat))
+    src_cols, src_rows = ~grid @ (np.asarray(lon), np.asarray(lat))
     return bilinear(values, src_cols, src_rows).reshape(tile.grid.height, tile.grid.width)
 
 
