@@ -1,7 +1,9 @@
 """The ``geolabel`` command line.
 
-Domain logic lives in :mod:`importers` and :mod:`georef`; this module parses
-options, shows progress and maps errors to messages and exit codes in one place.
+Domain logic lives in :mod:`importers`, :mod:`trainer`, :mod:`exporters` and :mod:`georef`; this module
+parses options and shows progress. What every command shares (errors to exit codes, progress bars,
+common options) is in :mod:`geolabel.clikit`; the commands that exchange data with GIS teams are in
+:mod:`geolabel.cli_gis`.
 """
 
 from __future__ import annotations
@@ -9,137 +11,38 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from exporters.errors import ExportError
+from geolabel import cli_gis
+from geolabel.clikit import (
+    announce,
+    config_of,
+    console,
+    err_console,
+    exit_code,
+    handle_errors,
+    has_registry,
+    ls_client,
+    progress_bar,
+    project_config,
+    project_option,
+    scheduler_option,
+)
 from geolabel.config import CONFIG_NAME, DEFAULT_CONFIG, Config, load_config
-from geolabel.errors import ConfigError, GeolabelError, LabelStudioError, StackError
-from georef.errors import GeorefError
+from geolabel.errors import ConfigError, LabelStudioError
 from importers.errors import ImportFailedError
-from trainer.errors import TrainerError
 
 if TYPE_CHECKING:  # heavy modules are imported by the commands that need them
-    from exporters.vectors import VectorOptions
     from geolabel.lsclient import LabelStudioClient
     from georef.registry import TileRegistry
     from importers.forget import ForgetReport
     from importers.pipeline import ImportOptions, ImportReport
-    from trainer.agreement import ReviewReport
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
-
-#: Exit codes, one per family of errors.
-EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
-    (ConfigError, 2),
-    (ImportFailedError, 3),
-    (GeorefError, 3),
-    (LabelStudioError, 4),
-    (StackError, 5),
-    (GeolabelError, 1),
-    (TrainerError, 7),
-    (ExportError, 8),
-    (sqlite3.Error, 6),
-    (OSError, 1),
-)
-
-
-def exit_code(error: BaseException) -> int:
-    """The exit code of an error, from :data:`EXIT_CODES` (the one map of errors to codes)."""
-    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
-
-
-def handle_errors(func: F) -> F:
-    """Turn geolabel errors into one clear message and an exit code (no traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except tuple(cls for cls, _ in EXIT_CODES) as exc:
-            code = exit_code(exc)
-            prefix = "registry error (the tile registry database): " if isinstance(exc, sqlite3.Error) else ""
-            err_console.print(f"[bold red]error:[/] {prefix}{exc}", highlight=False, markup=True)
-            sys.exit(code)
-        except KeyboardInterrupt:
-            err_console.print("interrupted; run the same command again to resume")
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-class RichProgress:
-    """Adapter from the importers' progress protocol to a rich progress bar."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._task: Any = None
-
-    def start(self, description: str, total: int) -> None:
-        """Begin a new bar."""
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, units: int) -> None:
-        """Advance the current bar."""
-        if self._task is not None:
-            self._progress.advance(self._task, units)
-
-
-@contextmanager
-def progress_bar() -> Iterator[RichProgress]:
-    """A rich progress bar on stderr, as an importers progress receiver."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        yield RichProgress(progress)
-
-
-def _config(ctx: click.Context) -> Config:
-    config: Config = ctx.obj["config_loader"]()
-    return config
-
-
-def _project_config(ctx: click.Context, project: str | None, scheduler: str | None = None) -> Config:
-    """The config of ``--project`` (default: ``project.name`` of the file), with ``--scheduler`` if given."""
-    return _config(ctx).for_project(project).with_scheduler(scheduler)
-
-
-#: ``--project`` of the commands that act on one project's tiles, models, rounds and predictions.
-project_option = click.option(
-    "--project", help="Project (Label Studio project title) to act on (default: project.name in the config)."
-)
-
-#: ``--scheduler`` of the commands that fan tiles out (round scoring, predict, export).
-scheduler_option = click.option(
-    "--scheduler",
-    help='Where tile work runs: "local" (a Dask LocalCluster), "tcp://host:8786" (an existing Dask '
-    'scheduler) or "none" (this process); default: compute.scheduler in the config.',
-)
-
-
-def _announce(text: str) -> None:
-    err_console.print(text, highlight=False, markup=False)
-
-
-def _client(config: Config) -> LabelStudioClient:
-    from geolabel.lsclient import client_for  # label_studio_sdk loads only for commands that talk to it
-
-    return client_for(config)
 
 
 def import_options(config: Config, project: str | None, bands: Sequence[int] | None) -> ImportOptions:
@@ -232,9 +135,9 @@ def import_command(
     from georef.registry import TileRegistry
     from importers.pipeline import import_raster
 
-    config = _config(ctx)
+    config = config_of(ctx)
     options = import_options(config, project, bands)
-    client = _client(config)
+    client = ls_client(config)
     client.check()
     failures: list[ImportFailedError] = []
     with TileRegistry(config.registry_path) as registry:
@@ -296,11 +199,11 @@ def forget(ctx: click.Context, raster: Path, project: str | None, with_annotatio
     from georef.registry import TileRegistry
     from importers.forget import forget_raster
 
-    config = _config(ctx)
+    config = config_of(ctx)
     if not config.registry_path.is_file():
         console.print(f"{raster}: nothing imported yet in {config.data_dir}; nothing to forget")
         return
-    client = _client(config)
+    client = ls_client(config)
     client.check()
     roots = [config.data_dir / "predictions", *sorted(config.data_dir.glob("projects/*/predictions"))]
     with TileRegistry(config.registry_path) as registry:
@@ -326,95 +229,6 @@ def print_forget_report(report: ForgetReport) -> None:
         console.print(f"  note: {note}", highlight=False)
 
 
-@cli.command(name="import-labels")
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--layer", help="Layer to read (required when the file has several).")
-@click.option("--class-field", help="Attribute holding each feature's class (a catalogue name or id).")
-@click.option("--class-name", help="The class of every feature, when the file has no class field.")
-@click.option(
-    "--as",
-    "as_",
-    type=click.Choice(["predictions", "annotations"]),
-    default="predictions",
-    show_default=True,
-    help="Pre-annotations to correct, or annotations to review.",
-)
-@click.option("--model-version", help="Model version name of the predictions (default import-labels:<file>).")
-@click.option("--crs", "file_crs", help="CRS of a file that records none, e.g. EPSG:2154.")
-@project_option
-@click.pass_context
-@handle_errors
-def import_labels_command(
-    ctx: click.Context,
-    file: Path,
-    layer: str | None,
-    class_field: str | None,
-    class_name: str | None,
-    as_: str,
-    model_version: str | None,
-    file_crs: str | None,
-    project: str | None,
-) -> None:
-    """Put existing vector labels (GeoPackage, GeoJSON, Shapefile) on the project's tasks, placed exactly."""
-    from importers.existing_labels import LabelImportOptions, import_labels
-
-    config = _project_config(ctx, project)
-    options = LabelImportOptions(file, layer, class_field, class_name, as_annotations=as_ == "annotations",
-                                 model_version=model_version, crs=file_crs)  # fmt: skip
-    with progress_bar() as bar:
-        report = import_labels(config, _client(config), options, bar)
-    for line in report.lines():
-        console.print(line, highlight=False)
-
-
-@cli.command(name="import-predictions")
-@click.argument("raster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--classes",
-    help="Class of each band, in band order, comma-separated (background allowed; names not in the "
-    "project's classes are summed into background). Default: the band descriptions.",
-)
-@click.option("--version", "version", help="Name its predictions carry (default: import-<file stem>).")
-@project_option
-@scheduler_option
-@click.pass_context
-@handle_errors
-def import_predictions(
-    ctx: click.Context,
-    raster: Path,
-    classes: str | None,
-    version: str | None,
-    project: str | None,
-    scheduler: str | None,
-) -> None:
-    """Import a probability raster (one band per class) as pre-annotations and the queue's order.
-
-    Resumable: after an interruption run it again; a rerun replaces its predictions in Label Studio.
-    """
-    from trainer.external import ProbabilityImport, import_probabilities, split_class_names
-
-    config = _project_config(ctx, project, scheduler)
-    if not _has_registry(config):
-        return
-    options = ProbabilityImport(raster, split_class_names(classes) if classes else (), version)
-    with progress_bar() as bar:
-        report = import_probabilities(config, _client(config), options, bar)
-    console.print(
-        f"{config.project.name}: {report.version}: {report.resampled} tiles resampled, {report.already} "
-        f"already stored, {report.uncovered} not covered, of {report.tiles}; {report.pushed} predictions "
-        f"pushed ({report.replaced} replaced)",
-        highlight=False,
-    )
-    if report.queue_taken:
-        head = ", ".join(
-            f"task {q.task_id} ({q.score:.3f})" if q.score is not None else f"task {q.task_id}"
-            for q in report.queue_head
-        )
-        console.print(f"Label Studio now serves the least confident tile first: {head}", highlight=False)
-    for note in report.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-
-
 @cli.command()
 @click.pass_context
 @handle_errors
@@ -422,11 +236,11 @@ def tiles(ctx: click.Context) -> None:
     """List imported rasters: tiles, CRS, resolution and labelled tasks."""
     from geolabel.status import raster_table
 
-    config = _config(ctx)
-    if not _has_registry(config):
+    config = config_of(ctx)
+    if not has_registry(config):
         return
     try:
-        client: LabelStudioClient | None = _client(config)
+        client: LabelStudioClient | None = ls_client(config)
     except LabelStudioError:
         client = None
     table, warning = raster_table(config, client)
@@ -443,7 +257,7 @@ def serve(ctx: click.Context) -> None:
     from geolabel.local import serve_forever
 
     _ensure_config(ctx)
-    serve_forever(_config(ctx), ctx.obj["config_path"], console)
+    serve_forever(config_of(ctx), ctx.obj["config_path"], console)
 
 
 @cli.command()
@@ -457,7 +271,7 @@ def demo(ctx: click.Context, rasters: tuple[Path, ...]) -> None:
     from geolabel.local import run_demo
 
     _ensure_config(ctx)
-    run_demo(_config(ctx), ctx.obj["config_path"], list(rasters), console)
+    run_demo(config_of(ctx), ctx.obj["config_path"], list(rasters), console)
 
 
 @cli.command()
@@ -476,7 +290,7 @@ def backend(ctx: click.Context, bind: str | None, workers: int | None, threads: 
 
     from geolabel.deploy import exec_backend
 
-    config = _config(ctx)
+    config = config_of(ctx)
     port = urlsplit(config.ml_backend.url).port or 9090
     exec_backend(config, ctx.obj["config_path"], bind or f"127.0.0.1:{port}",
                  workers or config.ml_backend.workers, threads or config.ml_backend.threads)  # fmt: skip
@@ -490,7 +304,7 @@ def connect(ctx: click.Context, project: str | None) -> None:
     """Connect the ML backend at ml_backend.url to the project (after its first import)."""
     from geolabel.deploy import connect as connect_project
 
-    connect_project(_project_config(ctx, project), console)
+    connect_project(project_config(ctx, project), console)
 
 
 @cli.command(name="ssrf-allow")
@@ -514,8 +328,8 @@ def embed(ctx: click.Context, limit: int | None, follow: bool, project: str | No
     """Compute SAM embeddings for the tiles next in the annotation queue, so clicks are fast."""
     from geolabel.embedding import embed_queue
 
-    config = _project_config(ctx, project)
-    embed_queue(config, _client(config), limit or config.sam.precompute or 1, follow, console, progress_bar)
+    config = project_config(ctx, project)
+    embed_queue(config, ls_client(config), limit or config.sam.precompute or 1, follow, console, progress_bar)
 
 
 @cli.command()
@@ -549,7 +363,7 @@ def train(
         raise click.UsageError("give --now (one round now) or --schedule (rounds as annotations come in)")
     if init_from and schedule:
         raise click.UsageError("--init-from goes with --now; for scheduled rounds set [model] init_from")
-    config = _project_config(ctx, project, scheduler)
+    config = project_config(ctx, project, scheduler)
     from geolabel.training import contenders
 
     if schedule:
@@ -566,7 +380,7 @@ def train(
     start = Start(init_from or "", contenders(config))
     with progress_bar() as bar:
         record = run_round(
-            config, _client(config), trigger="manual", watch=Watch(bar, _announce), start=start
+            config, ls_client(config), trigger="manual", watch=Watch(bar, announce), start=start
         )
     verdict = (
         "promoted (now active)" if record.status == "promoted" else "kept the previous version (not better)"
@@ -608,11 +422,11 @@ def predict(
     """
     from trainer.predict import predict_project
 
-    config = _project_config(ctx, project, scheduler)
-    if not _has_registry(config):
+    config = project_config(ctx, project, scheduler)
+    if not has_registry(config):
         return
     with progress_bar() as bar:
-        report = predict_project(config, raster, version, bar, _announce)
+        report = predict_project(config, raster, version, bar, announce)
     where = f" ({report.where})" if report.where else ""
     console.print(
         f"{config.project.name}: {report.version}: {report.computed} tiles predicted{where}, "
@@ -624,67 +438,6 @@ def predict(
 
 
 @cli.command()
-@click.option(
-    "--lowest", "count", type=click.IntRange(min=1), help="Send the N tiles of lowest agreement (default 20)."
-)
-@click.option("--below", type=click.FloatRange(0, 1), help="Send the tiles whose agreement is below this.")
-@click.option(
-    "--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the review list as CSV."
-)
-@click.option("--dry-run", is_flag=True, help="Measure and list the tiles; change nothing in Label Studio.")
-@project_option
-@click.pass_context
-@handle_errors
-def review(
-    ctx: click.Context,
-    count: int | None,
-    below: float | None,
-    csv_path: Path | None,
-    dry_run: bool,
-    project: str | None,
-) -> None:
-    """Measure agreement between annotators; send the tiles of lowest agreement back for another annotator."""
-    from trainer.agreement import review as review_tiles
-    from trainer.agreement import write_review_csv
-
-    config = _project_config(ctx, project)
-    if not _has_registry(config):
-        return
-    if count is None and below is None:
-        count = 20
-    report = review_tiles(config, _client(config), count, below, send=not dry_run)
-    print_review(report)
-    if csv_path is not None:
-        write_review_csv(csv_path, report.rows, report.measured.class_names)
-        console.print(f"wrote {len(report.rows)} tiles to {csv_path}", highlight=False)
-
-
-def print_review(report: ReviewReport) -> None:
-    """The measure, the tiles chosen (lowest first) and where they went."""
-    from geolabel.lsclient import REVIEW_VIEW_TITLE
-    from trainer.agreement import summarise
-
-    summary = summarise(report.measured.measured.tiles)
-    mean = "-" if summary.compared == 0 else f"{summary.mean_agreement:.3f}"
-    console.print(
-        f"{summary.compared} tiles labelled by two annotators or more; mean agreement {mean}", highlight=False
-    )
-    for row in report.rows:
-        line = f"  task {row['task_id']}  agreement {row['agreement']}  tile {row['tile_id']}"
-        console.print(line, highlight=False)
-    if report.sent is not None:
-        console.print(
-            f"{len(report.chosen)} tiles back in the labelling queue (served first, to an annotator who has "
-            f"not labelled them); Data Manager tab {REVIEW_VIEW_TITLE!r}",
-            highlight=False,
-        )
-    elif report.chosen:
-        console.print("dry run: Label Studio left unchanged")
-    for problem in report.measured.measured.problems:
-        err_console.print(f"[yellow]not compared:[/] {problem}", highlight=False)
-
-
-@cli.command()
 @project_option
 @click.pass_context
 @handle_errors
@@ -692,8 +445,8 @@ def status(ctx: click.Context, project: str | None) -> None:
     """Show the active-learning rounds, the active model version and annotations waiting for a round."""
     from geolabel.status import rounds_table
 
-    config = _project_config(ctx, project)
-    if not _has_registry(config):
+    config = project_config(ctx, project)
+    if not has_registry(config):
         return
     table, lines = rounds_table(config)
     Console(width=max(console.width, 140)).print(table)
@@ -701,119 +454,15 @@ def status(ctx: click.Context, project: str | None) -> None:
         console.print(line)
 
 
-def _parse_what(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
-    if not value:
-        return None
-    from exporters.project import WHAT
-
-    parts = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    unknown = [p for p in parts if p not in WHAT]
-    if unknown or not parts:
-        raise click.BadParameter(
-            f"unknown part {', '.join(unknown) or '(none)'}; choose from {','.join(WHAT)}"
-        )
-    return parts
-
-
-def _parse_crs(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
-    if not value:
-        return None
-    from georef.grid import crs_from_text
-
-    try:
-        return crs_from_text(value)
-    except GeorefError:
-        raise click.BadParameter(f"{value!r} is not a CRS; give e.g. EPSG:2154 or EPSG:4326") from None
-
-
-@cli.command()
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write."
-)
-@click.option("--crs", callback=_parse_crs, help="Output CRS, e.g. EPSG:2154 (default: the rasters' own).")
-@click.option(
-    "--what", callback=_parse_what, help="Parts to write: labels,predictions,tiles (default: all that exist)."
-)
-@click.option(
-    "--overwrite", is_flag=True, help="Replace --out if it exists (only once the new export is complete)."
-)
-@click.option("--version", "version", help="Model version whose predictions to export (default: active).")
-@click.option("--clip-to-valid", is_flag=True, help="Cut labels to the pixels holding image data.")
-@click.option(
-    "--min-area", type=click.FloatRange(min=0), help="predictions.gpkg: smallest polygon (export.min_area)."
-)
-@click.option(
-    "--simplify", type=click.FloatRange(min=0), help="predictions.gpkg: tolerance (export.simplify)."
-)
-@click.option(
-    "--regularize", help="predictions.gpkg: classes given right angles, comma-separated (export.regularize)."
-)
-@project_option
-@scheduler_option
-@click.pass_context
-@handle_errors
-def export(
-    ctx: click.Context,
-    out: Path,
-    crs: Any,
-    what: tuple[str, ...] | None,
-    overwrite: bool,
-    version: str | None,
-    clip_to_valid: bool,
-    min_area: float | None,
-    simplify: float | None,
-    regularize: str | None,
-    project: str | None,
-    scheduler: str | None,
-) -> None:
-    """Write a project's labels (GeoPackage), predictions (COG) and tile map, styled for QGIS, to --out."""
-    from exporters.project import WHAT, ExportOptions, export_project
-
-    config = _project_config(ctx, project, scheduler)
-    options = ExportOptions(out, crs, what or WHAT, explicit=what is not None, overwrite=overwrite,
-                            workers=config.import_.workers, announce=_announce, version=version,
-                            clip_to_valid=clip_to_valid,
-                            vectors=_vector_options(config, min_area, simplify, regularize))  # fmt: skip
-    client = _client(config)
-    client.check()
-    with progress_bar() as bar:
-        report = export_project(config, client, options, bar)
-    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
-    console.print(f"wrote {report.out} ({report.crs}): {', '.join(report.files)}", highlight=False)
-    console.print(f"counts: {counts}", highlight=False)
-    for note in report.notes:
-        console.print(f"note: {note}", highlight=False)
-    for problem in report.problems:
-        err_console.print(f"[yellow]not exported or repaired:[/] {problem}", highlight=False)
-
-
-def _vector_options(
-    config: Config, min_area: float | None, simplify: float | None, regularize: str | None
-) -> VectorOptions:
-    """``predictions.gpkg``'s shaping: the ``[export]`` section, overridden by the command's options."""
-    from exporters.vectors import VectorOptions
-
-    section = config.export
-    classes = (
-        section.regularize if regularize is None else [c.strip() for c in regularize.split(",") if c.strip()]
-    )
-    return VectorOptions(section.min_area if min_area is None else min_area,
-                         section.simplify if simplify is None else simplify, frozenset(classes))  # fmt: skip
-
-
-def _has_registry(config: Config) -> bool:
-    """True when something was imported; else say what to run."""
-    if config.registry_path.is_file():
-        return True
-    console.print(f"no raster imported yet ({config.registry_path} does not exist); run: geolabel import")
-    return False
-
-
 def _ensure_config(ctx: click.Context) -> None:
     path: Path = ctx.obj["config_path"]
     if not path.exists():
         write_default_config(path)
         console.print(f"wrote {path} (default settings; edit it and restart to change them)")
+
+
+for _command in (cli_gis.export, cli_gis.import_labels_command, cli_gis.import_predictions, cli_gis.review):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -189,7 +189,8 @@ def _import_and_wait(
     rasters: list[Path],
     console: Console,
 ) -> None:
-    from geolabel.cli import import_options, print_report, progress_bar
+    from geolabel.cli import import_options, print_report
+    from geolabel.clikit import progress_bar
     from importers.pipeline import import_raster
 
     client = LabelStudioClient(stack.url, stack.credentials.token)
