@@ -33,7 +33,7 @@ from georef.errors import InvalidGeometryError
 from georef.labelstudio import ImageSize
 from georef.registry import RasterRecord, TileRecord
 from georef.shapes import label_regions, mask_shape, region_shape
-from importers.display import valid_mask
+from importers.display import window_valid
 from trainer.harvest import Problem
 
 LABELS_SCHEMA = {
@@ -142,11 +142,8 @@ def valid_area(tile: TileRecord, raster: RasterRecord) -> BaseGeometry:
     Raises:
         ExportInputError: if the raster cannot be read.
     """
-    window = tile.window.to_rasterio()
-    bands = list(raster.display_bands)
     try:
-        with rasterio.open(raster.path) as src:
-            valid = valid_mask(src, bands, src.read(bands, window=window), window)
+        valid = window_valid(raster.path, raster.display_bands, tile.window)
     except rasterio.errors.RasterioIOError as exc:
         raise ExportInputError(
             f"cannot read {raster.path} to clip labels to its image data ({exc}); restore the raster or "

@@ -19,6 +19,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from georef.grid import PixelWindow
 from georef.tiling import axis_starts
 from importers.errors import AllNodataError, RasterReadError, UnsupportedRasterError
 from importers.raster import RasterInfo
@@ -200,6 +201,19 @@ def valid_mask(
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(axis=0)
     return valid
+
+
+def window_valid(path: str, bands: Sequence[int], window: PixelWindow) -> npt.NDArray[np.bool_]:
+    """Which pixels of a raster's ``window`` hold an image, read from the raster (:func:`valid_mask`).
+
+    What a tile shows as transparent is what exports, imports and agreement leave out.
+
+    Raises:
+        rasterio.errors.RasterioIOError: if the raster cannot be read.
+    """
+    rio_window = window.to_rasterio()
+    with rasterio.open(path) as src:
+        return valid_mask(src, bands, src.read(list(bands), window=rio_window), rio_window)
 
 
 def read_display(

@@ -37,16 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import rasterio
 from rasterio.errors import RasterioIOError
-from rasterio.windows import Window
 
 from geolabel.classes import BACKGROUND_NAME, LabelClass
 from geolabel.config import Config
 from geolabel.lsclient import LabelStudioClient
 from geolabel.lsmodels import Annotation, LabelledTask
 from georef.registry import RasterRecord, TileRecord
-from importers.display import valid_mask
+from importers.display import window_valid
 from importers.project import load_project_tiles
 from trainer.errors import TrainerError
 from trainer.harvest import Labelling, Problem, harvest
@@ -329,12 +327,8 @@ class RasterValidity:
         raster = self._rasters.get(tile.raster_id)
         if raster is None or tile.raster_id in self._unreadable:
             return None
-        bands = list(raster.display_bands)
-        window = Window(tile.window.col_off, tile.window.row_off, tile.window.width, tile.window.height)
         try:
-            with rasterio.open(raster.path) as src:
-                data = src.read(bands, window=window)
-                return valid_mask(src, bands, data, window)
+            return window_valid(raster.path, raster.display_bands, tile.window)
         except RasterioIOError as exc:
             self._unreadable.add(tile.raster_id)
             self.problems.append(

@@ -57,7 +57,7 @@ from geolabel.lsmodels import read_schema
 from geolabel.progress import Progress, SilentProgress
 from georef.grid import Grid, crs_to_text
 from georef.registry import TileRecord, TileRegistry
-from importers.display import valid_mask
+from importers.display import window_valid
 from trainer.errors import ProbabilityImportError, TrainerError
 from trainer.preannotations import prediction
 from trainer.predict import predictable_tiles
@@ -435,10 +435,8 @@ def image_valid(image: ImageRef, tile: TileRecord) -> npt.NDArray[np.bool_]:
     Raises:
         ProbabilityImportError: if the tile's raster cannot be read.
     """
-    window = tile.window.to_rasterio()
     try:
-        with rasterio.open(image.path) as src:
-            return valid_mask(src, image.bands, src.read(list(image.bands), window=window), window)
+        return window_valid(image.path, image.bands, tile.window)
     except RasterioIOError as exc:
         raise ProbabilityImportError(
             f"cannot read {image.path}, the imagery of tile {tile.id}, to know where it has pixels ({exc}); "
