@@ -37,6 +37,7 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
+from rasterio.warp import transform as transform_points
 from shapely import STRtree
 from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
@@ -261,27 +262,64 @@ def _place(
     report: LabelImportReport,
     bar: Progress,
 ) -> _Placement:
-    """Place every feature on every tile it covers part of, raster by raster."""
+    """Place every feature on every tile it covers part of, raster by raster.
+
+    Only the features near a raster (their extent meets the raster's footprint, in the file's CRS) are
+    reprojected and placed on it, so a file covering a whole territory costs each raster its own part.
+    """
     placement = _Placement()
+    near = STRtree([f.geometry for f in features])
     for raster in project.rasters.values():
         tiles = [t for t in project.tiles if t.raster_id == raster.id]
-        if not tiles or not features:
+        chosen = _near(near, raster, source_crs)
+        if not tiles or not len(chosen):
             continue
         layout = _Layout(tiles)
         pixels = _to_raster_pixels(
-            _in_crs([f.geometry for f in features], source_crs, raster.grid.crs), raster
+            _in_crs([features[i].geometry for i in chosen], source_crs, raster.grid.crs), raster
         )
         brush: _BrushPieces = {}
-        bar.start(f"placing {Path(report.source).name} on {raster.name}", len(features))
-        for start in range(0, len(features), CHUNK):
-            chunk = range(start, min(start + CHUNK, len(features)))
-            for index in chunk:
-                _place_feature(index, features[index].label, pixels[index], layout, schema, live, placement,
-                               brush)  # fmt: skip
+        bar.start(f"placing {Path(report.source).name} on {raster.name}", len(chosen))
+        for start in range(0, len(chosen), CHUNK):
+            chunk = range(start, min(start + CHUNK, len(chosen)))
+            for k in chunk:
+                index = int(chosen[k])
+                _place_feature(
+                    index, features[index].label, pixels[k], layout, schema, live, placement, brush
+                )
             bar.advance(len(chunk))
         _brush_regions(brush, layout, schema, placement)
     _count(features, placement, report)
     return placement
+
+
+def _near(tree: STRtree, raster: RasterRecord, source_crs: object) -> npt.NDArray[np.intp]:
+    """Indices (ascending) of the features whose extent meets ``raster``'s extent in the file's CRS.
+
+    The extent is that of the raster's outline (16 points an edge, as edges bend under reprojection) in
+    the file's CRS, widened by 2 % of its size; a raster whose outline the file's CRS cannot hold keeps
+    every feature. The exact test, tile by tile, follows.
+    """
+    steps = np.linspace(0.0, 1.0, 17)
+    width, height = raster.grid.width, raster.grid.height
+    outline = np.concatenate([
+        np.column_stack((steps * width, np.zeros_like(steps))),
+        np.column_stack((np.full_like(steps, width), steps * height)),
+        np.column_stack((steps[::-1] * width, np.full_like(steps, height))),
+        np.column_stack((np.zeros_like(steps), steps[::-1] * height)),
+    ])  # fmt: skip
+    world = raster.grid.pixel_to_world(outline)
+    every = np.arange(len(tree.geometries), dtype=np.intp)
+    target = CRS.from_user_input(source_crs)
+    if target != raster.grid.crs:
+        xs, ys = transform_points(raster.grid.crs, target, world[:, 0].tolist(), world[:, 1].tolist())
+        world = np.column_stack((xs, ys))
+    if not np.isfinite(world).all():
+        return every
+    (left, bottom), (right, top) = world.min(axis=0), world.max(axis=0)
+    margin = 0.02 * max(right - left, top - bottom)
+    extent = shapely.box(left - margin, bottom - margin, right + margin, top + margin)
+    return np.sort(np.asarray(tree.query(extent), dtype=np.intp))
 
 
 def _count(features: Sequence[_Feature], placement: _Placement, report: LabelImportReport) -> None:

@@ -336,3 +336,34 @@ def test_files_that_cannot_be_used_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(LabelFileError, match="nothing imported yet"):
         import_labels(config, unreachable, LabelImportOptions(two, layer="roofs", class_field="kind"))
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def test_each_raster_of_a_project_gets_only_the_features_on_it(
+    label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    east = Affine(0.2, 0.0, LAMBERT93_20CM.c + 50_000, 0.0, -0.2, LAMBERT93_20CM.f)  # 50 km east
+    paths = []
+    for name, transform in (("west.tif", LAMBERT93_20CM), ("east.tif", east)):
+        path = tmp_path / name
+        with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8",
+                           crs="EPSG:2154", transform=transform) as dst:  # fmt: skip
+            dst.write(synthetic(3, 256, 256, "uint8", seed=len(paths)))
+        paths.append(path)
+    import_file(label_studio, paths[0], "label two rasters")
+    scene = import_file(label_studio, paths[1], "label two rasters")  # the same project: both rasters
+    corners = [(10, 20), (60, 20), (60, 50), (10, 50)]
+    between = Affine.translation(LAMBERT93_20CM.c + 25_000, LAMBERT93_20CM.f)  # on no raster
+    shapes = [Polygon([grid @ xy for xy in corners]) for grid in (LAMBERT93_20CM, east, between)]
+    frame = gpd.GeoDataFrame({"kind": ["building"] * 3}, geometry=shapes, crs="EPSG:2154").to_crs("EPSG:4326")
+    source = tmp_path / "two.geojson"
+    frame.to_file(source)
+    client = label_studio.client()
+    report = import_labels(scene.config, client, LabelImportOptions(source, class_field="kind"))
+    assert (report.features_placed, report.not_placed) == (2, {OUTSIDE: 1})  # the one between: nowhere
+    assert len(scene.tiles) == 2
+    for tile in scene.tiles:
+        (prediction,) = client.predictions(int(tile.task_id or 0))
+        (region,) = prediction["result"]
+        points = np.asarray(region["value"]["points"]) / 100 * 256
+        assert points.min(axis=0) == pytest.approx((10, 20), abs=1e-6)  # its own feature, on its pixels
+        assert points.max(axis=0) == pytest.approx((60, 50), abs=1e-6)
