@@ -31,7 +31,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -196,21 +196,22 @@ def write_predictions_gpkg(
     held: list[Region] = []
     dropped = kept_outline = 0
     compute = functools.partial(vectorise_block, job)
-    for result in (engine or InProcess()).map_ordered(
-        compute, block_windows(job.width, job.height, block_size)
-    ):
-        writer.add(result.features)
+    windows = block_windows(job.width, job.height, block_size)
+    for window, result in zip(windows, (engine or InProcess()).map_ordered(compute, windows), strict=True):
         held += result.held
-        dropped, kept_outline = dropped + result.dropped, kept_outline + result.kept_outline
+        settled = BlockResult()
+        if window.col_end == job.width:  # a row of blocks is complete: what cannot grow any more is final
+            settled, held = settle(held, window.row_end, job)
+        for done in (result, settled):
+            writer.add(done.features)
+            dropped, kept_outline = dropped + done.dropped, kept_outline + done.kept_outline
         if advance is not None:
             advance(1)
-    last = finish(merge_regions(held), job)
-    writer.add(last.features)
     writer.close()
     categories = [styles.Category(str(b.class_id), b.name, b.color) for b in bands if b.class_id != 0]
     qml = styles.categorized_fill_qml("class_id", categories)
     gpkg.write_styles(target, [gpkg.LayerStyle(LAYER, "geolabel classes", qml)])
-    notes = _notes(options, dropped + last.dropped, kept_outline + last.kept_outline)
+    notes = _notes(options, dropped, kept_outline)
     if crs.is_geographic and (options.min_area or options.simplify or options.regularize):
         notes.append(
             f"the predictions are in a geographic CRS ({crs.to_string()}): min_area and simplify were taken "
@@ -435,6 +436,25 @@ def merge_regions(regions: Sequence[Region]) -> list[Region]:
         merged += [Region(class_id, shapely.simplify(part, 0.0), int(pixels[i]), int(sums[i]))
                    for i, part in enumerate(parts)]  # fmt: skip
     return merged
+
+
+def settle(held: Sequence[Region], rows_done: int, job: VectorJob) -> tuple[BlockResult, list[Region]]:
+    """Merge the held regions once every block above pixel row ``rows_done`` is read; finish the final ones.
+
+    A merged region that reaches row ``rows_done`` (with ``simplify``: any region of its group of
+    touching regions) may continue in the next row of blocks: it stays held, marked on an edge so the
+    next merge unites it again. The others are final. So memory holds one row of blocks' seam regions,
+    not the whole raster's.
+    """
+    merged = merge_regions(held)
+    reaching = [rows_done < job.height and r.geometry.bounds[3] >= rows_done for r in merged]
+    if job.options.simplify > 0 and merged:
+        groups = touching_groups([r.geometry for r in merged])
+        open_groups = {g for g, reach in zip(groups, reaching, strict=True) if reach}
+        reaching = [g in open_groups for g in groups]
+    final = [r for r, reach in zip(merged, reaching, strict=True) if not reach]
+    still = [replace(r, on_edge=True) for r, reach in zip(merged, reaching, strict=True) if reach]
+    return finish(final, job), still
 
 
 # --- finishing: minimum area, simplification, world coordinates, right angles -------------------

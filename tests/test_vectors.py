@@ -213,6 +213,23 @@ def test_simplify_keeps_neighbours_sharing_one_edge_without_gaps_or_overlaps(tmp
     assert simple.pixels.tolist() == exact.pixels.tolist()  # counts stay those of the pixels
 
 
+def test_a_neighbour_of_a_region_that_crosses_a_row_of_blocks_is_simplified_with_it(tmp_path: Path) -> None:
+    rows, cols = np.mgrid[0:48, 0:48]
+    ids = np.zeros((48, 48), np.uint8)
+    ids[(rows - 16) ** 2 + (cols - 10) ** 2 < 9**2] = 1  # building across the row seam at 16
+    pond = (rows - 16) ** 2 + (cols - 10) ** 2 < 13**2
+    ids[(ids == 0) & pond & (rows >= 1) & (rows < 14) & (cols >= 1) & (cols < 15)] = (
+        2  # water: top blocks only
+    )
+    simple, _ = vectorise(tmp_path / "simple", ids, VectorOptions(simplify=0.6), block_size=16)
+    assert sorted(simple["class_id"]) == [1, 2]
+    # finished after a row of blocks with the building it touches: still one shared edge
+    assert shapely.coverage_is_valid(list(simple.geometry))
+    shared = simple.geometry[0].intersection(simple.geometry[1])
+    assert shared.length > 10 * 0.2  # more than 10 pixels of 20 cm
+    assert shared.area == 0
+
+
 def rotated_l(size: int, angle: float) -> npt.NDArray[np.uint8]:
     """An L-shaped building (arms 24 and 12 px wide) turned by ``angle`` degrees, rasterised."""
     outline = Polygon([(0, 0), (30, 0), (30, 12), (12, 12), (12, 26), (0, 26)])
