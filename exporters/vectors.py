@@ -14,8 +14,9 @@ work item (:func:`vectorise_block`, run on a :class:`geolabel.compute.Engine`):
    a region is final when nothing it touches, transitively, touches an interior edge, so that its
    neighbours are simplified with it).
 
-When every block is done, the held regions of each class are united (their shared seam edges are
-bit-identical integers), split into connected parts, and their counts and sums added. Final regions
+When a row of blocks is complete (:func:`settle`), the held regions of each class are united (their
+shared seam edges are bit-identical integers), split into connected parts, and their counts and sums
+added; the parts that reach the next row of blocks stay held, the others are final. Final regions
 go through, in order: the ``min_area`` filter, simplification as a *coverage*
 (``shapely.coverage_simplify`` over the group of touching regions, whatever their class, so that
 adjacent polygons keep one shared edge: no gap, no overlap), the grid transform to world coordinates,
